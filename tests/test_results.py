@@ -1,0 +1,50 @@
+"""Result files: round trip, atomic writes, resume keys, leaderboard grouping and determinism."""
+
+from __future__ import annotations
+
+import pytest
+
+from saebench.errors import SaebenchError
+from saebench.leaderboard import render
+from saebench.results import Result, SAERecord, complete_result, load_results, read_result, results_frame, write_result
+
+
+def _result(name="a", model="m1", hook="blocks.0.hook_resid_post", fvu=0.25, key="k1"):
+    return Result(
+        evaluator="core", run_key=key,
+        sae=SAERecord(name=name, source="x", architecture="topk", d_in=4, d_sae=8, fingerprint="f"),
+        config={"model": model, "hook": hook, "profile": "quick", "n_tokens": 10, "ctx_len": 5, "seed": 0, "corpus": "c"},
+        metrics={"fvu": fvu, "l0": 3.0, "delta_ce": 0.1, "ce_loss_score": None, "density_histogram": {"counts": [1]}},
+    )
+
+
+def test_round_trip_and_complete(tmp_path):
+    r = _result()
+    path = tmp_path / "a" / "core.json"
+    write_result(r, path)
+    assert read_result(path) == r
+    assert complete_result(path, "k1") == r
+    assert complete_result(path, "other") is None
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_corrupt_file_is_named(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"evaluator": "core"')
+    with pytest.raises(SaebenchError, match="bad.json"):
+        read_result(bad)
+    assert complete_result(bad, "k1") is None
+    with pytest.warns(UserWarning, match="bad.json"):
+        assert load_results([tmp_path]) == []
+
+
+def test_frame_and_leaderboard_grouping(tmp_path):
+    results = [_result("b", fvu=0.5), _result("a"), _result("c", model="m2")]
+    df = results_frame(results)
+    assert list(df["sae.name"]) == ["b", "a", "c"] and "fvu" in df and "density_histogram" not in df
+    text = render(results)
+    assert text.index("## m1") < text.index("## m2")
+    m1 = text[text.index("## m1"):text.index("## m2")]
+    assert m1.index("| a ") < m1.index("| b ") and "| c " not in m1
+    assert "n/a" in text  # None metric shown as undefined
+    assert render(list(reversed(results))) == text  # byte-for-byte, whatever the input order
