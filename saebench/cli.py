@@ -23,6 +23,9 @@ Evaluate SAEs on a subject model and write one JSON per (SAE, evaluator) to --ou
   FILE.pt                   a state dict of tensors with cfg.json beside it (weights-only load)
   python:FILE.py:FACTORY    FACTORY() returns any object with encode, decode, d_in, d_sae
   MODULE:FACTORY            the same from an importable module
+  sae_lens:RELEASE/ID       a SAELens pretrained SAE (needs the sae-lens package and hub access)
+  FORMAT:PATH               SAELens / sparsify / OpenAI / dictionary_learning files are detected;
+                            or name them: sae_lens:, sparsify:, openai:, dictionary_learning:
 Repeat --sae to evaluate several SAEs in one run: the model passes they share run once.
 
 Examples:
@@ -117,7 +120,7 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = write_leaderboard(a.results, a.output, a.title)
+        out = write_leaderboard(a.results, a.output, a.title, plots=not a.no_plots)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(f"wrote {out}")
@@ -140,6 +143,62 @@ def cmd_train_reference(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(a: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from saebench.zoo import ZOO, build_zoo
+
+    if a.action == "list":
+        for m in ZOO:
+            print(f"{m.name:24s} {m.architecture:10s} d_sae={m.d_sae:<5d} {'k' if m.architecture in ('topk', 'batchtopk') else 'target L0'}={m.k}")
+        return 0
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from saebench.models import load_model
+
+    logs = build_zoo(load_model(), Path(a.out), progress=not a.quiet)
+    print(json.dumps(logs, indent=2) if logs else f"zoo complete in {a.out}")
+    return 0
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    import torch
+
+    from saebench.sae import NativeSAE, load_sae, save_native
+
+    loaded = load_sae(a.src, trust_pickle=False)
+    if not isinstance(loaded.sae, NativeSAE):
+        raise SaebenchError(f"{a.src} is a {type(loaded.sae).__name__}, not one of the built-in architectures; only SAE files can be converted")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[a.dtype]
+    out = save_native(loaded.sae, a.dst, dtype=dtype)
+    for note in loaded.notes:
+        print(f"note: {note}")
+    print(f"wrote {out} (architecture {loaded.architecture}, d_in {loaded.sae.d_in}, d_sae {loaded.sae.d_sae}, hook {loaded.hook_name})")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from saebench.compare import compare, parse_tolerances, render
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compare(a.new, [a.baseline], parse_tolerances(a.tolerance), against=a.against)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(render(result, show_all=not a.only_changes))
+    return 1 if result.failures else 0
+
+
+def cmd_tasks(a: argparse.Namespace) -> int:
+    from saebench.tasks import listing
+
+    paths = dict(item.partition("=")[::2] for item in a.data_path)
+    print(listing(a.spec, paths, a.tasks or None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saebench",
@@ -151,6 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("results", nargs="+", help="result files or folders")
     lb.add_argument("-o", "--output", default="LEADERBOARD.md", help="markdown file to write")
     lb.add_argument("--title", default="saebench leaderboard")
+    lb.add_argument("--no-plots", action="store_true", help="write only the markdown, no PNG plots")
+    cv = sub.add_parser("convert", help="convert a SAELens / sparsify / OpenAI / dictionary_learning SAE to the native format",
+                        description="Convert SRC (any --sae file or folder, optionally prefixed sae_lens:, sparsify:, openai:, "
+                        "dictionary_learning:) to a native folder DST (cfg.json + sae.safetensors).")
+    cv.add_argument("src", help="SAE to convert (detected from its files, or FORMAT:PATH)")
+    cv.add_argument("dst", help="native folder to write (replaced if it exists)")
+    cv.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weight dtype (default: float32)")
+    cp = sub.add_parser("compare", help="CI regression gate: compare results with a baseline; exit 1 on a regression",
+                        description="Match NEW results to --baseline results by SAE name + evaluator and print baseline, new, "
+                        "difference and verdict per metric. Exit status 1 when a metric is worse than its tolerance in its bad "
+                        "direction (named in the last line), 2 on bad input, 0 otherwise.")
+    cp.add_argument("new", nargs="+", help="new result files or folders")
+    cp.add_argument("--baseline", required=True, help="folder (or file) of baseline results")
+    cp.add_argument("--tolerance", action="append", default=[], metavar="METRIC=REL",
+                    help="relative tolerance for a metric, e.g. fvu=0.01 or fvu=1%%; *=REL sets the default (0.5%%)")
+    cp.add_argument("--against", metavar="SAE", help="compare every new SAE with this baseline SAE (e.g. a zoo member) instead of matching by name")
+    cp.add_argument("--only-changes", action="store_true", help="hide metrics that are identical or within tolerance")
     tr = sub.add_parser("train-reference", help="regenerate the shipped reference TopK SAE (about 8 min on 2 CPU cores)")
     tr.add_argument("--out", default=str(Path(__file__).parent / "reference" / "smollm2-135m-topk-2304-k32"))
     tr.add_argument("--hook", default="blocks.6.hook_resid_post")
@@ -161,13 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int)
     tr.add_argument("--quiet", action="store_true")
+    zo = sub.add_parser("zoo", help="list or regenerate the reference zoo (13 SAEs; see saebench/zoo.py)")
+    zo.add_argument("action", choices=["list", "build"])
+    zo.add_argument("--out", default="zoo", help="folder for the zoo SAEs (default: zoo/)")
+    zo.add_argument("--threads", type=int)
+    zo.add_argument("--quiet", action="store_true")
+    ta = sub.add_parser("tasks", help="list the probing tasks (--evals probing) with sizes and offline availability")
+    ta.add_argument("tasks", nargs="*", help="task names, globs or families (default: all)")
+    ta.add_argument("--spec", action="append", default=[], help="extra task spec TOML file (repeatable)")
+    ta.add_argument("--data-path", action="append", default=[], metavar="FAMILY=PATH",
+                    help="local data for a family, e.g. europarl=DIR (default: $SAEBENCH_EUROPARL)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "train-reference": cmd_train_reference}
+    handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "train-reference": cmd_train_reference,
+                "convert": cmd_convert, "compare": cmd_compare, "zoo": cmd_zoo, "tasks": cmd_tasks}
     try:
         return handlers[args.command](args)
     except SaebenchError as exc:

@@ -103,7 +103,26 @@ class NativeSAE(torch.nn.Module):
 
     def _sae_in(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.W_enc.dtype) * self.cfg.act_scale
+        if self.cfg.normalize_activations == "layer_norm":
+            x = self._layer_norm_in(x)
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def _layer_norm_in(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token LayerNorm of the input (OpenAI's TopK SAEs, SAELens ``layer_norm``):
+        (x - mean) / (std + 1e-5). The statistics of the last ``encode`` are kept so ``decode``
+        can map back to model units, as both source libraries do."""
+        mu = x.mean(dim=-1, keepdim=True)
+        std = (x - mu).std(dim=-1, keepdim=True)
+        self._ln_stats = (mu, std)
+        return (x - mu) / (std + 1e-5)
+
+    def _layer_norm_out(self, out: torch.Tensor) -> torch.Tensor:
+        stats = getattr(self, "_ln_stats", None)
+        if stats is None or stats[0].shape[:-1] != out.shape[:-1]:
+            raise SaebenchError(
+                "a layer_norm SAE decodes in the units of its last encode call; call encode(x) on the same tokens before decode(z)"
+            )
+        return out * stats[1] + stats[0]
 
     def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations (for gated: the magnitude path's pre-activation)."""
@@ -125,7 +144,10 @@ class NativeSAE(torch.nn.Module):
         return (gate > 0).to(pre.dtype) * torch.relu(pre)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return (z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec) / self.cfg.act_scale
+        out = z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        if self.cfg.normalize_activations == "layer_norm":
+            out = self._layer_norm_out(out)
+        return out / self.cfg.act_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -152,6 +174,9 @@ def save_native(sae: NativeSAE, folder: str | Path, dtype: torch.dtype | None = 
                for k, v in sae.state_dict().items()}
     save_file(tensors, str(tmp / "sae.safetensors"))
     (tmp / "cfg.json").write_text(json.dumps(sae.cfg.model_dump(), indent=2, sort_keys=True) + "\n")
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    tmp.chmod(0o755)  # mkdtemp makes 0700; a saved SAE is meant to be shared
     if folder.exists():
         import shutil
 
@@ -249,13 +274,27 @@ class LoadedSAE:
 
 def load_sae(spec: str, device: str = "cpu", trust_pickle: bool = False, name: str | None = None) -> LoadedSAE:
     """Resolve a ``--sae`` spec: native folder, ``reference``, ``.pt`` state dict,
-    ``python:FILE.py:FACTORY`` or ``MODULE:FACTORY``."""
+    ``python:FILE.py:FACTORY`` or ``MODULE:FACTORY``; other ecosystems' files are detected
+    (native first) or named with a prefix (``sae_lens:``, ``sparsify:``, ``openai:``,
+    ``dictionary_learning:``; see :mod:`saebench.formats`)."""
     if spec == "reference":
         spec = str(reference_sae_path())
     path = Path(spec)
     if spec.startswith("python:"):
         obj, label = _from_python_file(spec[len("python:"):])
         return _wrap_user(obj, spec, name or label, device)
+    from saebench import formats
+
+    prefixed = formats.split_prefix(spec) if not path.exists() else None
+    if prefixed and prefixed[0] == "native":
+        spec, path, prefixed = prefixed[1], Path(prefixed[1]), None
+    fmt = prefixed[0] if prefixed else formats.detect_format(path)
+    if fmt not in (None, "native"):
+        conv = formats.load_format(fmt, prefixed[1] if prefixed else spec)
+        sae = conv.sae.to(device)
+        return LoadedSAE(sae, name or conv.name or path.resolve().name, spec, conv.architecture, sae.hook_name,
+                         sae.model_name, fingerprint_module(sae),
+                         [f"read from a {formats.LABELS[fmt]}: found architecture {conv.architecture}", *conv.notes])
     if path.is_dir():
         sae = load_native(path, device)
         return LoadedSAE(sae, name or path.resolve().name, str(path), sae.architecture,
