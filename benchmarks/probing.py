@@ -68,10 +68,11 @@ def main() -> None:
             t0 = time.perf_counter()
             r = evaluate(random_topk(args.d_sae, seed=i), model=model, hook="blocks.6.hook_resid_post", evals=["probing"],
                          profile=args.profile, eval_config=cfg, name=f"sae{i}", progress=False)
-            runs.append((r.metrics["probing"], time.perf_counter() - t0))
+            res = r.results[f"sae{i}"]["probing"]
+            runs.append(({**res.metrics, **res.timing}, time.perf_counter() - t0))
 
     (m1, wall1), (m2, wall2) = runs
-    t1, t2 = m1["timing_s"], m2["timing_s"]
+    t1, t2 = m1, m2
     fwd = t1["activations_s"]
     from saebench.runner import PROFILES
 

@@ -188,8 +188,9 @@ def evaluate(
             ctx = EvalContext(subject, token_set, h, ls.sae, pipe, run_cfg, splice.get(ls.name), list(ls.notes))
             t0 = time.perf_counter()
             metrics = ev.run(ctx, cfgs[ev.name])
+            ev_timing = metrics.pop("_timing", {})
             timing = {"model_load_s": t_model, "tokenize_s": t_tok, "shared_inputs_s": t_shared,
-                      **(splice[ls.name].timing if ls.name in splice else {}),
+                      **(splice[ls.name].timing if ls.name in splice else {}), **ev_timing,
                       "evaluator_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t_start}
             result = Result(
                 evaluator=ev.name, run_key=key,

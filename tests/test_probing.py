@@ -160,7 +160,7 @@ def test_planted_feature_is_found_and_second_sae_costs_no_forward(model, token_s
     run = evaluate(Planted(planted), model=model, hook=HOOK, evals=["probing"], eval_config=cfg, name="planted", **SMALL)
     m = run.metrics["probing"]
     # the cached task activations were reused: no model pass in this (new) pipeline
-    assert m["timing_s"]["model_forward_batches"] == 0
+    assert m["model_forward_batches"] == 0
     assert m["n_tasks_scored"] == 2 and m["n_tasks_skipped"] == 1 and "europarl_de" in m["skipped"]
     assert "SAEBENCH_EUROPARL" in m["skipped"]["europarl_de"]
     for row in m["tasks"]:
@@ -174,7 +174,7 @@ def test_planted_feature_is_found_and_second_sae_costs_no_forward(model, token_s
 
     dead = evaluate(Dead({}), model=model, hook=HOOK, evals=["probing"], eval_config=cfg, name="dead", **SMALL)
     d = dead.metrics["probing"]
-    assert d["timing_s"]["model_forward_batches"] == 0
+    assert d["model_forward_batches"] == 0
     assert d["n_tasks_no_live_latents"] == 2 and d["n_latents_scored_mean"] == 0
     assert d["probe_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert d["top_1_accuracy"] is None

@@ -7,7 +7,9 @@ An evaluator is a small object with
   and ablated passes of :class:`saebench.pipeline.ActivationPipeline`);
 - ``Config``: a pydantic model of its own settings; ``Config.for_profile(profile)`` gives the
   profile's defaults, and every field can be overridden;
-- ``run(ctx, cfg) -> dict``: plain metrics (numbers, lists, small dicts).
+- ``run(ctx, cfg) -> dict``: plain metrics (numbers, lists, small dicts). An optional
+  ``"_timing"`` entry (stage name -> seconds) is moved into the result's ``timing``, so metrics
+  stay identical between reruns.
 
 Built-ins register through the ``saebench.evaluators`` entry-point group exactly like a third
 party's plugin does; ``--evals python:FILE.py:CLASS`` loads one from a file.

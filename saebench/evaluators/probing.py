@@ -156,10 +156,10 @@ class ProbingEvaluator:
             "probe_l2": cfg.l2,
             "probe_loss_by_task": {r["task"]: r["probe_loss"] for r in rows},
             "tasks": rows,
-            "timing_s": {
+            "model_forward_batches": forward_batches,
+            "_timing": {
                 "task_data_s": round(t_data, 4),
                 "activations_s": round(t_acts, 4),
-                "model_forward_batches": forward_batches,
                 "sae_encode_s": round(t_enc, 4),
                 "probe_fit_s": round(t_1d + t_topk, 4),
                 "probe_1d_s": round(t_1d, 4),
