@@ -101,15 +101,20 @@ def evaluate(
     name: str | list[str] | None = None,
     trust_pickle: bool = False,
     use_cache: bool = True,
+    token_set: Any = None,
 ) -> RunResults:
     """Evaluate one SAE (or a list) and return its metrics; write JSON results when ``out`` is set.
 
     ``sae`` is a spec (native folder, ``reference``, ``.pt``, ``python:FILE.py:FACTORY``,
     ``MODULE:FACTORY``), an object following the SAE protocol, or a list of them. ``model``
     defaults to the SAE's ``model_name`` or the embedded SmolLM2-135M; ``hook`` to the SAE's
-    ``hook_name``. Sizes come from ``profile`` unless given.
+    ``hook_name``. Sizes come from ``profile`` unless given. ``token_set`` (a
+    :class:`saebench.data.TokenSet`) evaluates on exactly those token ids instead of sampling
+    ``corpus``; its size then overrides ``tokens``/``ctx_len``.
     """
     t_start = time.perf_counter()
+    if token_set is not None:
+        tokens, ctx_len, corpus = token_set.n_tokens, token_set.ctx_len, f"{token_set.corpus}@{token_set.fingerprint()}"
     sizes = resolve_sizes(profile, tokens, ctx_len, batch_size)
     specs = list(sae) if isinstance(sae, (list, tuple)) else [sae]
     names = list(name) if isinstance(name, (list, tuple)) else [name] * len(specs)
@@ -170,7 +175,8 @@ def evaluate(
     from saebench.pipeline import ActivationPipeline
 
     t0 = time.perf_counter()
-    token_set = build_token_set(subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus)
+    if token_set is None:
+        token_set = build_token_set(subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus)
     t_tok = time.perf_counter() - t0
 
     for h in sorted({job[2]["hook"] for job in pending}):
