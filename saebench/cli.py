@@ -103,16 +103,15 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def summary_table(run: Any) -> str:
+    """One row per SAE with the headline metrics of every evaluator that ran on it."""
     from tabulate import tabulate
 
-    from saebench.leaderboard import ARROW, HEADLINE, _fmt
+    from saebench.leaderboard import ARROW, _fmt, columns_for
 
-    rows = []
-    for sae_name, per in run.results.items():
-        for ev, res in per.items():
-            m = res.metrics
-            rows.append([sae_name, ev] + [_fmt(m.get(k)) for k, _, _ in HEADLINE])
-    return tabulate(rows, headers=["SAE", "eval"] + [t + ARROW[d] for _, t, d in HEADLINE], tablefmt="github")
+    merged = {name: {k: v for res in per.values() for k, v in res.metrics.items()} for name, per in run.results.items()}
+    cols = columns_for(list(merged.values()))
+    rows = [[name, ",".join(run.results[name])] + [_fmt(m.get(k)) for k, _, _ in cols] for name, m in merged.items()]
+    return tabulate(rows, headers=["SAE", "evals"] + [t + ARROW[d] for _, t, d in cols], tablefmt="github")
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:

@@ -36,11 +36,22 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("dense_frac", "dense", "down"),
 )
 ARROW = {"up": " ↑", "down": " ↓", "": ""}
+# Headline metrics of the other evaluators: a column appears when some row of the table has it.
+OPTIONAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("probe_loss", "probe loss", "down"),
+    ("top_1_accuracy", "top-1 acc", "up"),
+)
+
+
+def columns_for(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    """HEADLINE columns plus the optional ones that some row actually has."""
+    core = HEADLINE if any(k in r for r in rows for k, _, _ in HEADLINE) else ()
+    return core + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in rows))
 
 # Every other metric an evaluator reports, with its better direction ("" = descriptive: a change
 # is reported, never called worse). Metrics missing here are treated as descriptive.
 DIRECTIONS: dict[str, str] = {
-    **{key: d for key, _, d in HEADLINE},
+    **{key: d for key, _, d in HEADLINE + OPTIONAL_COLUMNS},
     "l1": "",
     "explained_variance": "up",
     "ce_clean": "",
@@ -128,8 +139,9 @@ def render(results: list[Result], title: str = "saebench leaderboard", plots: di
     for key in sorted(groups):
         model, hook, cfg = key
         lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
-        headers = ["SAE", "arch", "d_sae"] + [t + ARROW[d] for _, t, d in HEADLINE]
-        rows = [[name, row["architecture"], row["d_sae"]] + [_fmt(row.get(k)) for k, _, _ in HEADLINE]
+        cols = columns_for(list(groups[key].values()))
+        headers = ["SAE", "arch", "d_sae"] + [t + ARROW[d] for _, t, d in cols]
+        rows = [[name, row["architecture"], row["d_sae"]] + [_fmt(row.get(k)) for k, _, _ in cols]
                 for name, row in sorted(groups[key].items())]
         lines += [tabulate(rows, headers=headers, tablefmt="github"), ""]
         if plots and key in plots:

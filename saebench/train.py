@@ -21,7 +21,8 @@ Per architecture (paper next to it):
   at inference a global threshold = EMA of the smallest selected activation per batch.
 - ``relu`` (Anthropic, "Circuits Updates", April 2024): loss + λ·Σ_i z_i‖W_dec,i‖; decoder norms free.
 - ``jumprelu`` (Rajamanoharan et al. 2024b): z = pre·H(pre - θ), loss + λ·L0 with straight-through
-  estimators (rectangle kernel, bandwidth ε = 1e-3) for the gradient with respect to θ.
+  estimators (rectangle kernel, bandwidth ε = 1e-3) for the gradient with respect to θ; θ starts at
+  ε and its learning rate is 10x the base (our schedule is short: see JUMPRELU_THRESHOLD_LR_SCALE).
 - ``gated`` (Rajamanoharan et al. 2024a): loss + λ·‖ReLU(π_gate)‖₁ + the auxiliary reconstruction of
   ReLU(π_gate) through a frozen decoder; unit-norm decoder.
 """
@@ -42,6 +43,9 @@ from saebench.pipeline import ActivationPipeline
 from saebench.sae import NativeSAE, SAEConfig, save_native, topk_relu
 
 JUMPRELU_EPS = 1e-3
+# Adam moves a parameter by at most ~lr per step; JumpReLU thresholds start at ε and must travel
+# O(1) (normalised units) within a few hundred steps, so they learn 10x faster than the weights.
+JUMPRELU_THRESHOLD_LR_SCALE = 10.0
 DEFAULT_HOOK = "blocks.6.hook_resid_post"
 
 
@@ -128,7 +132,10 @@ def train_sae(acts: torch.Tensor, architecture: str, d_sae: int, *, k: int = 32,
                     train_epochs=epochs, target_l0=k if penalised else None)
     sae = _init(cfg, x_all, gen)
     lr = 2e-4 / math.sqrt(d_sae / 16384)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+    groups = [{"params": [p for n, p in sae.named_parameters() if n != "threshold"], "lr_scale": 1.0}]
+    if architecture == "jumprelu":
+        groups.append({"params": [sae.threshold], "lr_scale": JUMPRELU_THRESHOLD_LR_SCALE})
+    opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999))
     k_aux = d_in // 2
     lam = {"relu": 0.02, "jumprelu": 0.002, "gated": 0.02}.get(architecture, 0.0)
     since_fired = torch.zeros(d_sae, dtype=torch.long)
@@ -147,7 +154,7 @@ def train_sae(acts: torch.Tensor, architecture: str, d_sae: int, *, k: int = 32,
         for b in range(steps_per_epoch):
             x = x_all[order[b * batch_tokens:(b + 1) * batch_tokens]]
             for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup) * min(1.0, 5 * (total - step) / total)
+                group["lr"] = group["lr_scale"] * lr * min(1.0, (step + 1) / warmup) * min(1.0, 5 * (total - step) / total)
             var = (x - x.mean(0)).pow(2).sum()
             xin = x - sae.b_dec
             pre = xin @ sae.W_enc + sae.b_enc
