@@ -60,6 +60,29 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--trust-pickle", action="store_true", help="allow .pt files that need arbitrary unpickling (runs code: only your own files)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or table (for CI)")
+    g = p.add_argument_group("autointerp (--evals autointerp; any OpenAI-compatible endpoint)")
+    g.add_argument("--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: https://api.openai.com/v1)")
+    g.add_argument("--llm-model", help="explainer model (default: gpt-4o-mini); also the scorer unless --llm-scorer-model")
+    g.add_argument("--llm-scorer-model", help="model for detection/simulation scoring (default: --llm-model)")
+    g.add_argument("--llm-api-key-env", help="environment variable holding the API key (default: OPENAI_API_KEY; none needed on 127.0.0.1)")
+    g.add_argument("--llm-concurrency", type=int, help="latents in flight at once (default: 8)")
+    g.add_argument("--llm-max-tokens", type=int, help="budget: stop after this many prompt+completion tokens, keeping what is done")
+    g.add_argument("--llm-max-cost", type=float, help="budget in USD (needs --set autointerp.price_prompt_per_mtok=... and price_completion_per_mtok=...)")
+
+
+LLM_FLAGS = {"llm_base_url": "base_url", "llm_model": "explainer_model", "llm_scorer_model": "scorer_model",
+             "llm_api_key_env": "api_key_env", "llm_concurrency": "concurrency",
+             "llm_max_tokens": "max_tokens_budget", "llm_max_cost": "max_cost"}
+
+
+def _eval_config(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``--set`` values plus the explicit ``--llm-*`` flags (which map onto ``autointerp.*``)."""
+    out = _parse_sets(a.set)
+    for flag, key in LLM_FLAGS.items():
+        val = getattr(a, flag, None)
+        if val is not None:
+            out.setdefault("autointerp", {})[key] = val
+    return out
 
 
 def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -91,7 +114,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         specs, model=a.model, hook=a.hook, evals=[e.strip() for e in a.evals.split(",") if e.strip()],
         profile=a.profile, tokens=a.tokens, ctx_len=a.ctx_len, batch_size=a.batch_size, seed=a.seed,
         corpus=a.corpus, out=a.out, device=a.device, dtype=a.dtype, force=a.force, progress=not a.quiet,
-        eval_config=_parse_sets(a.set), name=a.name or None, trust_pickle=a.trust_pickle, use_cache=not a.no_cache,
+        eval_config=_eval_config(a), name=a.name or None, trust_pickle=a.trust_pickle, use_cache=not a.no_cache,
     )
     if not a.quiet:
         print(summary_table(run))

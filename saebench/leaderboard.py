@@ -40,6 +40,10 @@ ARROW = {"up": " ↑", "down": " ↓", "": ""}
 OPTIONAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("probe_loss", "probe loss", "down"),
     ("top_1_accuracy", "top-1 acc", "up"),
+    ("n2g_f1", "N2G F1", "up"),
+    ("ablation_sparsity", "ablation sparsity", "down"),
+    ("detection_balanced_accuracy", "detection", "up"),
+    ("simulation_r", "simulation r", "up"),
 )
 
 
@@ -68,6 +72,12 @@ DIRECTIONS: dict[str, str] = {
     "baseline_resid_1d_loss": "",
     "baseline_resid_full_loss": "",
     "baseline_resid_full_accuracy": "",
+    "n2g_precision": "up",
+    "n2g_recall": "up",
+    "ablation_sparsity_median": "down",
+    "detection_accuracy": "up",
+    "detection_precision": "up",
+    "detection_recall": "up",
 }
 for _k in (1, 2, 5, 10, 20, 50):
     DIRECTIONS[f"top_{_k}_accuracy"] = "up"

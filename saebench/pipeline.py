@@ -78,6 +78,45 @@ class TaskActs:
     cached: bool = False
 
 
+@dataclass
+class ExampleSet:
+    """``k`` examples per latent for ``L`` latents (see ``ActivationPipeline.latent_examples``).
+
+    ``seq``/``pos`` index the token set (``pipeline.tokens.tokens[seq, pos]`` is the example's
+    activating token), ``act`` is the latent's activation there; all ``[L, k]``, sorted by
+    ``act`` descending within a latent. ``valid`` is False in the slots a latent could not fill
+    (it fired on fewer than ``k`` positions; those slots hold seq = pos = -1, act = 0).
+    ``tokens``/``acts`` are ``[L, k, left + 1 + right]`` windows around the activating token
+    (token id -1 and activation 0 outside the context) when a window was requested.
+    """
+
+    seq: torch.Tensor
+    pos: torch.Tensor
+    act: torch.Tensor
+    valid: torch.Tensor
+    tokens: torch.Tensor | None = None
+    acts: torch.Tensor | None = None
+
+
+@dataclass
+class LatentExamples:
+    """Top-activating, random-activating and importance-sampled examples of a set of latents.
+
+    ``latents`` ``[L]`` are SAE latent indices; ``n_fire`` ``[L]`` counts positions where each
+    fired (activation > 0) among the scanned ones, ``max_act`` ``[L]`` its maximum there
+    (0 for a latent that never fired). ``n_positions`` is the number of positions scanned.
+    """
+
+    latents: torch.Tensor
+    top: ExampleSet
+    random: ExampleSet
+    importance: ExampleSet
+    n_fire: torch.Tensor
+    max_act: torch.Tensor
+    n_positions: int
+    window: tuple[int, int] | None = None
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -362,3 +401,319 @@ class ActivationPipeline:
                 timing={**self.timing, "spliced_s": sae_s[label]}, **cat,
             )
         return out
+
+    # -- examples per latent (n2g, autointerp) and latent ablations ---------------------------
+    # Everything below reads the cached prefix states (``states()``): collecting examples from
+    # the evaluation token set costs SAE encodes only (plus the hook's own block for a hook
+    # inside a block), never another prefix pass.
+    example_forward_batches: int = 0  # model calls spent on latent_acts_at (n2g pruning/saliency)
+    example_forward_rows: int = 0     # rows those calls evaluated (= naive count: one call per row)
+    ablation_forward_batches: int = 0  # suffix calls spent in ablation_effects
+    ablation_forward_rows: int = 0     # rows those calls evaluated (ablations + un-ablated contexts)
+
+    def _seq_index(self, seqs: Any) -> torch.Tensor:
+        n = self.tokens.tokens.shape[0]
+        if seqs is None:
+            return torch.arange(n)
+        idx = torch.as_tensor(seqs, dtype=torch.long).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise SaebenchError(f"context indices must lie in 0..{n - 1}; got {int(idx.min())}..{int(idx.max())}")
+        return idx
+
+    def _encode_seqs(self, sae: Any, seqs: torch.Tensor) -> Any:
+        """Yield ``(seq ids [b], z [b, T-1, d_sae])``: latents at positions 1..T-1 (BOS never encoded)."""
+        states = self.states()
+        for s in range(0, seqs.numel(), self.batch_size):
+            idx = seqs[s:s + self.batch_size]
+            acts = self.acts_batch(states[idx])
+            with torch.no_grad():
+                z = sae.encode(acts[:, 1:])
+            if z.shape[-1] != int(sae.d_sae):
+                raise SaebenchError(f"SAE encode gave {z.shape[-1]} latents but d_sae is {sae.d_sae}; fix the SAE's d_sae")
+            yield idx, z
+
+    def fire_counts(self, sae: Any, seqs: Any = None) -> torch.Tensor:
+        """Positions (1..T-1 of the given contexts; all by default) where each latent fires, int64 ``[d_sae]``.
+
+        One streamed encode pass: never more than ``batch_size x T x d_sae`` floats at once.
+        """
+        counts = torch.zeros(int(sae.d_sae), dtype=torch.int64)
+        for _, z in self._encode_seqs(sae, self._seq_index(seqs)):
+            counts += (z > 0).reshape(-1, z.shape[-1]).sum(0).cpu()
+        return counts
+
+    def latent_acts(self, sae: Any, latents: Any, seqs: Any = None) -> torch.Tensor:
+        """Per-token activations of a few latents on whole contexts, float32 ``[n_seq, T, L]``.
+
+        Position 0 (BOS) is never encoded and reads 0. Dense only in the L selected latents.
+        """
+        lat = torch.as_tensor(latents, dtype=torch.long).reshape(-1)
+        idx = self._seq_index(seqs)
+        out = torch.zeros(idx.numel(), self.tokens.ctx_len, lat.numel(), dtype=torch.float32)
+        row = 0
+        for b_idx, z in self._encode_seqs(sae, idx):
+            out[row:row + b_idx.numel(), 1:] = z[..., lat.to(z.device)].float().cpu()
+            row += b_idx.numel()
+        return out
+
+    def latent_examples(self, sae: Any, latents: Any, n_top: int = 0, n_random: int = 0, n_importance: int = 0,
+                        seed: int = 0, seqs: Any = None, positions: tuple[int, int] | None = None,
+                        window: tuple[int, int] | None = None) -> LatentExamples:
+        """Top-activating, random-activating and importance-sampled examples of ``latents``, streamed.
+
+        One encode pass over the cached prefix states of contexts ``seqs`` (default: all),
+        scanning positions ``positions = (lo, hi)`` inclusive (default ``(1, T-1)``; position 0,
+        the BOS, is never a candidate). Per latent, and per batch, the candidates are merged into
+        a bounded buffer with ``topk`` over ``k + batch positions`` rows: memory is
+        O(batch x T x d_sae) for the encode plus O(k x L) for the buffers, never
+        ``[tokens x d_sae]``.
+
+        - ``top``: the ``n_top`` largest activations (ties: first seen).
+        - ``random``: ``n_random`` positions drawn uniformly without replacement among those where
+          the latent fires (activation > 0): each candidate gets a uniform key u, the largest
+          keys are kept (bottom-k / reservoir sampling).
+        - ``importance``: ``n_importance`` positions drawn without replacement with probability
+          proportional to the activation (Efraimidis & Spirakis 2006: keep the largest
+          u^(1/a), i.e. log(u)/a), so weak activations are represented in proportion to their
+          mass across the activation range (the example mix autointerp scorers want).
+
+        Keys come from ``torch.Generator`` seeded per context (``seed``, context index), so the
+        sample does not depend on ``batch_size``. With ``window = (left, right)`` each example
+        also gets its tokens and this latent's per-token activations at positions
+        ``pos - left .. pos + right`` (second encode pass over only the contexts used).
+        """
+        lat = torch.as_tensor(latents, dtype=torch.long).reshape(-1)
+        n_lat, ctx = lat.numel(), self.tokens.ctx_len
+        lo, hi = positions if positions is not None else (1, ctx - 1)
+        lo, hi = max(1, int(lo)), min(ctx - 1, int(hi))
+        if hi < lo:
+            raise SaebenchError(f"no position to scan in {lo}..{hi} of {ctx}-token contexts; raise --ctx-len")
+        sizes = {"top": n_top, "random": n_random, "importance": n_importance}
+        neg = float("-inf")
+        buf = {name: (torch.empty(0, n_lat, dtype=torch.float64), torch.empty(0, n_lat),
+                      torch.empty(0, n_lat, dtype=torch.long), torch.empty(0, n_lat, dtype=torch.long))
+               for name, k in sizes.items() if k > 0}
+        n_fire = torch.zeros(n_lat, dtype=torch.int64)
+        max_act = torch.zeros(n_lat)
+        n_pos = hi - lo + 1
+        scanned = 0
+        for idx, z in self._encode_seqs(sae, self._seq_index(seqs)):
+            a3 = z[:, lo - 1:hi][..., lat.to(z.device)].float().cpu()  # [b, P, L]
+            b = a3.shape[0]
+            a = a3.reshape(b * n_pos, n_lat)
+            fire = a > 0
+            scanned += b * n_pos
+            n_fire += fire.sum(0)
+            max_act = torch.maximum(max_act, a.max(0).values.clamp_min(0))
+            seq_col = idx.repeat_interleave(n_pos)[:, None].expand(-1, n_lat)
+            pos_col = torch.arange(lo, hi + 1).repeat(b)[:, None].expand(-1, n_lat)
+            u = None
+            if n_random or n_importance:
+                u = torch.cat([torch.rand(n_pos, n_lat, 2, dtype=torch.float64,
+                                          generator=torch.Generator().manual_seed(seed * 1_000_003 + int(s) + 1))
+                               for s in idx]).clamp_min(1e-300)
+            for name in buf:
+                if name == "top":
+                    key = torch.where(fire, a.double(), neg)
+                elif name == "random":
+                    key = torch.where(fire, u[..., 0], neg)
+                else:
+                    key = torch.where(fire, u[..., 1].log() / a.double().clamp_min(1e-30), neg)
+                keys, acts_b, seq_b, pos_b = buf[name]
+                keys = torch.cat([keys, key])
+                acts_b, seq_b, pos_b = torch.cat([acts_b, a]), torch.cat([seq_b, seq_col]), torch.cat([pos_b, pos_col])
+                k = min(sizes[name], keys.shape[0])
+                top = keys.topk(k, dim=0).indices
+                buf[name] = (keys.gather(0, top), acts_b.gather(0, top), seq_b.gather(0, top), pos_b.gather(0, top))
+
+        def finish(name: str) -> ExampleSet:
+            if name not in buf:
+                empty = torch.empty(n_lat, 0)
+                return ExampleSet(empty.long(), empty.long(), empty, empty.bool())
+            keys, acts_b, seq_b, pos_b = (t.T.contiguous() for t in buf[name])  # [L, k]
+            valid = keys > neg
+            order = torch.where(valid, acts_b, neg).argsort(dim=1, descending=True, stable=True)
+            valid, acts_b = valid.gather(1, order), acts_b.gather(1, order)
+            seq_b, pos_b = seq_b.gather(1, order), pos_b.gather(1, order)
+            return ExampleSet(torch.where(valid, seq_b, -1), torch.where(valid, pos_b, -1),
+                              torch.where(valid, acts_b, 0.0), valid)
+
+        out = LatentExamples(lat, finish("top"), finish("random"), finish("importance"), n_fire, max_act,
+                             scanned, window)
+        if window is not None:
+            self._fill_windows(sae, out, window)
+        return out
+
+    def _fill_windows(self, sae: Any, ex: LatentExamples, window: tuple[int, int]) -> None:
+        left, right = window
+        sets = [es for es in (ex.top, ex.random, ex.importance) if es.valid.any()]
+        if not sets:
+            return
+        used = torch.unique(torch.cat([es.seq[es.valid] for es in sets]))
+        acts = self.latent_acts(sae, ex.latents, used)  # [U, T, L]
+        where = {int(s): i for i, s in enumerate(used)}
+        ctx, width = self.tokens.ctx_len, left + 1 + right
+        for es in (ex.top, ex.random, ex.importance):
+            n_lat, k = es.seq.shape
+            es.tokens = torch.full((n_lat, k, width), -1, dtype=torch.long)
+            es.acts = torch.zeros(n_lat, k, width)
+            for li, j in es.valid.nonzero().tolist():
+                s, p = int(es.seq[li, j]), int(es.pos[li, j])
+                a, b = max(0, p - left), min(ctx, p + right + 1)
+                off = a - (p - left)
+                es.tokens[li, j, off:off + b - a] = self.tokens.tokens[s, a:b]
+                es.acts[li, j, off:off + b - a] = acts[where[s], a:b, li]
+
+    @torch.no_grad()
+    def latent_acts_at(self, sae: Any, rows: list[list[int]], latents: list[int], token_budget: int | None = None) -> torch.Tensor:
+        """Activation of latent ``latents[r]`` at the last token of token row ``rows[r]``, float32 ``[R]``.
+
+        For explanation searches (n2g pruning and saliency): many short, edited contexts, each
+        with its own latent. Rows run only up to the hook (``SubjectModel.prefix`` +
+        ``hook_acts``), sorted by length and right-padded into batches of at most
+        ``token_budget`` (default ``batch_size x ctx_len``) tokens; right padding is exact for
+        causal models. Only the last position of each row is encoded. Callers put the BOS
+        first themselves. ``example_forward_batches``/``_rows`` count the model calls and rows.
+        """
+        if len(rows) != len(latents):
+            raise SaebenchError(f"latent_acts_at got {len(rows)} rows but {len(latents)} latents; pass one latent per row")
+        budget = token_budget or self.batch_size * self.tokens.ctx_len
+        out = torch.zeros(len(rows))
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
+        i = 0
+        while i < len(order):
+            width = len(rows[order[i]])
+            if width < 1:
+                raise SaebenchError("latent_acts_at got an empty token row; every row needs at least one token")
+            take = order[i:i + max(1, budget // width)]
+            i += len(take)
+            batch = torch.full((len(take), width), self.model.bos_id, dtype=torch.long)
+            last = torch.tensor([len(rows[r]) - 1 for r in take])
+            for j, r in enumerate(take):
+                batch[j, :len(rows[r])] = torch.tensor(rows[r])
+            acts = self.acts_batch(self.model.prefix(batch, self.site))
+            x = acts[torch.arange(len(take), device=acts.device), last.to(acts.device)]
+            z = sae.encode(x)
+            lat = torch.tensor([latents[r] for r in take], device=z.device)
+            out[take] = z.gather(1, lat[:, None]).squeeze(1).float().cpu()
+            self.example_forward_batches += 1
+            self.example_forward_rows += len(take)
+        return out
+
+    def _final_resid(self, state: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
+        """Residual stream before the final norm, from the prefix state with the hook replaced."""
+        tl, n = self.model.model, self.model.n_layers
+        replacement = replacement.to(device=state.device, dtype=state.dtype)
+        if self.site.is_resid:
+            return tl(replacement, start_at_layer=self.site.start, stop_at_layer=n)
+
+        def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            return replacement
+
+        with tl.hooks(fwd_hooks=[(self.site.name, replace)]):
+            return tl(state, start_at_layer=self.site.start, stop_at_layer=n)
+
+    def _unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits from final residuals (final norm, unembed, soft cap: what the model's forward does)."""
+        tl = self.model.model
+        if tl.cfg.normalization_type is not None:
+            resid = tl.ln_final(resid)
+        logits = tl.unembed(resid).float()
+        cap = getattr(tl.cfg, "output_logits_soft_cap", -1.0) or -1.0
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    @torch.no_grad()
+    def ablation_effects(self, sae: Any, pairs: torch.Tensor, window: int,
+                         reduce: Any, row_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Effect on the logits of ablating one latent at one position, for many (context, position, latent).
+
+        ``pairs`` is ``[R, 3]`` int64 rows ``(seq, pos, latent)`` with ``1 <= pos`` and
+        ``pos + window <= T``. Each context's spliced run (hook replaced by
+        ``decode(encode(x))`` at positions >= 1; BOS clean, as in ``splice_stats``) is one row,
+        computed once however many pairs use the context; an ablated row replaces position
+        ``pos`` of that reconstruction by the reconstruction without the latent, i.e. subtracts
+        ``decode(z) - decode(z with z_i = 0)`` computed at the encode's own shape (exact for any
+        token-wise decoder, layer-norm SAEs included). Un-ablated and ablated rows of all
+        latents and contexts share suffix passes from the hook's block, ``row_batch`` rows per
+        call (default ``4 x batch_size``), sorted by length and each cut at its last needed
+        position (later positions cannot matter to a causal model). Only the final residuals
+        are kept; logits are formed for the ``window`` positions ``pos .. pos+window-1`` alone,
+        so memory is O(row_batch x window x V), never O(rows x T x V).
+        ``reduce([r, window, V] logit differences ablated - spliced)`` returns one float per row.
+
+        Returns ``(values [R] float64, no_effect [R] bool)``: rows whose ablation leaves the
+        reconstruction bit-identical (latent off there, or a zero decoder row) are not run;
+        their value is NaN and ``no_effect`` is True.
+        """
+        pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 3)
+        ctx = self.tokens.ctx_len
+        if pairs.numel() and (int(pairs[:, 1].min()) < 1 or int((pairs[:, 1] + window).max()) > ctx):
+            raise SaebenchError(f"ablation positions must lie in 1..{ctx - window} for a {window}-position window")
+        row_batch = row_batch or 4 * self.batch_size
+        n_pairs = pairs.shape[0]
+        values = torch.full((n_pairs,), float("nan"), dtype=torch.float64)
+        no_effect = torch.zeros(n_pairs, dtype=torch.bool)
+        if n_pairs == 0:
+            return values, no_effect
+        states = self.states()
+        uniq = torch.unique(pairs[:, 0])
+        local = {int(c): i for i, c in enumerate(uniq)}
+        ctx_of = torch.tensor([local[int(s)] for s in pairs[:, 0]])
+        spliced = torch.empty(uniq.numel(), ctx, self.hook_width(), dtype=self.model.dtype)
+        contrib = torch.zeros(n_pairs, self.hook_width(), dtype=self.model.dtype)
+        for s in range(0, uniq.numel(), self.batch_size):
+            acts = self.acts_batch(states[uniq[s:s + self.batch_size]])
+            z = sae.encode(acts[:, 1:])
+            xhat = sae.decode(z)
+            if tuple(xhat.shape) != tuple(acts[:, 1:].shape):
+                raise SaebenchError(f"SAE decode(encode(x)) has shape {list(xhat.shape)} for input {list(acts[:, 1:].shape)}; it must keep x's shape")
+            sp = acts.clone()
+            sp[:, 1:] = xhat.to(acts.dtype)
+            spliced[s:s + acts.shape[0]] = sp.cpu()
+            in_chunk = (ctx_of >= s) & (ctx_of < s + acts.shape[0])
+            for lat in torch.unique(pairs[in_chunk, 2]).tolist():
+                zc = z.clone()
+                zc[..., lat] = 0
+                diff = (xhat - sae.decode(zc)).cpu()
+                rows = (in_chunk & (pairs[:, 2] == lat)).nonzero().squeeze(1)
+                contrib[rows] = diff[ctx_of[rows] - s, pairs[rows, 1] - 1].to(contrib.dtype)
+        live = contrib.ne(0).any(-1)
+        no_effect |= ~live
+        live_rows = live.nonzero().squeeze(1).tolist()
+        if not live_rows:
+            return values, no_effect
+        # one row per used context (un-ablated) + one per live pair; (kind, index, end)
+        ends = {}
+        for r in live_rows:
+            u = int(ctx_of[r])
+            ends[u] = max(ends.get(u, 0), int(pairs[r, 1]) + window)
+        jobs = [("base", u, e) for u, e in ends.items()] + [("abl", r, int(pairs[r, 1]) + window) for r in live_rows]
+        jobs.sort(key=lambda j: -j[2])
+        base_resid: dict[int, torch.Tensor] = {}
+        abl_resid: dict[int, torch.Tensor] = {}
+        dev = self.model.device
+        for b0 in range(0, len(jobs), row_batch):
+            group = jobs[b0:b0 + row_batch]
+            end = max(j[2] for j in group)
+            us = torch.tensor([u if kind == "base" else int(ctx_of[u]) for kind, u, _ in group])
+            rep = spliced[us, :end].clone()
+            for g, (kind, r, _) in enumerate(group):
+                if kind == "abl":
+                    rep[g, int(pairs[r, 1])] -= contrib[r]
+            resid = self._final_resid(states[us, :end].to(dev), rep.to(dev))
+            self.ablation_forward_batches += 1
+            self.ablation_forward_rows += len(group)
+            for g, (kind, r, e) in enumerate(group):
+                if kind == "base":
+                    base_resid[r] = resid[g, :e].cpu()
+                else:
+                    p = int(pairs[r, 1])
+                    abl_resid[r] = resid[g, p:p + window].cpu()
+            del resid
+        for b0 in range(0, len(live_rows), row_batch):
+            rows = live_rows[b0:b0 + row_batch]
+            a = torch.stack([abl_resid[r] for r in rows]).to(dev)
+            b = torch.stack([base_resid[int(ctx_of[r])][int(pairs[r, 1]):int(pairs[r, 1]) + window] for r in rows]).to(dev)
+            vals = reduce(self._unembed(a) - self._unembed(b))
+            values[rows] = vals.double().cpu()
+        return values, no_effect

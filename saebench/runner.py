@@ -162,6 +162,9 @@ def evaluate(
             pending.append(job)
     if not pending:
         return run
+    for ev in {job[1].name: job[1] for job in pending}.values():
+        if hasattr(ev, "preflight"):  # optional: refuse bad settings (e.g. an unreachable LLM) before any work
+            ev.preflight(cfgs[ev.name])
 
     model_names = {job[2]["model"] for job in pending}
     if len(model_names) > 1:

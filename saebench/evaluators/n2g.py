@@ -1,0 +1,162 @@
+"""``--evals n2g``: Neuron2Graph explainability of SAE latents (Foote et al. 2023; Gao et al. 2024, sec. 4.5).
+
+For a seeded sample of live latents: collect top-activating and random-activating examples from
+the first part of the evaluation token set (``ActivationPipeline.latent_examples``: one streamed
+encode pass over the cached prefix states, a bounded top-k buffer per latent), build each latent's
+pattern trie (``saebench.probes.n2g``: prune to the minimal suffix keeping ≥ 50% of the
+activation, wildcard tokens whose replacement by a pad keeps > 50%, anchor at a BOS where the
+whole context is needed), then predict the latent on the held-out contexts (the last
+``heldout_frac`` of the token set) and binarise truth and prediction at ``firing_threshold`` ×
+the latent's max activation on the example contexts. Metrics: token-level ``precision``,
+``recall``, ``f1`` per latent and their means over latents that fire on held-out text; each
+latent's explanation (its strongest patterns) is in ``latents``.
+
+Cost: pruning/saliency rows run only up to the hook (``SubjectModel.prefix`` + ``hook_acts``),
+batched by length into ``batch_size x ctx_len``-token calls; ``forward_calls`` vs
+``naive_forward_calls`` (one call per pruning step / saliency test, as in N2G) is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, ClassVar
+
+import torch
+
+from saebench.errors import SaebenchError
+from saebench.evaluators import EvalConfig, EvalContext
+
+
+class N2GConfig(EvalConfig):
+    """Settings of ``--evals n2g``; profiles set the sample sizes only."""
+
+    n_latents: int = 16                 # live latents sampled (seeded)
+    latents: list[int] | None = None    # explicit latent indices instead of a sample
+    n_top: int = 8                      # top-activating examples per latent
+    n_random: int = 4                   # random activating examples per latent (uniform over firing positions)
+    max_prune_len: int = 12             # longest suffix tried when pruning (tokens, excl. BOS)
+    keep_frac: float = 0.5              # pruning keeps >= keep_frac of the example's activation
+    wildcard_frac: float = 0.5          # a token is a wildcard if padding it keeps > wildcard_frac
+    firing_threshold: float = 0.5       # fraction of the latent's max activation that counts as firing
+    heldout_frac: float = 0.5           # last fraction of the token set's contexts used for scoring
+    pad_token: int | None = None        # saliency replacement; None: the tokenizer's pad token, else BOS
+    n_patterns_reported: int = 5
+
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {"n_latents": 16, "n_top": 8, "n_random": 4, "max_prune_len": 12},
+        "standard": {"n_latents": 64, "n_top": 16, "n_random": 8, "max_prune_len": 16},
+        "paper": {"n_latents": 256, "n_top": 20, "n_random": 10, "max_prune_len": 24},
+    }
+
+
+def sample_live_latents(counts: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` latents drawn without replacement (seeded) among those with ``counts > 0``, sorted."""
+    live = (counts > 0).nonzero().squeeze(1)
+    perm = torch.randperm(live.numel(), generator=torch.Generator().manual_seed(seed))
+    return live[perm[:n]].sort().values
+
+
+def _mean(vals: list[Any]) -> float | None:
+    v = [float(x) for x in vals if x is not None and math.isfinite(float(x))]
+    return sum(v) / len(v) if v else None
+
+
+class N2GEvaluator:
+    """``--evals n2g``: see module doc."""
+
+    name = "n2g"
+    needs = frozenset({"states"})
+    Config = N2GConfig
+
+    def run(self, ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]:
+        assert isinstance(cfg, N2GConfig)
+        from saebench.probes.n2g import Example, explain_and_score
+
+        if not 0 < cfg.heldout_frac < 1 or cfg.max_prune_len < 1 or cfg.n_top + cfg.n_random < 1:
+            raise SaebenchError("n2g: need 0 < heldout_frac < 1, max_prune_len >= 1 and n_top + n_random >= 1; fix the --set values")
+        pipe, sae, model = ctx.pipeline, ctx.sae, ctx.model
+        seed = int(ctx.run_config.get("seed", 0))
+        n_seq = pipe.tokens.tokens.shape[0]
+        n_hold = max(1, round(n_seq * cfg.heldout_frac))
+        if n_seq - n_hold < 1:
+            raise SaebenchError(f"n2g needs at least 2 contexts (examples + held-out), got {n_seq}; raise --tokens")
+        train, held = torch.arange(n_seq - n_hold), torch.arange(n_seq - n_hold, n_seq)
+        t0 = time.perf_counter()
+        pipe.states()  # the shared prefix pass (cached on disk; free when another evaluator ran it)
+        t_states = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if cfg.latents is not None:
+            bad = [i for i in cfg.latents if not 0 <= i < int(sae.d_sae)]
+            if bad:
+                raise SaebenchError(f"n2g.latents {bad} are outside 0..{int(sae.d_sae) - 1}; pass valid latent indices")
+            latents = torch.tensor(sorted(set(cfg.latents)), dtype=torch.long)
+            n_live = None
+        else:
+            counts = pipe.fire_counts(sae, train)
+            n_live = int((counts > 0).sum())
+            latents = sample_live_latents(counts, cfg.n_latents, seed)
+        ex = pipe.latent_examples(sae, latents, n_top=cfg.n_top, n_random=cfg.n_random, seed=seed, seqs=train)
+        t_collect = time.perf_counter() - t0
+
+        toks = pipe.tokens.tokens
+        examples, max_act = [], {}
+        for li, lat in enumerate(latents.tolist()):
+            if ex.n_fire[li] == 0:
+                continue  # an explicitly requested latent that never fires on the example contexts
+            max_act[lat] = float(ex.max_act[li])
+            seen = set()
+            for es in (ex.top, ex.random):
+                for j in es.valid[li].nonzero().squeeze(1).tolist():
+                    s, p = int(es.seq[li, j]), int(es.pos[li, j])
+                    if (s, p) not in seen:
+                        seen.add((s, p))
+                        examples.append(Example(lat, toks[s, :p + 1].tolist(), float(es.act[li, j])))
+        pad = cfg.pad_token
+        if pad is None:
+            pad = getattr(model.tokenizer, "pad_token_id", None)
+            pad = model.bos_id if pad is None else int(pad)
+
+        calls0, rows0 = pipe.example_forward_batches, pipe.example_forward_rows
+        t0 = time.perf_counter()
+        heldout = pipe.latent_acts(sae, latents, held)
+        truth = {lat: heldout[..., li] for li, lat in enumerate(latents.tolist())}
+        rows, stats = explain_and_score(
+            examples, max_act, toks[held], truth,
+            lambda r, lat: pipe.latent_acts_at(sae, r, lat), pad, model.bos_id,
+            lambda ids: model.tokenizer.decode(ids), cfg.max_prune_len, cfg.keep_frac, cfg.wildcard_frac,
+            cfg.firing_threshold, cfg.n_patterns_reported,
+        )
+        t_explain = time.perf_counter() - t0
+        calls = pipe.example_forward_batches - calls0
+        naive = pipe.example_forward_rows - rows0
+        scored = [r for r in rows if r["f1"] is not None]
+        if len(max_act) < len(latents):
+            ctx.notes.append(f"n2g: {len(latents) - len(max_act)} requested latent(s) never fire on the example contexts; skipped")
+        if len(scored) < len(rows):
+            ctx.notes.append(f"n2g: {len(rows) - len(scored)} latent(s) never fire above the threshold on held-out text; left out of the means")
+        return {
+            "n2g_f1": _mean([r["f1"] for r in scored]),
+            "n2g_precision": _mean([r["precision"] for r in scored]),
+            "n2g_recall": _mean([r["recall"] for r in scored]),
+            "n2g_base_rate": _mean([r["base_rate"] for r in scored]),
+            "n_latents": len(rows),
+            "n_latents_scored": len(scored),
+            "n_live_latents_in_examples": n_live,
+            "n_examples": len(examples),
+            "n_patterns": sum(r["n_patterns"] for r in rows),
+            "n_examples_unpruned": stats["n_unpruned"],
+            "n_patterns_anchored": stats["n_anchored"],
+            "firing_threshold": cfg.firing_threshold,
+            "threshold_reference": "max activation of the latent on the example contexts",
+            "example_contexts": int(train.numel()),
+            "heldout_contexts": int(held.numel()),
+            "heldout_tokens_scored": int(held.numel() * (pipe.tokens.ctx_len - 1)),
+            "pad_token": pad,
+            "forward_calls": calls,
+            "naive_forward_calls": naive,
+            "rows_prune": stats["rows_prune"],
+            "rows_saliency": stats["rows_saliency"],
+            "latents": rows,
+            "_timing": {"states_s": round(t_states, 4), "collect_s": round(t_collect, 4), "explain_score_s": round(t_explain, 4)},
+        }
