@@ -17,12 +17,10 @@ targets (R <= 1.15 F) are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _common import empty_activation_cache
 
 
 def main() -> None:
@@ -37,7 +35,7 @@ def main() -> None:
 
     from saebench import evaluate
     from saebench.data import build_token_set
-    from saebench.models import cache_dir, load_model
+    from saebench.models import load_model
     from saebench.sae import load_sae
 
     t0 = time.perf_counter()
@@ -55,10 +53,7 @@ def main() -> None:
     t_fwd = time.perf_counter() - t0
 
     sizes = {"tokens": args.tokens, "ctx_len": args.ctx_len, "batch_size": args.batch_size}
-    models_dir = cache_dir() / "models"
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "models").symlink_to(models_dir)
-        os.environ["SAEBENCH_CACHE"] = tmp
+    with empty_activation_cache():
         t0 = time.perf_counter()
         cold = evaluate(sae, model=model, progress=False, **sizes)
         t_cold = time.perf_counter() - t0

@@ -15,12 +15,10 @@ embedded model) with both evaluators on one profile, with an empty activation ca
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _common import empty_activation_cache
 
 
 def main() -> None:
@@ -32,18 +30,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from saebench import evaluate
-    from saebench.models import cache_dir, load_model
+    from saebench.models import load_model
 
     t0 = time.perf_counter()
     model = load_model()
     t_load = time.perf_counter() - t0
-    models = cache_dir() / "models"
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "cache"
-        root.mkdir()
-        if models.exists():
-            (root / "models").symlink_to(models)
-        os.environ["SAEBENCH_CACHE"] = str(root)  # empty activation cache: the prefix pass is cold
+    with empty_activation_cache():  # the prefix pass is cold
         t0 = time.perf_counter()
         run = evaluate(args.sae, model=model, evals=["n2g", "ablation"], profile=args.profile, progress=False)
         wall = time.perf_counter() - t0

@@ -19,12 +19,10 @@ and tokenization are reported apart. Not a test.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _common import empty_activation_cache
 
 
 def random_topk(d_sae: int, seed: int):
@@ -50,18 +48,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from saebench import evaluate
-    from saebench.models import cache_dir, load_model
+    from saebench.models import load_model
 
     t0 = time.perf_counter()
     model = load_model()
     t_load = time.perf_counter() - t0
-    models = cache_dir() / "models"
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "cache"
-        root.mkdir()
-        if models.exists():
-            (root / "models").symlink_to(models)
-        os.environ["SAEBENCH_CACHE"] = str(root)  # empty activation cache: the first pass is cold
+    with empty_activation_cache():  # the first pass is cold
         cfg = {"probing": {"tasks": args.tasks}} if args.tasks else {}
         runs = []
         for i in range(2):

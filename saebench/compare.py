@@ -30,7 +30,7 @@ from typing import Any
 
 from saebench.errors import SaebenchError
 from saebench.leaderboard import DIRECTIONS, _fmt
-from saebench.results import Result, read_result
+from saebench.results import Result, read_result, result_files
 
 DEFAULT_REL = 0.005
 DEFAULT_ABS = 1e-6
@@ -90,22 +90,10 @@ def parse_tolerances(items: list[str]) -> dict[str, float]:
     return out
 
 
-def _files(paths: list[str | Path], what: str) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files.extend(sorted(p.rglob("*.json")))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise SaebenchError(f"{what} {p} does not exist; pass result files or folders")
-    return files
-
-
 def collect(paths: list[str | Path], what: str) -> dict[tuple[str, str], Result]:
     """Results keyed by (SAE name, evaluator); unreadable files are skipped with a warning."""
     found: dict[tuple[str, str], tuple[Result, Path]] = {}
-    for f in _files(paths, what):
+    for f in result_files(paths, what):
         try:
             res = read_result(f)
         except SaebenchError as exc:

@@ -115,8 +115,8 @@ def complete_result(path: Path, key: str) -> Result | None:
     return res if res.schema_version == SCHEMA_VERSION and res.run_key == key else None
 
 
-def load_results(paths: list[str | Path]) -> list[Result]:
-    """Results from files and folders (recursively); unreadable files are skipped with a warning."""
+def result_files(paths: list[str | Path], what: str = "results path") -> list[Path]:
+    """The JSON files named by ``paths`` (files as given, folders searched recursively)."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -124,9 +124,14 @@ def load_results(paths: list[str | Path]) -> list[Result]:
         elif p.is_file():
             files.append(p)
         else:
-            raise SaebenchError(f"{p} does not exist; pass result files or folders")
+            raise SaebenchError(f"{what} {p} does not exist; pass result files or folders")
+    return files
+
+
+def load_results(paths: list[str | Path]) -> list[Result]:
+    """Results from files and folders (recursively); unreadable files are skipped with a warning."""
     out = []
-    for f in files:
+    for f in result_files(paths):
         try:
             out.append(read_result(f))
         except SaebenchError as exc:
