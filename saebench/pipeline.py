@@ -442,6 +442,23 @@ class ActivationPipeline:
             counts += (z > 0).reshape(-1, z.shape[-1]).sum(0).cpu()
         return counts
 
+    def choose_latents(self, sae: Any, explicit: list[int] | None, n: int, seed: int, what: str,
+                       seqs: Any = None, min_count: int = 1) -> tuple[torch.Tensor, int | None]:
+        """The latents a per-latent evaluator studies, sorted, and how many were live.
+
+        ``explicit`` (validated against ``d_sae``) wins; otherwise ``n`` latents firing on at least
+        ``min_count`` positions of ``seqs`` are drawn without replacement (seeded). The live count
+        is None for an explicit list (no firing pass is spent on it).
+        """
+        if explicit is not None:
+            bad = [i for i in explicit if not 0 <= i < int(sae.d_sae)]
+            if bad:
+                raise SaebenchError(f"{what}.latents {bad} are outside 0..{int(sae.d_sae) - 1}; pass valid latent indices")
+            return torch.tensor(sorted(set(explicit)), dtype=torch.long), None
+        live = (self.fire_counts(sae, seqs) >= max(1, min_count)).nonzero().squeeze(1)
+        perm = torch.randperm(live.numel(), generator=torch.Generator().manual_seed(seed))
+        return live[perm[:n]].sort().values, int(live.numel())
+
     def latent_acts(self, sae: Any, latents: Any, seqs: Any = None) -> torch.Tensor:
         """Per-token activations of a few latents on whole contexts, float32 ``[n_seq, T, L]``.
 

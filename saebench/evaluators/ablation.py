@@ -38,7 +38,6 @@ import torch
 
 from saebench.errors import SaebenchError
 from saebench.evaluators import EvalConfig, EvalContext
-from saebench.evaluators.n2g import sample_live_latents
 
 
 class AblationConfig(EvalConfig):
@@ -93,13 +92,7 @@ class AblationEvaluator:
         pipe.states()  # the shared prefix pass (cached on disk; free when another evaluator ran it)
         t_states = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if cfg.latents is not None:
-            bad = [i for i in cfg.latents if not 0 <= i < int(sae.d_sae)]
-            if bad:
-                raise SaebenchError(f"ablation.latents {bad} are outside 0..{int(sae.d_sae) - 1}; pass valid latent indices")
-            latents = torch.tensor(sorted(set(cfg.latents)), dtype=torch.long)
-        else:
-            latents = sample_live_latents(pipe.fire_counts(sae), cfg.n_latents, seed)
+        latents, _ = pipe.choose_latents(sae, cfg.latents, cfg.n_latents, seed, "ablation")
         ex = pipe.latent_examples(sae, latents, n_random=cfg.positions_per_latent, seed=seed,
                                   positions=(1, ctx_len - window))
         rs = ex.random

@@ -298,16 +298,10 @@ class AutointerpEvaluator:
         seed = int(ctx.run_config.get("seed", 0))
         pipe, sae = ctx.pipeline, ctx.sae
         t0 = time.perf_counter()
-        if cfg.latents is not None:
-            bad = [i for i in cfg.latents if not 0 <= i < int(sae.d_sae)]
-            if bad:
-                raise SaebenchError(f"autointerp.latents {bad} are outside 0..{int(sae.d_sae) - 1}")
-            latents, n_live = sorted(set(cfg.latents)), None
-        else:
-            counts = pipe.fire_counts(sae)
-            live = torch.nonzero(counts >= max(1, cfg.min_active_tokens)).flatten().tolist()
-            n_live = len(live)
-            latents = live if n_live <= cfg.n_latents else sorted(random.Random(seed).sample(live, cfg.n_latents))
+        chosen, n_live = pipe.choose_latents(sae, cfg.latents, cfg.n_latents, seed, "autointerp",
+                                             min_count=cfg.min_active_tokens)
+        latents = chosen.tolist()
+        if cfg.latents is None:
             if len(latents) < cfg.n_latents:
                 ctx.notes.append(f"autointerp: only {len(latents)} live latents, fewer than n_latents={cfg.n_latents}")
         n_top = cfg.n_top_explain + cfg.n_top_score

@@ -50,13 +50,6 @@ class N2GConfig(EvalConfig):
     }
 
 
-def sample_live_latents(counts: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` latents drawn without replacement (seeded) among those with ``counts > 0``, sorted."""
-    live = (counts > 0).nonzero().squeeze(1)
-    perm = torch.randperm(live.numel(), generator=torch.Generator().manual_seed(seed))
-    return live[perm[:n]].sort().values
-
-
 def _mean(vals: list[Any]) -> float | None:
     v = [float(x) for x in vals if x is not None and math.isfinite(float(x))]
     return sum(v) / len(v) if v else None
@@ -86,16 +79,7 @@ class N2GEvaluator:
         pipe.states()  # the shared prefix pass (cached on disk; free when another evaluator ran it)
         t_states = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if cfg.latents is not None:
-            bad = [i for i in cfg.latents if not 0 <= i < int(sae.d_sae)]
-            if bad:
-                raise SaebenchError(f"n2g.latents {bad} are outside 0..{int(sae.d_sae) - 1}; pass valid latent indices")
-            latents = torch.tensor(sorted(set(cfg.latents)), dtype=torch.long)
-            n_live = None
-        else:
-            counts = pipe.fire_counts(sae, train)
-            n_live = int((counts > 0).sum())
-            latents = sample_live_latents(counts, cfg.n_latents, seed)
+        latents, n_live = pipe.choose_latents(sae, cfg.latents, cfg.n_latents, seed, "n2g", seqs=train)
         ex = pipe.latent_examples(sae, latents, n_top=cfg.n_top, n_random=cfg.n_random, seed=seed, seqs=train)
         t_collect = time.perf_counter() - t0
 
