@@ -40,8 +40,8 @@ Model activations and ablation baselines are cached in $SAEBENCH_CACHE (default 
 
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="evaluate SAEs", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sae", action="append", help="SAE spec (repeatable; default: reference)")
-    p.add_argument("--name", action="append", help="name for the matching --sae in results (default: folder/factory name)")
+    p.add_argument("--sae", action="extend", nargs="+", help="SAE spec(s) (repeatable, or several after one --sae, e.g. --sae zoo/*; default: reference)")
+    p.add_argument("--name", action="extend", nargs="+", help="name(s) for the matching --sae in results (default: folder/factory name)")
     p.add_argument("--model", default=None, help="transformer-lens model name (default: the SAE's model_name, else the embedded smollm2-135m)")
     p.add_argument("--hook", default=None, help="transformer-lens hook name (default: the SAE's hook_name)")
     p.add_argument("--evals", default="core", help="comma list of evaluators or python:FILE.py:CLASS (default: core)")
