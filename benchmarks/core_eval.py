@@ -46,11 +46,24 @@ def main() -> None:
     site = model.hook_site(sae.hook_name)
     tokens = build_token_set(model.tokenize, model.bos_id, args.tokens, args.ctx_len, seed=0)
 
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, tokens.tokens.shape[0], args.batch_size):
-            model.model(tokens.tokens[s:s + args.batch_size])
-    t_fwd = time.perf_counter() - t0
+    batches = [tokens.tokens[s:s + args.batch_size] for s in range(0, tokens.tokens.shape[0], args.batch_size)]
+    with torch.no_grad():  # one untimed batch: first-call allocation must not count against T_fwd
+        model.model(batches[0])
+
+    def best_of_two(fn) -> float:
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for b in batches:
+                    fn(b)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    t_fwd = best_of_two(lambda b: model.model(b))
+    prefix_states = {id(b): model.prefix(b, site) for b in batches}
+    t_suffix = best_of_two(lambda b: model.suffix(prefix_states[id(b)], site))
+    prefix_states.clear()
 
     sizes = {"tokens": args.tokens, "ctx_len": args.ctx_len, "batch_size": args.batch_size}
     with empty_activation_cache():
@@ -66,21 +79,24 @@ def main() -> None:
 
     n, start = model.n_layers, site.start
     frac = (n - start) / n
+    measured = t_suffix / t_fwd  # the suffix also carries the unembedding: more than (N-L)/N
     t_tok = cold.results[sae.name]["core"].timing["tokenize_s"]
     rows = [
-        ("core, cold cache", (t_cold - t_tok) / t_fwd, 1 + 3 * frac),
-        ("core, warm cache", (t_warm - t_tok) / t_fwd, 1 + 1 * frac),
-        ("second SAE, same run (marginal)", (t_two - t_warm) / t_fwd, frac),
+        ("core, cold cache", (t_cold - t_tok) / t_fwd, 1 + 3 * frac, 1 + 3 * measured),
+        ("core, warm cache", (t_warm - t_tok) / t_fwd, 1 + 1 * frac, 1 + 1 * measured),
+        ("second SAE, same run (marginal)", (t_two - t_warm) / t_fwd, frac, measured),
     ]
     print(f"model {model.name}, hook {sae.hook_name} (split at block {start} of {n}), SAE {sae.name} "
           f"d_sae={sae.sae.d_sae}, {tokens.n_tokens} tokens, ctx {args.ctx_len}, batch {args.batch_size}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"model load {t_load:.1f} s, tokenization {t_tok:.2f} s (excluded below)")
-    print(f"T_fwd (bare forward) {t_fwd:.2f} s = {tokens.n_tokens / t_fwd:.0f} tokens/s")
+    print(f"T_fwd (bare forward, best of 2) {t_fwd:.2f} s = {tokens.n_tokens / t_fwd:.0f} tokens/s; "
+          f"bare suffix from block {start} {t_suffix:.2f} s = {measured:.3f} T_fwd (layer count alone: {frac:.3f})")
     print(f"T_core cold {t_cold - t_tok:.2f} s, warm {t_warm - t_tok:.2f} s; two SAEs warm {t_two - t_tok:.2f} s")
-    print(f"{'measure':34s} {'R = T/T_fwd':>12s} {'floor F':>8s} {'R/F':>6s}  target R <= 1.15 F")
-    for label, r, f in rows:
-        print(f"{label:34s} {r:12.3f} {f:8.3f} {r / f:6.3f}  {'ok' if r <= 1.15 * f else 'MISSED'}")
+    print("F = floor with (N-L)/N per suffix (the issue's formula); F' = floor with the measured suffix cost")
+    print(f"{'measure':34s} {'R = T/T_fwd':>12s} {'F':>7s} {'R/F':>6s} {'F_meas':>7s} {'R/F_meas':>8s}  target R <= 1.15 F")
+    for label, r, f, fm in rows:
+        print(f"{label:34s} {r:12.3f} {f:7.3f} {r / f:6.3f} {fm:7.3f} {r / fm:8.3f}  {'ok' if r <= 1.15 * f else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -143,20 +143,21 @@ def _try_load(path: Path) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def loss_logp(logits: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities of the predictions made at positions 1..T-2 (the ones we average)."""
-    return logits[:, 1:-1].float().log_softmax(-1)
+def loss_logits(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits of the predictions we average (positions 1..T-2), their log-sum-exp, and the
+    per-token next-token CE = lse - logit[target] (float64, CPU).
 
-
-def ce_from_logp(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token CE from :func:`loss_logp`, float64 ``[B, T-2]``."""
-    target = tokens[:, 2:].to(logp.device)
-    return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).double().cpu()
+    Only reductions over the vocabulary: no [B, T, V] log-softmax is materialised.
+    """
+    lg = logits[:, 1:-1].float()
+    lse = torch.logsumexp(lg, -1)
+    target = lg.gather(-1, tokens[:, 2:].to(lg.device).unsqueeze(-1)).squeeze(-1)
+    return lg, lse, (lse - target).double().cpu()
 
 
 def token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-token next-token CE of predictions at positions 1..T-2, float64 ``[B, T-2]``."""
-    return ce_from_logp(loss_logp(logits), tokens)
+    return loss_logits(logits, tokens)[2]
 
 
 class ActivationPipeline:
@@ -360,12 +361,12 @@ class ActivationPipeline:
             tok = toks[s:s + self.batch_size]
             acts = self.acts_batch(st)
             clean_logits = self.model.suffix(st, self.site)
-            clean_logp = loss_logp(clean_logits)
-            del clean_logits
-            ce_clean = ce_from_logp(clean_logp, tok)
-            # KL(p || q) = Σ p log p - Σ p log q: the first term once per batch, the second per SAE
-            clean_p = clean_logp.exp()
-            neg_entropy = (clean_p * clean_logp).sum(-1)
+            # KL(p || q) = Σ_v p_v (l_v - lse) - Σ_v p_v (m_v - lse_m) for clean logits l and
+            # spliced logits m: the clean term once per batch, per SAE one logsumexp and one dot.
+            clean_lg, clean_lse, ce_clean = loss_logits(clean_logits, tok)
+            clean_p = (clean_lg - clean_lse.unsqueeze(-1)).exp()
+            clean_term = torch.linalg.vecdot(clean_p, clean_lg) - clean_lse
+            del clean_logits, clean_lg
             x = acts[:, 1:].double()
             sum_x += x.sum((0, 1)).cpu()
             sum_x2 += (x * x).sum((0, 1)).cpu()
@@ -385,8 +386,7 @@ class ActivationPipeline:
                 spliced = acts.clone()
                 spliced[:, 1:] = xhat.to(acts.dtype)
                 logits = self.model.suffix(st, self.site, spliced)
-                logp = loss_logp(logits)
-                del logits
+                lg, lse, ce_spliced = loss_logits(logits, tok)
                 a = acc[label]
                 xh = xhat.double()
                 err = x - xh
@@ -398,11 +398,11 @@ class ActivationPipeline:
                 a.setdefault("l0", []).append(active.sum(-1).double().cpu())
                 a.setdefault("l1", []).append(z.double().abs().sum(-1).cpu())
                 fire[label] += active.reshape(-1, z.shape[-1]).sum(0).cpu()
-                a.setdefault("ce_spliced", []).append(ce_from_logp(logp, tok))
-                kl = (neg_entropy - torch.linalg.vecdot(clean_p, logp)).clamp_min(0.0)  # >= 0; clamp float noise
+                a.setdefault("ce_spliced", []).append(ce_spliced)
+                kl = (clean_term - (torch.linalg.vecdot(clean_p, lg) - lse)).clamp_min(0.0)  # >= 0; clamp float noise
                 a.setdefault("kl", []).append(kl.double().cpu())
                 a.setdefault("ce_clean", []).append(ce_clean)
-                del logp, z, xhat
+                del logits, lg, z, xhat
                 sae_s[label] += time.perf_counter() - t1
         self.timing["clean_suffix_s"] = clean_s
         out = {}
