@@ -83,7 +83,3 @@ def simulation_score(predicted: Sequence[Sequence[float]], truth: Sequence[Seque
     return pearson(flat_p, flat_t)
 
 
-def mean_defined(values: Sequence[float | None]) -> float | None:
-    """Mean of the defined (non-None, finite) values; None when there are none."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return sum(vals) / len(vals) if vals else None

@@ -17,6 +17,7 @@ party's plugin does; ``--evals python:FILE.py:CLASS`` loads one from a file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol
@@ -59,6 +60,12 @@ class Evaluator(Protocol):
     Config: type[EvalConfig]
 
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]: ...
+
+
+def mean_defined(values: Any) -> float | None:
+    """Mean of the defined (non-None, finite) values; None when there are none (never NaN)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(vals) / len(vals) if vals else None
 
 
 def available() -> dict[str, Any]:

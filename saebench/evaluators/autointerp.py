@@ -254,7 +254,7 @@ def build_latent_data(ex: Any, cfg: AutointerpConfig, decode: Any, seed: int) ->
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Headline means over defined scores and the counts of every outcome."""
-    from saebench.autointerp.scoring import mean_defined
+    from saebench.evaluators import mean_defined
 
     det = [r["detection"] for r in rows if isinstance(r.get("detection"), dict)]
     sim = [r["simulation"] for r in rows if isinstance(r.get("simulation"), dict)]

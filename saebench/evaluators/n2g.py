@@ -18,14 +18,13 @@ batched by length into ``batch_size x ctx_len``-token calls; ``forward_calls`` v
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, ClassVar
 
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.evaluators import EvalConfig, EvalContext
+from saebench.evaluators import EvalConfig, EvalContext, mean_defined
 
 
 class N2GConfig(EvalConfig):
@@ -49,10 +48,6 @@ class N2GConfig(EvalConfig):
         "paper": {"n_latents": 256, "n_top": 20, "n_random": 10, "max_prune_len": 24},
     }
 
-
-def _mean(vals: list[Any]) -> float | None:
-    v = [float(x) for x in vals if x is not None and math.isfinite(float(x))]
-    return sum(v) / len(v) if v else None
 
 
 class N2GEvaluator:
@@ -120,10 +115,10 @@ class N2GEvaluator:
         if len(scored) < len(rows):
             ctx.notes.append(f"n2g: {len(rows) - len(scored)} latent(s) never fire above the threshold on held-out text; left out of the means")
         return {
-            "n2g_f1": _mean([r["f1"] for r in scored]),
-            "n2g_precision": _mean([r["precision"] for r in scored]),
-            "n2g_recall": _mean([r["recall"] for r in scored]),
-            "n2g_base_rate": _mean([r["base_rate"] for r in scored]),
+            "n2g_f1": mean_defined([r["f1"] for r in scored]),
+            "n2g_precision": mean_defined([r["precision"] for r in scored]),
+            "n2g_recall": mean_defined([r["recall"] for r in scored]),
+            "n2g_base_rate": mean_defined([r["base_rate"] for r in scored]),
             "n_latents": len(rows),
             "n_latents_scored": len(scored),
             "n_live_latents_in_examples": n_live,

@@ -22,7 +22,6 @@ after filtering are skipped with a one-line reason each, listed and counted in t
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, ClassVar, Literal
 
@@ -30,7 +29,7 @@ import torch
 from pydantic import field_validator
 
 from saebench.errors import SaebenchError
-from saebench.evaluators import EvalConfig, EvalContext
+from saebench.evaluators import EvalConfig, EvalContext, mean_defined
 
 
 class ProbingConfig(EvalConfig):
@@ -62,10 +61,6 @@ class ProbingConfig(EvalConfig):
         "paper": {"max_train": None, "max_test": None, "max_tokens": 128},
     }
 
-
-def _mean(values: list[Any]) -> float | None:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return sum(vals) / len(vals) if vals else None
 
 
 class ProbingEvaluator:
@@ -136,17 +131,17 @@ class ProbingEvaluator:
 
         ks = cfg.top_k
         metrics: dict[str, Any] = {
-            "probe_loss": _mean([r["probe_loss"] for r in rows]),
-            **{f"top_{k}_accuracy": _mean([r[f"top_{k}_accuracy"] for r in rows]) for k in ks},
-            "prior_loss": _mean([r["prior_loss"] for r in rows]),
-            "baseline_resid_1d_loss": _mean([r.get("resid_1d_loss") for r in rows]),
-            "baseline_resid_full_loss": _mean([r.get("resid_full_loss") for r in rows]),
-            "baseline_resid_full_accuracy": _mean([r.get("resid_full_accuracy") for r in rows]),
+            "probe_loss": mean_defined([r["probe_loss"] for r in rows]),
+            **{f"top_{k}_accuracy": mean_defined([r[f"top_{k}_accuracy"] for r in rows]) for k in ks},
+            "prior_loss": mean_defined([r["prior_loss"] for r in rows]),
+            "baseline_resid_1d_loss": mean_defined([r.get("resid_1d_loss") for r in rows]),
+            "baseline_resid_full_loss": mean_defined([r.get("resid_full_loss") for r in rows]),
+            "baseline_resid_full_accuracy": mean_defined([r.get("resid_full_accuracy") for r in rows]),
             "n_tasks_requested": len(specs),
             "n_tasks_scored": len(rows),
             "n_tasks_skipped": len(skipped),
             "n_tasks_no_live_latents": sum(r["n_latents_scored"] == 0 for r in rows),
-            "n_latents_scored_mean": _mean([r["n_latents_scored"] for r in rows]),
+            "n_latents_scored_mean": mean_defined([r["n_latents_scored"] for r in rows]),
             "d_sae": int(ctx.sae.d_sae),
             "skipped": skipped,
             "pooling": cfg.pooling,
