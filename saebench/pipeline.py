@@ -35,7 +35,7 @@ from saebench.data import TokenSet
 from saebench.errors import SaebenchError
 from saebench.models import SubjectModel, cache_dir
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # bump when a cached quantity is computed differently
 
 
 @dataclass
