@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from saebench.io import atomic_write_json
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -46,13 +46,6 @@ class ResponseCache:
 
     def put(self, request: dict[str, Any], content: str, usage: dict[str, int]) -> None:
         """Store a successful reply (failed requests are never cached)."""
-        path = self._path(request_key(request))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"request": request, "content": content, "usage": usage}, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_json(
+            self._path(request_key(request)), {"request": request, "content": content, "usage": usage}, indent=None
+        )

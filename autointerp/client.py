@@ -82,14 +82,19 @@ class Usage:
 
     def as_dict(self) -> dict[str, Any]:
         cost = self.cost
-        return {"requests": self.requests, "cached_requests": self.cached, "retries": self.retries,
-                "failed_requests": self.failed_requests, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "cached_prompt_tokens": self.cached_prompt_tokens,
-                "cached_completion_tokens": self.cached_completion_tokens,
-                "requests_without_usage": self.missing_usage,
-                "cost_usd": None if cost is None else round(cost, 6),
-                "request_wall_s": round(self.wall_s, 3)}
+        return {
+            "requests": self.requests,
+            "cached_requests": self.cached,
+            "retries": self.retries,
+            "failed_requests": self.failed_requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "cached_completion_tokens": self.cached_completion_tokens,
+            "requests_without_usage": self.missing_usage,
+            "cost_usd": None if cost is None else round(cost, 6),
+            "request_wall_s": round(self.wall_s, 3),
+        }
 
 
 def is_local(base_url: str) -> bool:
@@ -104,9 +109,7 @@ def resolve_key(base_url: str, env_name: str) -> str:
         return key
     if is_local(base_url):
         return "sk-local-no-key"
-    raise SaebenchError(
-        f"no API key for {base_url}: set ${env_name} (or name another variable with --llm-api-key-env)"
-    )
+    raise SaebenchError(f"no API key for {base_url}: set ${env_name} (or name another variable with --llm-api-key-env)")
 
 
 class LLMClient:
@@ -115,13 +118,18 @@ class LLMClient:
     def __init__(self, settings: LLMSettings) -> None:
         from openai import OpenAI
 
-        if settings.max_cost is not None and (settings.price_prompt_per_mtok is None
-                                              or settings.price_completion_per_mtok is None):
-            raise SaebenchError("a cost budget needs prices: set autointerp.price_prompt_per_mtok and price_completion_per_mtok (USD per million tokens)")
+        if settings.max_cost is not None and (
+            settings.price_prompt_per_mtok is None or settings.price_completion_per_mtok is None
+        ):
+            raise SaebenchError(
+                "a cost budget needs prices: set autointerp.price_prompt_per_mtok and price_completion_per_mtok "
+                "(USD per million tokens)"
+            )
         self.settings = settings
         self.api_key = resolve_key(settings.base_url, settings.api_key_env)
-        self._client = OpenAI(base_url=settings.base_url, api_key=self.api_key, max_retries=0,
-                              timeout=settings.timeout_s)
+        self._client = OpenAI(
+            base_url=settings.base_url, api_key=self.api_key, max_retries=0, timeout=settings.timeout_s
+        )
         self.cache = ResponseCache(settings.cache_dir) if settings.cache_dir is not None else None
         self.usage = Usage(price=(settings.price_prompt_per_mtok, settings.price_completion_per_mtok))
         self._lock = threading.Lock()
@@ -139,7 +147,8 @@ class LLMClient:
         except httpx.HTTPError as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SaebenchError(
-                f"LLM endpoint {self.settings.base_url} is not reachable ({reason}); start the server or fix --llm-base-url"
+                f"LLM endpoint {self.settings.base_url} is not reachable ({reason}); start the server or fix "
+                "--llm-base-url"
             ) from exc
 
     # -- budget -----------------------------------------------------------------------------
@@ -157,8 +166,12 @@ class LLMClient:
     # -- requests ---------------------------------------------------------------------------
     def request(self, model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
         """The canonical request dict (what is sent and what keys the cache)."""
-        req: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": int(max_tokens),
-                               "temperature": self.settings.temperature}
+        req: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": int(max_tokens),
+            "temperature": self.settings.temperature,
+        }
         if self.settings.seed is not None:
             req["seed"] = self.settings.seed
         return req
@@ -214,8 +227,10 @@ class LLMClient:
                     self.usage.wall_s += time.perf_counter() - t0
             content = (resp.choices[0].message.content or "") if resp.choices else ""
             u = resp.usage
-            usage = {"prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
-                     "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0)}
+            usage = {
+                "prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
+                "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0),
+            }
             with self._lock:
                 self.usage.requests += 1
                 self.usage.prompt_tokens += usage["prompt_tokens"]
@@ -230,7 +245,7 @@ class LLMClient:
         """Exponential backoff with jitter; a server's Retry-After wins when it is given."""
         if attempt >= self.settings.max_retries:
             return
-        delay = min(60.0, self.settings.backoff_s * (2 ** attempt)) * (0.5 + random.random() / 2)
+        delay = min(60.0, self.settings.backoff_s * (2**attempt)) * (0.5 + random.random() / 2)
         response = getattr(exc, "response", None)
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after:

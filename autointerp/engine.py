@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from saebench.autointerp.client import BudgetExhausted, LLMClient, RequestFailed
@@ -43,10 +43,10 @@ class LatentData:
     """The examples of one latent, ready for prompting."""
 
     latent: int
-    explain: list[TextExample]          # strongest first
-    detect: list[TextExample]           # shuffled held-out activating + non-activating
-    simulate: list[TextExample]         # held-out examples for simulation
-    threshold: float                    # activation above which a token counts as active
+    explain: list[TextExample]  # strongest first
+    detect: list[TextExample]  # shuffled held-out activating + non-activating
+    simulate: list[TextExample]  # held-out examples for simulation
+    threshold: float  # activation above which a token counts as active
     max_act: float
     n_active_tokens: int
 
@@ -63,11 +63,11 @@ class EngineSettings:
     scores: tuple[str, ...] = ("detection", "simulation")
     concurrency: int = 4
     transcripts: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def ask(client: LLMClient, model: str, messages: Messages, max_tokens: int,
-        parse: Callable[[str], T | None], strict: str) -> tuple[T | None, list[str]]:
+def ask(
+    client: LLMClient, model: str, messages: Messages, max_tokens: int, parse: Callable[[str], T | None], strict: str
+) -> tuple[T | None, list[str]]:
     """One request; if its reply does not parse, once more with ``strict`` appended. (value, replies)."""
     reply = client.chat(model, messages, max_tokens)
     value = parse(reply)
@@ -80,14 +80,20 @@ def ask(client: LLMClient, model: str, messages: Messages, max_tokens: int,
 
 def score_latent(client: LLMClient, data: LatentData, st: EngineSettings) -> dict[str, Any]:
     """Explanation and scores of one latent, as a plain dict (see module doc for ``status``)."""
-    out: dict[str, Any] = {"latent": data.latent, "status": "scored", "explanation": None,
-                           "n_active_tokens": data.n_active_tokens, "max_act": round(data.max_act, 6)}
+    out: dict[str, Any] = {
+        "latent": data.latent,
+        "status": "scored",
+        "explanation": None,
+        "n_active_tokens": data.n_active_tokens,
+        "max_act": round(data.max_act, 6),
+    }
     replies: dict[str, list[str]] = {}
     t0 = time.perf_counter()
     try:
         msgs = explanation_messages(data.explain, [data.threshold] * len(data.explain))
-        explanation, replies["explanation"] = ask(client, st.explainer_model, msgs, st.max_tokens_explanation,
-                                                  parse_explanation, EXPLAIN_STRICT)
+        explanation, replies["explanation"] = ask(
+            client, st.explainer_model, msgs, st.max_tokens_explanation, parse_explanation, EXPLAIN_STRICT
+        )
         if explanation is None:
             out["status"] = "unparseable"
             return out
@@ -95,8 +101,13 @@ def score_latent(client: LLMClient, data: LatentData, st: EngineSettings) -> dic
         if "detection" in st.scores and data.detect:
             n = len(data.detect)
             picked, replies["detection"] = ask(
-                client, st.scorer_model, detection_messages(explanation, data.detect), st.max_tokens_detection,
-                lambda r: parse_detection(r, n), detection_strict(n))
+                client,
+                st.scorer_model,
+                detection_messages(explanation, data.detect),
+                st.max_tokens_detection,
+                lambda r: parse_detection(r, n),
+                detection_strict(n),
+            )
             if picked is None:
                 out["detection"] = "unparseable"
             else:
@@ -108,8 +119,13 @@ def score_latent(client: LLMClient, data: LatentData, st: EngineSettings) -> dic
             lengths = [len(ex.tokens) for ex in data.simulate]
             budget = st.max_tokens_simulation or (3 * sum(lengths) + 8 * len(lengths) + 16)
             sim, replies["simulation"] = ask(
-                client, st.scorer_model, simulation_messages(explanation, data.simulate), budget,
-                lambda r: parse_simulation(r, lengths), simulation_strict(lengths))
+                client,
+                st.scorer_model,
+                simulation_messages(explanation, data.simulate),
+                budget,
+                lambda r: parse_simulation(r, lengths),
+                simulation_strict(lengths),
+            )
             if sim is None:
                 out["simulation"] = "unparseable"
             else:
@@ -126,8 +142,9 @@ def score_latent(client: LLMClient, data: LatentData, st: EngineSettings) -> dic
     return out
 
 
-def run_latents(client: LLMClient, latents: list[LatentData], st: EngineSettings,
-                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+def run_latents(
+    client: LLMClient, latents: list[LatentData], st: EngineSettings, progress: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
     """Score every latent with up to ``st.concurrency`` latents in flight; results in input order."""
     if not latents:
         return []

@@ -6,7 +6,7 @@ EleutherAI's delphi: the explainer sees activating examples with the activating 
 examples and names the ones that activate; the simulation scorer predicts 0..10 per token.
 Each prompt has a *stricter* variant, sent once when a reply could not be parsed.
 
-Examples are short token windows around an activation (see :mod:`saebench.examples`); newlines
+Examples are short token windows around an activation (see :mod:`saebench.pipeline.examples`); newlines
 are shown as ``↵`` so that one example is one line.
 """
 
@@ -59,8 +59,12 @@ def explanation_messages(examples: Sequence[TextExample], thresholds: Sequence[f
     lines = [f"{i}. {ex.text(th)}" for i, (ex, th) in enumerate(zip(examples, thresholds, strict=True), start=1)]
     return [
         {"role": "system", "content": EXPLAIN_SYSTEM},
-        {"role": "user", "content": "Excerpts where the latent fires:\n\n" + "\n".join(lines)
-         + "\n\nWhat does the latent respond to?"},
+        {
+            "role": "user",
+            "content": "Excerpts where the latent fires:\n\n"
+            + "\n".join(lines)
+            + "\n\nWhat does the latent respond to?",
+        },
     ]
 
 
@@ -81,8 +85,10 @@ def detection_messages(explanation: str, examples: Sequence[TextExample]) -> Mes
 
 def detection_strict(n: int) -> str:
     """Appended after an unparseable detection reply."""
-    return (f"Your reply could not be read. Reply with ONLY the numbers (between 1 and {n}) of the excerpts "
-            "where the latent fires, separated by commas, or the single word None. No other words.")
+    return (
+        f"Your reply could not be read. Reply with ONLY the numbers (between 1 and {n}) of the excerpts "
+        "where the latent fires, separated by commas, or the single word None. No other words."
+    )
 
 
 def simulation_messages(explanation: str, examples: Sequence[TextExample]) -> Messages:
@@ -105,5 +111,7 @@ def simulation_messages(explanation: str, examples: Sequence[TextExample]) -> Me
 def simulation_strict(lengths: Sequence[int]) -> str:
     """Appended after an unparseable simulation reply."""
     spec = ", ".join(f"line {i} has {n} numbers" for i, n in enumerate(lengths, start=1))
-    return ("Your reply could not be read. Reply with ONLY lines of the form 'N: a, b, c' with integers 0-10, "
-            f"one line per excerpt ({spec}). No other text.")
+    return (
+        "Your reply could not be read. Reply with ONLY lines of the form 'N: a, b, c' with integers 0-10, "
+        f"one line per excerpt ({spec}). No other text."
+    )

@@ -40,7 +40,10 @@ def detection_scores(predicted: Sequence[bool], truth: Sequence[bool]) -> dict[s
         "accuracy": _ratio(tp + tn, len(truth)),
         "precision": _ratio(tp, tp + fp),
         "recall": tpr,
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
     }
 
 
@@ -81,5 +84,3 @@ def simulation_score(predicted: Sequence[Sequence[float]], truth: Sequence[Seque
         flat_p.extend(float(v) for v in p)
         flat_t.extend(float(v) for v in t)
     return pearson(flat_p, flat_t)
-
-

@@ -13,7 +13,7 @@ from pathlib import Path
 def empty_activation_cache() -> Iterator[Path]:
     """A temporary ``$SAEBENCH_CACHE`` with no activations (cold runs) that still shares the
     converted model folder, restored on exit."""
-    from saebench.models import cache_dir
+    from saebench.io import cache_dir
 
     models = cache_dir() / "models"
     previous = os.environ.get("SAEBENCH_CACHE")

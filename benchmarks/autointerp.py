@@ -29,8 +29,12 @@ def start_server(folder: str, port: int, log: Path) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("transformers")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     fh = open(log, "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([str(exe), "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [str(exe), "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def main() -> None:
@@ -38,8 +42,12 @@ def main() -> None:
     ap.add_argument("--latents", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--price-in", type=float, default=0.15, help="USD per million prompt tokens (gpt-4o-mini list price)")
-    ap.add_argument("--price-out", type=float, default=0.60, help="USD per million completion tokens (gpt-4o-mini list price)")
+    ap.add_argument(
+        "--price-in", type=float, default=0.15, help="USD per million prompt tokens (gpt-4o-mini list price)"
+    )
+    ap.add_argument(
+        "--price-out", type=float, default=0.60, help="USD per million completion tokens (gpt-4o-mini list price)"
+    )
     ap.add_argument("--paper-latents", type=int, default=1000)
     a = ap.parse_args()
 
@@ -66,10 +74,25 @@ def main() -> None:
                 sys.exit(f"server did not start: {(tmp / 'server.log').read_text()[-1500:]}")
         t_start = time.perf_counter() - t0
         # no response cache: every request is a real one
-        cfg = {"autointerp": {"base_url": f"http://127.0.0.1:{port}/v1", "explainer_model": folder,
-                              "n_latents": a.latents, "concurrency": a.concurrency, "cache": False}}
-        run = saebench.evaluate("reference", evals=["autointerp"], profile="paper", tokens=a.tokens, ctx_len=128,
-                                batch_size=8, progress=False, eval_config=cfg)
+        cfg = {
+            "autointerp": {
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "explainer_model": folder,
+                "n_latents": a.latents,
+                "concurrency": a.concurrency,
+                "cache": False,
+            }
+        }
+        run = saebench.evaluate(
+            "reference",
+            evals=["autointerp"],
+            profile="paper",
+            tokens=a.tokens,
+            ctx_len=128,
+            batch_size=8,
+            progress=False,
+            eval_config=cfg,
+        )
         res = next(iter(run.results.values()))["autointerp"]
         m = {**res.metrics, "timing_s": res.timing}
     finally:
@@ -79,24 +102,38 @@ def main() -> None:
     u, rows = m["usage"], m["latents"]
     n = max(1, len(rows))
     print(f"server start (transformers serve, CPU): {t_start:.1f} s to healthy")
-    print(f"latents run: {len(rows)} (sampled {m['n_latents_sampled']}, skipped {m['n_skipped_few_examples']}), "
-          f"concurrency {a.concurrency}")
+    print(
+        f"latents run: {len(rows)} (sampled {m['n_latents_sampled']}, skipped {m['n_skipped_few_examples']}), "
+        f"concurrency {a.concurrency}"
+    )
     print(f"requests/latent: {u['requests'] / n:.2f}  (retries {u['retries']}, failed {u['failed_requests']})")
-    print(f"prompt tokens/latent: {u['prompt_tokens'] / n:.0f}   completion tokens/latent: {u['completion_tokens'] / n:.0f}")
+    print(
+        f"prompt tokens/latent: {u['prompt_tokens'] / n:.0f}   completion tokens/latent: "
+        f"{u['completion_tokens'] / n:.0f}"
+    )
     lat = [r["wall_s"] for r in rows]
-    print(f"wall/latent: mean latency {sum(lat) / n:.1f} s; throughput {m['timing_s']['llm_s'] / n:.1f} s per latent "
-          f"(LLM phase {m['timing_s']['llm_s']:.1f} s; example collection {m['timing_s']['examples_s']:.1f} s)")
-    statuses = {s: sum(r['status'] == s for r in rows) for s in {r['status'] for r in rows}}
-    print(f"outcomes: {statuses}; unparseable detection {m['n_unparseable_detection']}, simulation {m['n_unparseable_simulation']}")
+    print(
+        f"wall/latent: mean latency {sum(lat) / n:.1f} s; throughput {m['timing_s']['llm_s'] / n:.1f} s per latent "
+        f"(LLM phase {m['timing_s']['llm_s']:.1f} s; example collection {m['timing_s']['examples_s']:.1f} s)"
+    )
+    statuses = {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
+    print(
+        f"outcomes: {statuses}; unparseable detection {m['n_unparseable_detection']}, simulation "
+        f"{m['n_unparseable_simulation']}"
+    )
     per_in, per_out = u["prompt_tokens"] / n, u["completion_tokens"] / n
     cost = a.paper_latents * (per_in * a.price_in + per_out * a.price_out) / 1e6
-    print(f"projected paper profile ({a.paper_latents} latents) at ${a.price_in}/M in, ${a.price_out}/M out: "
-          f"{a.paper_latents * per_in / 1e6:.2f} M prompt + {a.paper_latents * per_out / 1e6:.2f} M completion tokens "
-          f"= ${cost:.2f} per SAE")
+    print(
+        f"projected paper profile ({a.paper_latents} latents) at ${a.price_in}/M in, ${a.price_out}/M out: "
+        f"{a.paper_latents * per_in / 1e6:.2f} M prompt + {a.paper_latents * per_out / 1e6:.2f} M completion tokens "
+        f"= ${cost:.2f} per SAE"
+    )
     for r in rows[:4]:
-        print(f"  latent {r['latent']}: {r['status']}: {r.get('explanation')!r} "
-              f"det={r.get('detection') if not isinstance(r.get('detection'), dict) else r['detection']['balanced_accuracy']} "
-              f"sim={r.get('simulation') if not isinstance(r.get('simulation'), dict) else r['simulation']['r']}")
+        print(
+            f"  latent {r['latent']}: {r['status']}: {r.get('explanation')!r} "
+            f"det={det if not isinstance(det := r.get('detection'), dict) else det['balanced_accuracy']} "
+            f"sim={r.get('simulation') if not isinstance(r.get('simulation'), dict) else r['simulation']['r']}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ def main() -> None:
 
     from saebench import evaluate
     from saebench.data import build_token_set
+    from saebench.loading import load_sae
     from saebench.models import load_model
-    from saebench.sae import load_sae
 
     t0 = time.perf_counter()
     model = load_model()
@@ -46,7 +46,7 @@ def main() -> None:
     site = model.hook_site(sae.hook_name)
     tokens = build_token_set(model.tokenize, model.bos_id, args.tokens, args.ctx_len, seed=0)
 
-    batches = [tokens.tokens[s:s + args.batch_size] for s in range(0, tokens.tokens.shape[0], args.batch_size)]
+    batches = [tokens.tokens[s : s + args.batch_size] for s in range(0, tokens.tokens.shape[0], args.batch_size)]
     with torch.no_grad():  # one untimed batch: first-call allocation must not count against T_fwd
         model.model(batches[0])
 
@@ -86,17 +86,27 @@ def main() -> None:
         ("core, warm cache", (t_warm - t_tok) / t_fwd, 1 + 1 * frac, 1 + 1 * measured),
         ("second SAE, same run (marginal)", (t_two - t_warm) / t_fwd, frac, measured),
     ]
-    print(f"model {model.name}, hook {sae.hook_name} (split at block {start} of {n}), SAE {sae.name} "
-          f"d_sae={sae.sae.d_sae}, {tokens.n_tokens} tokens, ctx {args.ctx_len}, batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {model.name}, hook {sae.hook_name} (split at block {start} of {n}), SAE {sae.name} "
+        f"d_sae={sae.sae.d_sae}, {tokens.n_tokens} tokens, ctx {args.ctx_len}, batch {args.batch_size}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"model load {t_load:.1f} s, tokenization {t_tok:.2f} s (excluded below)")
-    print(f"T_fwd (bare forward, best of 2) {t_fwd:.2f} s = {tokens.n_tokens / t_fwd:.0f} tokens/s; "
-          f"bare suffix from block {start} {t_suffix:.2f} s = {measured:.3f} T_fwd (layer count alone: {frac:.3f})")
+    print(
+        f"T_fwd (bare forward, best of 2) {t_fwd:.2f} s = {tokens.n_tokens / t_fwd:.0f} tokens/s; "
+        f"bare suffix from block {start} {t_suffix:.2f} s = {measured:.3f} T_fwd (layer count alone: {frac:.3f})"
+    )
     print(f"T_core cold {t_cold - t_tok:.2f} s, warm {t_warm - t_tok:.2f} s; two SAEs warm {t_two - t_tok:.2f} s")
     print("F = floor with (N-L)/N per suffix (the issue's formula); F' = floor with the measured suffix cost")
-    print(f"{'measure':34s} {'R = T/T_fwd':>12s} {'F':>7s} {'R/F':>6s} {'F_meas':>7s} {'R/F_meas':>8s}  target R <= 1.15 F")
+    print(
+        f"{'measure':34s} {'R = T/T_fwd':>12s} {'F':>7s} {'R/F':>6s} {'F_meas':>7s} {'R/F_meas':>8s}  target R <= "
+        "1.15 F"
+    )
     for label, r, f, fm in rows:
-        print(f"{label:34s} {r:12.3f} {f:7.3f} {r / f:6.3f} {fm:7.3f} {r / fm:8.3f}  {'ok' if r <= 1.15 * f else 'MISSED'}")
+        print(
+            f"{label:34s} {r:12.3f} {f:7.3f} {r / f:6.3f} {fm:7.3f} {r / fm:8.3f}  "
+            f"{'ok' if r <= 1.15 * f else 'MISSED'}"
+        )
 
 
 if __name__ == "__main__":

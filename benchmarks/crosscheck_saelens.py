@@ -32,8 +32,9 @@ def saelens_topk(sae: Any) -> Any:
     from sae_lens import TopKSAE, TopKSAEConfig
 
     s = float(sae.cfg.act_scale)
-    cfg = TopKSAEConfig(d_in=sae.d_in, d_sae=sae.d_sae, k=int(sae.cfg.k),
-                        apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input)
+    cfg = TopKSAEConfig(
+        d_in=sae.d_in, d_sae=sae.d_sae, k=int(sae.cfg.k), apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input
+    )
     theirs = TopKSAE(cfg)
     with torch.no_grad():
         theirs.W_enc.copy_(sae.W_enc * s)
@@ -43,7 +44,9 @@ def saelens_topk(sae: Any) -> Any:
     return theirs.eval()
 
 
-def crosscheck(model: Any, sae: Any, hook: str, tokens: torch.Tensor, batch_size: int) -> dict[str, tuple[float, float]]:
+def crosscheck(
+    model: Any, sae: Any, hook: str, tokens: torch.Tensor, batch_size: int
+) -> dict[str, tuple[float, float]]:
     """``{metric: (saebench, sae_lens)}`` on the same tokens (see module doc)."""
     from sae_lens.evals import ExplainedVarianceCalculator, get_recons_loss
     from sae_lens.training.activation_scaler import ActivationScaler
@@ -64,7 +67,7 @@ def crosscheck(model: Any, sae: Any, hook: str, tokens: torch.Tensor, batch_size
     mse_sum, n_tok = 0.0, 0
     ce_clean, ce_spliced, kl = [], [], []
     for s in range(0, tokens.shape[0], batch_size):
-        batch = tokens[s:s + batch_size]
+        batch = tokens[s : s + batch_size]
         with torch.no_grad():
             _, cache = model.model.run_with_cache(batch, names_filter=[hook])
             x = cache[hook][:, 1:].reshape(-1, sae.d_in)
@@ -72,8 +75,16 @@ def crosscheck(model: Any, sae: Any, hook: str, tokens: torch.Tensor, batch_size
         ev.add_batch(sae_output=xhat, hidden_acts=x)
         mse_sum += float((x - xhat).pow(2).sum(-1).double().sum())
         n_tok += x.shape[0]
-        m = get_recons_loss(theirs, model.model, scaler, batch, compute_kl=True, compute_ce_loss=True,
-                            ignore_tokens=[model.bos_id], hook_name=hook)
+        m = get_recons_loss(
+            theirs,
+            model.model,
+            scaler,
+            batch,
+            compute_kl=True,
+            compute_ce_loss=True,
+            ignore_tokens=[model.bos_id],
+            hook_name=hook,
+        )
         ce_clean.append(m["ce_loss_without_sae"][:, 1:].double())
         ce_spliced.append(m["ce_loss_with_sae"][:, 1:].double())
         kl.append(m["kl_div_with_sae"][:, 1:-1].double())
@@ -102,8 +113,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from saebench.data import build_token_set
+    from saebench.loading import load_sae
     from saebench.models import load_model
-    from saebench.sae import load_sae
 
     model = load_model()
     loaded = load_sae(args.sae)

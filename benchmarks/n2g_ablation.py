@@ -42,9 +42,11 @@ def main() -> None:
     res = next(iter(run.results.values()))
     n2g, abl = res["n2g"], res["ablation"]
     prefix_s = n2g.timing["states_s"] + abl.timing["states_s"]
-    print(f"threads {torch.get_num_threads()}, profile {args.profile}, SAE {res['n2g'].sae.name} "
-          f"(d_sae {res['n2g'].sae.d_sae}), tokens {n2g.config['n_tokens']} x ctx {n2g.config['ctx_len']}, "
-          f"model load {t_load:.1f}s, total wall {wall:.1f}s")
+    print(
+        f"threads {torch.get_num_threads()}, profile {args.profile}, SAE {res['n2g'].sae.name} "
+        f"(d_sae {res['n2g'].sae.d_sae}), tokens {n2g.config['n_tokens']} x ctx {n2g.config['ctx_len']}, "
+        f"model load {t_load:.1f}s, total wall {wall:.1f}s"
+    )
     print(f"shared prefix pass (once, cached on disk for every evaluator and SAE at this hook): {prefix_s:.1f}s")
     for label, r, per in (("n2g", n2g, n2g.metrics["n_latents"]), ("ablation", abl, abl.metrics["n_latents"])):
         m = r.metrics
@@ -52,13 +54,23 @@ def main() -> None:
         calls, naive = m["forward_calls"], m["naive_forward_calls"]
         ratio = naive / calls if calls else float("inf")
         flag = "meets" if ratio >= 10 else "MISSES"
-        extra = (f"{m['n_examples']} examples, {m['rows_prune']} pruning + {m['rows_saliency']} saliency rows"
-                 if label == "n2g" else f"{m['n_pairs']} (latent, position) pairs over {m['n_contexts']} contexts")
-        print(f"{label:8s}: {per} latents, {extra}; evaluator (excl. prefix) {ev_s:.1f}s = {ev_s / max(per, 1):.2f}s/latent; "
-              f"model calls {calls} vs naive {naive} ({calls / max(per, 1):.2f} vs {naive / max(per, 1):.1f} per latent): "
-              f"{ratio:.1f}x fewer ({flag} target >= 10x)")
-    print(f"n2g f1 {n2g.metrics['n2g_f1']}, precision {n2g.metrics['n2g_precision']}, recall {n2g.metrics['n2g_recall']}; "
-          f"ablation sparsity mean {abl.metrics['ablation_sparsity']}, median {abl.metrics['ablation_sparsity_median']}")
+        extra = (
+            f"{m['n_examples']} examples, {m['rows_prune']} pruning + {m['rows_saliency']} saliency rows"
+            if label == "n2g"
+            else f"{m['n_pairs']} (latent, position) pairs over {m['n_contexts']} contexts"
+        )
+        print(
+            f"{label:8s}: {per} latents, {extra}; evaluator (excl. prefix) {ev_s:.1f}s = "
+            f"{ev_s / max(per, 1):.2f}s/latent; "
+            f"model calls {calls} vs naive {naive} ({calls / max(per, 1):.2f} vs {naive / max(per, 1):.1f} per "
+            "latent): "
+            f"{ratio:.1f}x fewer ({flag} target >= 10x)"
+        )
+    print(
+        f"n2g f1 {n2g.metrics['n2g_f1']}, precision {n2g.metrics['n2g_precision']}, recall "
+        f"{n2g.metrics['n2g_recall']}; "
+        f"ablation sparsity mean {abl.metrics['ablation_sparsity']}, median {abl.metrics['ablation_sparsity_median']}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 class OneDResult:
     """Test CE per column (NaN where skipped), and the fitted, de-standardized-free parameters."""
 
-    test_loss: torch.Tensor     # [c] float64, NaN for skipped (constant-on-train) columns
-    train_loss: torch.Tensor    # [c] float64, NaN for skipped columns
-    live: torch.Tensor          # [c] bool
-    prior_loss: float           # test CE of the intercept-only probe (what a dead column gives)
-    iterations: int             # Newton iterations used by the slowest chunk
+    test_loss: torch.Tensor  # [c] float64, NaN for skipped (constant-on-train) columns
+    train_loss: torch.Tensor  # [c] float64, NaN for skipped columns
+    live: torch.Tensor  # [c] bool
+    prior_loss: float  # test CE of the intercept-only probe (what a dead column gives)
+    iterations: int  # Newton iterations used by the slowest chunk
 
     def best(self) -> tuple[int | None, float]:
         """(index, loss) of the lowest test loss; (None, prior) when no column was live."""
@@ -53,8 +53,9 @@ def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return (F.softplus(m) - y[:, None] * m).mean(0) + 0.5 * l2 * w * w
 
 
-def fit_1d(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, max_iter: int = 50,
-           tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor, int]:
+def fit_1d(
+    x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, max_iter: int = 50, tol: float = 1e-10
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Fit ``σ(w·x + b)`` for every column of standardized ``x [n, c]`` at once (float64).
 
     Returns ``(w [c], b [c], iterations)``. Newton steps with per-column step halving; a column
@@ -105,9 +106,15 @@ def ce(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> to
     return (F.softplus(m) - y.double()[:, None] * m).mean(0)
 
 
-def best_single_column(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                       y_test: torch.Tensor, l2: float = 1e-3, chunk: int = 4096,
-                       max_iter: int = 50) -> OneDResult:
+def best_single_column(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    l2: float = 1e-3,
+    chunk: int = 4096,
+    max_iter: int = 50,
+) -> OneDResult:
     """1-D probe on every column of ``x_train [n, c]`` in chunks; test CE per column."""
     c = x_train.shape[1]
     yt, ye = y_train.double(), y_test.double()
@@ -119,7 +126,7 @@ def best_single_column(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     live = torch.zeros(c, dtype=torch.bool)
     iters = 0
     for s in range(0, c, chunk):
-        xtr = x_train[:, s:s + chunk].double()
+        xtr = x_train[:, s : s + chunk].double()
         mu = xtr.mean(0)
         sd = xtr.std(0, unbiased=False)
         ok = sd > 1e-12 * (1 + mu.abs())
@@ -128,7 +135,7 @@ def best_single_column(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
             continue
         mu, sd = mu[idx], sd[idx]
         ztr = (xtr[:, idx] - mu) / sd
-        zte = (x_test[:, s:s + chunk][:, idx].double() - mu) / sd
+        zte = (x_test[:, s : s + chunk][:, idx].double() - mu) / sd
         w, b, it = fit_1d(ztr, yt, l2, max_iter)
         iters = max(iters, it)
         test_loss[s + idx] = ce(zte, ye, w, b)
@@ -149,8 +156,13 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
-def topk_accuracy(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Tensor, y_test: torch.Tensor,
-                  ks: list[int] | tuple[int, ...] = (1, 2, 5)) -> dict[int, dict[str, object]]:
+def topk_accuracy(
+    z_train: torch.Tensor,
+    y_train: torch.Tensor,
+    z_test: torch.Tensor,
+    y_test: torch.Tensor,
+    ks: list[int] | tuple[int, ...] = (1, 2, 5),
+) -> dict[int, dict[str, object]]:
     """SAEBench-style top-k probing: the k latents with the largest |mean_pos - mean_neg| on train,
     a logistic probe on them (standardized, sklearn, C=1), test accuracy and CE per k."""
     from sklearn.linear_model import LogisticRegression
@@ -169,13 +181,23 @@ def topk_accuracy(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Te
         xtr, xte = _standardize(z_train[:, idx].double().numpy(), z_test[:, idx].double().numpy())
         clf = LogisticRegression(C=1.0, max_iter=1000).fit(xtr, ytr)
         p = clf.predict_proba(xte)[:, 1]
-        out[k] = {"accuracy": float(((p > 0.5).astype(int) == yte).mean()), "loss": _log_loss(yte, p),
-                  "latents": [int(i) for i in idx]}
+        out[k] = {
+            "accuracy": float(((p > 0.5).astype(int) == yte).mean()),
+            "loss": _log_loss(yte, p),
+            "latents": [int(i) for i in idx],
+        }
     return out
 
 
-def full_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-               seed: int = 0, n_cs: int = 7, max_folds: int = 5) -> dict[str, float | None]:
+def full_probe(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    seed: int = 0,
+    n_cs: int = 7,
+    max_folds: int = 5,
+) -> dict[str, float | None]:
     """Full-width logistic probe (sklearn, standardized inputs): the inverse L2 strength C is
     chosen from ``logspace(-4, 2, n_cs)`` by stratified k-fold CV log-loss on train only, then
     refit on all of train; test CE and accuracy. Never selects anything on test."""

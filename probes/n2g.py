@@ -67,7 +67,7 @@ class Pattern:
     latent: int
     tokens: list[int]
     anchored: bool
-    act: float            # activation of the pruned pattern, in model units
+    act: float  # activation of the pruned pattern, in model units
     norm_act: float = 0.0  # act / the latent's max activation (what the trie stores)
 
 
@@ -126,8 +126,15 @@ class Trie:
         return out
 
 
-def build_patterns(examples: list[Example], act_fn: ActFn, pad_id: int, bos_id: int, max_len: int = 16,
-                   keep_frac: float = 0.5, wildcard_frac: float = 0.5) -> tuple[list[Pattern], dict[str, int]]:
+def build_patterns(
+    examples: list[Example],
+    act_fn: ActFn,
+    pad_id: int,
+    bos_id: int,
+    max_len: int = 16,
+    keep_frac: float = 0.5,
+    wildcard_frac: float = 0.5,
+) -> tuple[list[Pattern], dict[str, int]]:
     """Prune, anchor and wildcard every example (module doc, steps 1-3) with two batched ``act_fn`` calls."""
     prune_rows: list[list[int]] = []
     prune_lat: list[int] = []
@@ -137,7 +144,7 @@ def build_patterns(examples: list[Example], act_fn: ActFn, pad_id: int, bos_id: 
         n = min(len(body), max_len)
         start = len(prune_rows)
         for m in range(1, n + 1):
-            prune_rows.append([bos_id, *body[len(body) - m:]])
+            prune_rows.append([bos_id, *body[len(body) - m :]])
             prune_lat.append(ex.latent)
         spans.append((start, n))
     acts = act_fn(prune_rows, prune_lat) if prune_rows else torch.zeros(0)
@@ -147,20 +154,20 @@ def build_patterns(examples: list[Example], act_fn: ActFn, pad_id: int, bos_id: 
     for ex, (start, n) in zip(examples, spans, strict=True):
         if n == 0:
             continue
-        a = acts[start:start + n]
+        a = acts[start : start + n]
         ok = (a >= keep_frac * ex.act).nonzero()
         if ok.numel():
             m = int(ok[0]) + 1
         else:
             m, n_unpruned = n, n_unpruned + 1
         body = ex.tokens[1:]
-        pruned.append((ex, body[len(body) - m:], m == len(body), float(a[m - 1])))
+        pruned.append((ex, body[len(body) - m :], m == len(body), float(a[m - 1])))
 
     sal_rows: list[list[int]] = []
     sal_lat: list[int] = []
     for ex, toks, _, _ in pruned:
         for j in range(len(toks) - 1):
-            sal_rows.append([bos_id, *toks[:j], pad_id, *toks[j + 1:]])
+            sal_rows.append([bos_id, *toks[:j], pad_id, *toks[j + 1 :]])
             sal_lat.append(ex.latent)
     sal = act_fn(sal_rows, sal_lat) if sal_rows else torch.zeros(0)
 
@@ -175,8 +182,12 @@ def build_patterns(examples: list[Example], act_fn: ActFn, pad_id: int, bos_id: 
             while len(marked) > 1 and marked[0] == WILDCARD:
                 marked.pop(0)
         patterns.append(Pattern(ex.latent, marked, anchored, a_pruned))
-    stats = {"rows_prune": len(prune_rows), "rows_saliency": len(sal_rows), "n_unpruned": n_unpruned,
-             "n_anchored": sum(p.anchored for p in patterns)}
+    stats = {
+        "rows_prune": len(prune_rows),
+        "rows_saliency": len(sal_rows),
+        "n_unpruned": n_unpruned,
+        "n_anchored": sum(p.anchored for p in patterns),
+    }
     return patterns, stats
 
 
@@ -200,10 +211,21 @@ def render(pattern: Pattern, decode: Callable[[list[int]], str]) -> str:
     return " ".join(parts)
 
 
-def explain_and_score(examples: list[Example], max_act: dict[int, float], heldout_tokens: torch.Tensor,
-                      heldout_acts: dict[int, torch.Tensor], act_fn: ActFn, pad_id: int, bos_id: int,
-                      decode: Callable[[list[int]], str], max_len: int = 16, keep_frac: float = 0.5,
-                      wildcard_frac: float = 0.5, threshold: float = 0.5, n_report: int = 5) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def explain_and_score(
+    examples: list[Example],
+    max_act: dict[int, float],
+    heldout_tokens: torch.Tensor,
+    heldout_acts: dict[int, torch.Tensor],
+    act_fn: ActFn,
+    pad_id: int,
+    bos_id: int,
+    decode: Callable[[list[int]], str],
+    max_len: int = 16,
+    keep_frac: float = 0.5,
+    wildcard_frac: float = 0.5,
+    threshold: float = 0.5,
+    n_report: int = 5,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Explain every latent in ``max_act`` from ``examples`` and score it on held-out text.
 
     ``heldout_acts[latent]`` is the latent's true activation ``[S, T]`` on ``heldout_tokens``
@@ -218,7 +240,11 @@ def explain_and_score(examples: list[Example], max_act: dict[int, float], heldou
         for p in mine:
             p.norm_act = p.act / mx if mx > 0 else 0.0
             trie.add(p)
-        truth = (heldout_acts[lat][:, 1:] / mx > threshold) if mx > 0 else torch.zeros_like(heldout_acts[lat][:, 1:], dtype=torch.bool)
+        truth = (
+            (heldout_acts[lat][:, 1:] / mx > threshold)
+            if mx > 0
+            else torch.zeros_like(heldout_acts[lat][:, 1:], dtype=torch.bool)
+        )
         pred = trie.predict(heldout_tokens)[:, 1:] > threshold
         seen: set[str] = set()
         shown = []
@@ -227,6 +253,14 @@ def explain_and_score(examples: list[Example], max_act: dict[int, float], heldou
             if text not in seen:
                 seen.add(text)
                 shown.append({"pattern": text, "act": round(p.norm_act, 4)})
-        rows.append({"latent": lat, **prf(truth, pred), "base_rate": float(truth.double().mean()),
-                     "max_act": mx, "n_patterns": trie.n_patterns, "explanation": shown[:n_report]})
+        rows.append(
+            {
+                "latent": lat,
+                **prf(truth, pred),
+                "base_rate": float(truth.double().mean()),
+                "max_act": mx,
+                "n_patterns": trie.n_patterns,
+                "explanation": shown[:n_report],
+            }
+        )
     return rows, stats

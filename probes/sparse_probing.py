@@ -27,26 +27,34 @@ from saebench.probes.linear import best_single_column, full_probe, topk_accuracy
 _BASELINES: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
-def pool(acts: torch.Tensor, lengths: torch.Tensor, pooling: str, fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-         token_chunk: int = 1024, device: torch.device | str = "cpu") -> torch.Tensor:
+def pool(
+    acts: torch.Tensor,
+    lengths: torch.Tensor,
+    pooling: str,
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    token_chunk: int = 1024,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Per-example pooled ``fn(acts)`` (identity when ``fn`` is None), float32 ``[n, d_out]``."""
     n = lengths.numel()
     ends = lengths.cumsum(0)
     if pooling == "last":
         rows = acts[ends - 1]
-        chunks = [fn(rows[s:s + token_chunk].to(device)) if fn else rows[s:s + token_chunk]
-                  for s in range(0, n, token_chunk)]
+        chunks = [
+            fn(rows[s : s + token_chunk].to(device)) if fn else rows[s : s + token_chunk]
+            for s in range(0, n, token_chunk)
+        ]
         return torch.cat([c.float().cpu() for c in chunks])
     if pooling != "mean":
         raise SaebenchError(f"pooling {pooling!r} is unknown; use mean or last")
     seg = torch.repeat_interleave(torch.arange(n), lengths)
     out: torch.Tensor | None = None
     for s in range(0, acts.shape[0], token_chunk):
-        x = acts[s:s + token_chunk]
+        x = acts[s : s + token_chunk]
         z = (fn(x.to(device)) if fn else x).float().cpu()
         if out is None:
             out = torch.zeros(n, z.shape[-1], dtype=torch.float32)
-        out.index_add_(0, seg[s:s + token_chunk], z)
+        out.index_add_(0, seg[s : s + token_chunk], z)
     assert out is not None
     return out / lengths.clamp_min(1).float()[:, None]
 
@@ -59,7 +67,9 @@ def encoder(sae: Any, label: str) -> Callable[[torch.Tensor], torch.Tensor]:
         with torch.no_grad():
             z = sae.encode(x)
         if z.shape[-1] != d_sae or z.shape[0] != x.shape[0]:
-            raise SaebenchError(f"SAE {label}: encode gave shape {list(z.shape)} for input {list(x.shape)}; expected [..., {d_sae}]")
+            raise SaebenchError(
+                f"SAE {label}: encode gave shape {list(z.shape)} for input {list(x.shape)}; expected [..., {d_sae}]"
+            )
         if not bool(torch.isfinite(z).all()):
             raise SaebenchError(f"SAE {label} produced NaN/Inf latents on probing examples; check its weights")
         return z
@@ -71,30 +81,49 @@ def _none_if_nan(v: float | None) -> float | None:
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
 
-def baselines(key: tuple[Any, ...], x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y_te: torch.Tensor,
-              l2: float, chunk: int, seed: int) -> dict[str, Any]:
+def baselines(
+    key: tuple[Any, ...],
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    x_te: torch.Tensor,
+    y_te: torch.Tensor,
+    l2: float,
+    chunk: int,
+    seed: int,
+) -> dict[str, Any]:
     """Residual baselines for one task (memoised by ``key``: they do not depend on the SAE)."""
     if key in _BASELINES:
-        return {**_BASELINES[key], "cached": True}
+        return dict(_BASELINES[key])
     one = best_single_column(x_tr, y_tr, x_te, y_te, l2=l2, chunk=chunk)
     ch, loss = one.best()
     full = full_probe(x_tr, y_tr, x_te, y_te, seed=seed)
-    out = {"resid_1d_loss": loss, "resid_1d_channel": ch, "resid_full_loss": full["loss"],
-           "resid_full_accuracy": full["accuracy"], "resid_full_C": full["C"]}
+    out = {
+        "resid_1d_loss": loss,
+        "resid_1d_channel": ch,
+        "resid_full_loss": full["loss"],
+        "resid_full_accuracy": full["accuracy"],
+        "resid_full_C": full["C"],
+    }
     _BASELINES[key] = out
-    return {**out, "cached": False}
+    return dict(out)
 
 
-def score_task(z: torch.Tensor, y: torch.Tensor, n_train: int, l2: float, chunk: int,
-               ks: list[int], max_iter: int = 50) -> dict[str, Any]:
-    """Best 1-D latent probe, top-k accuracy, latents scored, for pooled latents ``z [n, d_sae]``."""
+def score_task(
+    z: torch.Tensor, y: torch.Tensor, n_train: int, l2: float, chunk: int, ks: list[int], max_iter: int = 50
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Best 1-D latent probe, top-k accuracy, latents scored, for pooled latents ``z [n, d_sae]``;
+    and the seconds spent on the 1-D and top-k fits."""
     z_tr, z_te, y_tr, y_te = z[:n_train], z[n_train:], y[:n_train], y[n_train:]
     t0 = time.perf_counter()
     one = best_single_column(z_tr, y_tr, z_te, y_te, l2=l2, chunk=chunk, max_iter=max_iter)
     t_1d = time.perf_counter() - t0
     best, loss = one.best()
     t0 = time.perf_counter()
-    top = topk_accuracy(z_tr, y_tr, z_te, y_te, ks) if best is not None else {k: {"accuracy": None, "loss": None, "latents": []} for k in ks}
+    top = (
+        topk_accuracy(z_tr, y_tr, z_te, y_te, ks)
+        if best is not None
+        else {k: {"accuracy": None, "loss": None, "latents": []} for k in ks}
+    )
     t_topk = time.perf_counter() - t0
     return {
         "probe_loss": loss,
@@ -105,5 +134,4 @@ def score_task(z: torch.Tensor, y: torch.Tensor, n_train: int, l2: float, chunk:
         "newton_iterations": one.iterations,
         **{f"top_{k}_accuracy": top[k]["accuracy"] for k in ks},
         **{f"top_{k}_latents": top[k]["latents"] for k in ks},
-        "_time": {"probe_1d_s": t_1d, "probe_topk_s": t_topk},
-    }
+    }, {"probe_1d_s": t_1d, "probe_topk_s": t_topk}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from saebench.errors import SaebenchError
+from saebench.profiles import DTYPE_NAMES, PROFILES
 
 RUN_HELP = """\
 Evaluate SAEs on a subject model and write one JSON per (SAE, evaluator) to --out.
@@ -39,40 +40,89 @@ Model activations and ablation baselines are cached in $SAEBENCH_CACHE (default 
 
 
 def _add_run(sub: Any) -> None:
-    p = sub.add_parser("run", help="evaluate SAEs", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sae", action="extend", nargs="+", help="SAE spec(s) (repeatable, or several after one --sae, e.g. --sae zoo/*; default: reference)")
-    p.add_argument("--name", action="extend", nargs="+", help="name(s) for the matching --sae in results (default: folder/factory name)")
-    p.add_argument("--model", default=None, help="transformer-lens model name (default: the SAE's model_name, else the embedded smollm2-135m)")
+    p = sub.add_parser(
+        "run", help="evaluate SAEs", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--sae",
+        action="extend",
+        nargs="+",
+        help="SAE spec(s) (repeatable, or several after one --sae, e.g. --sae zoo/*; default: reference)",
+    )
+    p.add_argument(
+        "--name",
+        action="extend",
+        nargs="+",
+        help="name(s) for the matching --sae in results (default: folder/factory name)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="transformer-lens model name (default: the SAE's model_name, else the embedded smollm2-135m)",
+    )
     p.add_argument("--hook", default=None, help="transformer-lens hook name (default: the SAE's hook_name)")
     p.add_argument("--evals", default="core", help="comma list of evaluators or python:FILE.py:CLASS (default: core)")
-    p.add_argument("--profile", default="quick", choices=["quick", "standard", "paper"], help="sample sizes (default: quick)")
+    p.add_argument("--profile", default="quick", choices=list(PROFILES), help="sample sizes (default: quick)")
     p.add_argument("--tokens", type=int, help="tokens in the evaluation set (overrides the profile)")
     p.add_argument("--ctx-len", type=int, help="context length incl. BOS (overrides the profile)")
     p.add_argument("--batch-size", type=int, help="contexts per forward pass (overrides the profile)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--corpus", default="sae-probes", help="sae-probes (offline default), hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl/.parquet file")
+    p.add_argument(
+        "--corpus",
+        default="sae-probes",
+        help="sae-probes (offline default), hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl/.parquet file",
+    )
     p.add_argument("--out", default="saebench-results", help="results folder (default: saebench-results)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model dtype (default: float32)")
-    p.add_argument("--set", action="append", default=[], metavar="EVAL.KEY=VALUE", help="override an evaluator setting, e.g. core.dense_threshold=0.05")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default: float32)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="EVAL.KEY=VALUE",
+        help="override an evaluator setting, e.g. core.dense_threshold=0.05",
+    )
     p.add_argument("--force", action="store_true", help="recompute results that are already complete")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the activation cache")
-    p.add_argument("--trust-pickle", action="store_true", help="allow .pt files that need arbitrary unpickling (runs code: only your own files)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow .pt files that need arbitrary unpickling (runs code: only your own files)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or table (for CI)")
     g = p.add_argument_group("autointerp (--evals autointerp; any OpenAI-compatible endpoint)")
-    g.add_argument("--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: https://api.openai.com/v1)")
-    g.add_argument("--llm-model", help="explainer model (default: gpt-4o-mini); also the scorer unless --llm-scorer-model")
+    g.add_argument(
+        "--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: https://api.openai.com/v1)"
+    )
+    g.add_argument(
+        "--llm-model", help="explainer model (default: gpt-4o-mini); also the scorer unless --llm-scorer-model"
+    )
     g.add_argument("--llm-scorer-model", help="model for detection/simulation scoring (default: --llm-model)")
-    g.add_argument("--llm-api-key-env", help="environment variable holding the API key (default: OPENAI_API_KEY; none needed on 127.0.0.1)")
+    g.add_argument(
+        "--llm-api-key-env",
+        help="environment variable holding the API key (default: OPENAI_API_KEY; none needed on 127.0.0.1)",
+    )
     g.add_argument("--llm-concurrency", type=int, help="latents in flight at once (default: 8)")
-    g.add_argument("--llm-max-tokens", type=int, help="budget: stop after this many prompt+completion tokens, keeping what is done")
-    g.add_argument("--llm-max-cost", type=float, help="budget in USD (needs --set autointerp.price_prompt_per_mtok=... and price_completion_per_mtok=...)")
+    g.add_argument(
+        "--llm-max-tokens", type=int, help="budget: stop after this many prompt+completion tokens, keeping what is done"
+    )
+    g.add_argument(
+        "--llm-max-cost",
+        type=float,
+        help="budget in USD (needs --set autointerp.price_prompt_per_mtok=... and price_completion_per_mtok=...)",
+    )
 
 
-LLM_FLAGS = {"llm_base_url": "base_url", "llm_model": "explainer_model", "llm_scorer_model": "scorer_model",
-             "llm_api_key_env": "api_key_env", "llm_concurrency": "concurrency",
-             "llm_max_tokens": "max_tokens_budget", "llm_max_cost": "max_cost"}
+LLM_FLAGS = {
+    "llm_base_url": "base_url",
+    "llm_model": "explainer_model",
+    "llm_scorer_model": "scorer_model",
+    "llm_api_key_env": "api_key_env",
+    "llm_concurrency": "concurrency",
+    "llm_max_tokens": "max_tokens_budget",
+    "llm_max_cost": "max_cost",
+}
 
 
 def _eval_config(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -111,10 +161,25 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     specs = a.sae or ["reference"]
     run = evaluate(
-        specs, model=a.model, hook=a.hook, evals=[e.strip() for e in a.evals.split(",") if e.strip()],
-        profile=a.profile, tokens=a.tokens, ctx_len=a.ctx_len, batch_size=a.batch_size, seed=a.seed,
-        corpus=a.corpus, out=a.out, device=a.device, dtype=a.dtype, force=a.force, progress=not a.quiet,
-        eval_config=_eval_config(a), name=a.name or None, trust_pickle=a.trust_pickle, use_cache=not a.no_cache,
+        specs,
+        model=a.model,
+        hook=a.hook,
+        evals=[e.strip() for e in a.evals.split(",") if e.strip()],
+        profile=a.profile,
+        tokens=a.tokens,
+        ctx_len=a.ctx_len,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        corpus=a.corpus,
+        out=a.out,
+        device=a.device,
+        dtype=a.dtype,
+        force=a.force,
+        progress=not a.quiet,
+        eval_config=_eval_config(a),
+        name=a.name or None,
+        trust_pickle=a.trust_pickle,
+        use_cache=not a.no_cache,
     )
     if not a.quiet:
         print(summary_table(run))
@@ -129,12 +194,14 @@ def summary_table(run: Any) -> str:
     """One row per SAE with the headline metrics of every evaluator that ran on it."""
     from tabulate import tabulate
 
-    from saebench.leaderboard import ARROW, _fmt, columns_for
+    from saebench.display import ARROW, fmt
+    from saebench.leaderboard import headline_columns
 
     merged = {name: {k: v for res in per.values() for k, v in res.metrics.items()} for name, per in run.results.items()}
-    cols = columns_for(list(merged.values()))
-    rows = [[name, ",".join(run.results[name])] + [_fmt(m.get(k)) for k, _, _ in cols] for name, m in merged.items()]
-    return tabulate(rows, headers=["SAE", "evals"] + [t + ARROW[d] for _, t, d in cols], tablefmt="github")
+    every = [r for per in run.results.values() for r in per.values()]
+    cols = headline_columns({r.evaluator for r in every}, every)
+    rows = [[name, ",".join(run.results[name])] + [fmt(m.get(c.name)) for c in cols] for name, m in merged.items()]
+    return tabulate(rows, headers=["SAE", "evals"] + [c.column + ARROW[c.direction] for c in cols], tablefmt="github")
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:
@@ -159,8 +226,17 @@ def cmd_train_reference(a: argparse.Namespace) -> int:
     from saebench.train import train_reference
 
     model = load_model()
-    log = train_reference(model, Path(a.out), hook=a.hook, d_sae=a.d_sae, k=a.k, n_tokens=a.tokens,
-                          seed=a.seed, epochs=a.epochs, progress=not a.quiet)
+    log = train_reference(
+        model,
+        Path(a.out),
+        hook=a.hook,
+        d_sae=a.d_sae,
+        k=a.k,
+        n_tokens=a.tokens,
+        seed=a.seed,
+        epochs=a.epochs,
+        progress=not a.quiet,
+    )
     print(json.dumps(log, indent=2))
     return 0
 
@@ -174,7 +250,10 @@ def cmd_zoo(a: argparse.Namespace) -> int:
 
     if a.action == "list":
         for m in ZOO:
-            print(f"{m.name:24s} {m.architecture:10s} d_sae={m.d_sae:<5d} {'k' if m.architecture in ('topk', 'batchtopk') else 'target L0'}={m.k}")
+            print(
+                f"{m.name:24s} {m.architecture:10s} d_sae={m.d_sae:<5d} "
+                f"{'k' if m.architecture in ('topk', 'batchtopk') else 'target L0'}={m.k}"
+            )
         return 0
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -186,18 +265,23 @@ def cmd_zoo(a: argparse.Namespace) -> int:
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    import torch
-
-    from saebench.sae import NativeSAE, load_sae, save_native
+    from saebench.loading import load_sae
+    from saebench.models import DTYPES
+    from saebench.sae import NativeSAE, save_native
 
     loaded = load_sae(a.src, trust_pickle=False)
     if not isinstance(loaded.sae, NativeSAE):
-        raise SaebenchError(f"{a.src} is a {type(loaded.sae).__name__}, not one of the built-in architectures; only SAE files can be converted")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[a.dtype]
-    out = save_native(loaded.sae, a.dst, dtype=dtype)
+        raise SaebenchError(
+            f"{a.src} is a {type(loaded.sae).__name__}, not one of the built-in architectures; only SAE files can "
+            "be converted"
+        )
+    out = save_native(loaded.sae, a.dst, dtype=DTYPES[a.dtype])
     for note in loaded.notes:
         print(f"note: {note}")
-    print(f"wrote {out} (architecture {loaded.architecture}, d_in {loaded.sae.d_in}, d_sae {loaded.sae.d_sae}, hook {loaded.hook_name})")
+    print(
+        f"wrote {out} (architecture {loaded.architecture}, d_in {loaded.sae.d_in}, d_sae {loaded.sae.d_sae}, hook "
+        f"{loaded.hook_name})"
+    )
     return 0
 
 
@@ -224,7 +308,8 @@ def cmd_tasks(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saebench",
-        description="Evaluate sparse autoencoders on language-model activations. Start with: saebench run --sae reference",
+        description="Evaluate sparse autoencoders on language-model activations. Start with: saebench run --sae "
+        "reference",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
@@ -233,23 +318,40 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("-o", "--output", default="LEADERBOARD.md", help="markdown file to write")
     lb.add_argument("--title", default="saebench leaderboard")
     lb.add_argument("--no-plots", action="store_true", help="write only the markdown, no PNG plots")
-    cv = sub.add_parser("convert", help="convert a SAELens / sparsify / OpenAI / dictionary_learning SAE to the native format",
-                        description="Convert SRC (any --sae file or folder, optionally prefixed sae_lens:, sparsify:, openai:, "
-                        "dictionary_learning:) to a native folder DST (cfg.json + sae.safetensors).")
+    cv = sub.add_parser(
+        "convert",
+        help="convert a SAELens / sparsify / OpenAI / dictionary_learning SAE to the native format",
+        description="Convert SRC (any --sae file or folder, optionally prefixed sae_lens:, sparsify:, openai:, "
+        "dictionary_learning:) to a native folder DST (cfg.json + sae.safetensors).",
+    )
     cv.add_argument("src", help="SAE to convert (detected from its files, or FORMAT:PATH)")
     cv.add_argument("dst", help="native folder to write (replaced if it exists)")
-    cv.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weight dtype (default: float32)")
-    cp = sub.add_parser("compare", help="CI regression gate: compare results with a baseline; exit 1 on a regression",
-                        description="Match NEW results to --baseline results by SAE name + evaluator and print baseline, new, "
-                        "difference and verdict per metric. Exit status 1 when a metric is worse than its tolerance in its bad "
-                        "direction (named in the last line), 2 on bad input, 0 otherwise.")
+    cv.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="weight dtype (default: float32)")
+    cp = sub.add_parser(
+        "compare",
+        help="CI regression gate: compare results with a baseline; exit 1 on a regression",
+        description="Match NEW results to --baseline results by SAE name + evaluator and print baseline, new, "
+        "difference and verdict per metric. Exit status 1 when a metric is worse than its tolerance in its bad "
+        "direction (named in the last line), 2 on bad input, 0 otherwise.",
+    )
     cp.add_argument("new", nargs="+", help="new result files or folders")
     cp.add_argument("--baseline", required=True, help="folder (or file) of baseline results")
-    cp.add_argument("--tolerance", action="append", default=[], metavar="METRIC=REL",
-                    help="relative tolerance for a metric, e.g. fvu=0.01 or fvu=1%%; *=REL sets the default (0.5%%)")
-    cp.add_argument("--against", metavar="SAE", help="compare every new SAE with this baseline SAE (e.g. a zoo member) instead of matching by name")
+    cp.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="METRIC=REL",
+        help="relative tolerance for a metric, e.g. fvu=0.01 or fvu=1%%; *=REL sets the default (0.5%%)",
+    )
+    cp.add_argument(
+        "--against",
+        metavar="SAE",
+        help="compare every new SAE with this baseline SAE (e.g. a zoo member) instead of matching by name",
+    )
     cp.add_argument("--only-changes", action="store_true", help="hide metrics that are identical or within tolerance")
-    tr = sub.add_parser("train-reference", help="regenerate the shipped reference TopK SAE (about 8 min on 2 CPU cores)")
+    tr = sub.add_parser(
+        "train-reference", help="regenerate the shipped reference TopK SAE (about 8 min on 2 CPU cores)"
+    )
     tr.add_argument("--out", default=str(Path(__file__).parent / "reference" / "smollm2-135m-topk-2304-k32"))
     tr.add_argument("--hook", default="blocks.6.hook_resid_post")
     tr.add_argument("--d-sae", type=int, default=2304)
@@ -267,16 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
     ta = sub.add_parser("tasks", help="list the probing tasks (--evals probing) with sizes and offline availability")
     ta.add_argument("tasks", nargs="*", help="task names, globs or families (default: all)")
     ta.add_argument("--spec", action="append", default=[], help="extra task spec TOML file (repeatable)")
-    ta.add_argument("--data-path", action="append", default=[], metavar="FAMILY=PATH",
-                    help="local data for a family, e.g. europarl=DIR (default: $SAEBENCH_EUROPARL)")
+    ta.add_argument(
+        "--data-path",
+        action="append",
+        default=[],
+        metavar="FAMILY=PATH",
+        help="local data for a family, e.g. europarl=DIR (default: $SAEBENCH_EUROPARL)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "train-reference": cmd_train_reference,
-                "convert": cmd_convert, "compare": cmd_compare, "zoo": cmd_zoo, "tasks": cmd_tasks}
+    handlers = {
+        "run": cmd_run,
+        "leaderboard": cmd_leaderboard,
+        "train-reference": cmd_train_reference,
+        "convert": cmd_convert,
+        "compare": cmd_compare,
+        "zoo": cmd_zoo,
+        "tasks": cmd_tasks,
+    }
     try:
         return handlers[args.command](args)
     except SaebenchError as exc:

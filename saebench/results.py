@@ -1,14 +1,23 @@
 """Versioned result files: one JSON per (SAE, evaluator), written atomically.
 
-Layout: ``OUT/<sae name>/<evaluator>.json``. A result is *complete* for a request when the file
-parses, has this schema version, and its ``run_key`` (a hash of the SAE fingerprint, the
-evaluator and its config, the run config and the token set) equals the request's; complete
+Layout: ``OUT/<sae name>/<evaluator>.json`` (both names made safe path components). A result is
+*complete* for a request when the file parses, has this schema version, and its ``run_key`` (a
+hash of the SAE fingerprint, the evaluator and its config, the run config and the token set)
+equals the request's; complete
 results are skipped on rerun unless ``--force``. An interrupted run resumes at the first
 (SAE, evaluator) pair without a complete file; nothing partial is ever left behind
 (temp file + ``os.replace``).
 
 ``load_results(paths)`` reads files or folders back into a list of :class:`Result`, and
 ``results_frame`` flattens them into a pandas DataFrame (one row per result).
+
+Schema 2 (current) keeps numbers apart from everything else: ``metrics`` holds numbers only,
+``details`` the per-latent / per-task tables and echoed settings, ``samples`` the per-unit
+statistics behind sampled metrics, ``uncertainty`` each sampled metric's standard error and
+interval, ``timing`` seconds per stage, ``declarations`` the evaluator's metric declarations
+(direction, headline, meaning, unit) so results of a plugin describe themselves. Schema 1 files
+(everything in ``metrics``) are read and converted on load; they are never "complete" for a new
+request (the run recomputes them).
 """
 
 from __future__ import annotations
@@ -20,16 +29,17 @@ import platform
 import subprocess
 import tempfile
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 from saebench.errors import SaebenchError
+from saebench.io import atomic_write_json, read_json, slug
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TRACKED_PACKAGES = ("saebench", "torch", "transformer-lens", "transformers", "numpy", "sae-lens", "sae-probes")
 
 
@@ -48,23 +58,38 @@ class Result(BaseModel):
     run_key: str
     sae: SAERecord
     config: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: dict[str, float | int | bool | None]
+    uncertainty: dict[str, dict[str, Any]] = {}
+    details: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    declarations: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     env: dict[str, Any] = {}
     timing: dict[str, float] = {}
     created_at: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Schema 1 kept lists, dicts and strings in ``metrics``: move them to ``details``."""
+        if isinstance(data, dict) and data.get("schema_version") == 1 and isinstance(data.get("metrics"), dict):
+            m = data["metrics"]
+            numbers = {k: v for k, v in m.items() if v is None or isinstance(v, (int, float))}
+            data = {**data, "metrics": numbers, "details": {k: v for k, v in m.items() if k not in numbers}}
+        return data
+
 
 def run_key(sae_fp: str, evaluator: str, config: dict[str, Any]) -> str:
     """Identity of a requested computation (device and timing excluded: they do not change it)."""
-    stable = {k: v for k, v in config.items() if k not in ("device", "quiet")}
+    stable = {k: v for k, v in config.items() if k != "device"}
     raw = json.dumps([sae_fp, evaluator, stable], sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
 def result_path(out: Path, sae_name: str, evaluator: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in sae_name)
-    return out / safe / f"{evaluator}.json"
+    """``OUT/<sae>/<evaluator>.json``; both names become safe path components (no ``..``, no
+    separators), so no name can write outside ``out``."""
+    return out / slug(sae_name) / f"{slug(evaluator)}.json"
 
 
 def check_writable(out: Path) -> None:
@@ -80,27 +105,15 @@ def check_writable(out: Path) -> None:
 
 def write_result(result: Result, path: Path) -> None:
     """Write atomically: a reader sees the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result.model_dump(), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(path, result.model_dump())
 
 
 def read_result(path: Path) -> Result:
     """Parse one result file; a corrupt or foreign file raises SaebenchError naming it."""
+    data = read_json(path, "result")
     try:
-        data = json.loads(Path(path).read_text())
         return Result.model_validate(data)
-    except (OSError, json.JSONDecodeError, ValidationError, TypeError) as exc:
+    except (ValidationError, TypeError) as exc:
         raise SaebenchError(f"{path} is not a saebench result ({type(exc).__name__})") from exc
 
 
@@ -176,12 +189,13 @@ def git_commit() -> str | None:
     """HEAD of the checkout saebench runs from (None when installed from a wheel)."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -2,9 +2,10 @@
 
 The runner asks every selected evaluator what it ``needs``, builds one
 :class:`~saebench.pipeline.ActivationPipeline` per hook, computes each shared input once for all
-pending SAEs at that hook, and hands the same context to every evaluator. Results already
-complete in ``out`` are skipped (unless ``force``) before the model is even loaded, so an
-interrupted run resumes where it stopped.
+pending SAEs at that hook (``states``, ``splice``, and each evaluator's own ``prepare``), timed
+as shared work, and hands every evaluator a context for one SAE. Results already complete in
+``out`` are skipped (unless ``force``) before the model is even loaded, so an interrupted run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saebench import stats
 from saebench.errors import SaebenchError
-from saebench.evaluators import EvalContext, get_evaluator
+from saebench.evaluators import EvalConfig, EvalContext, EvalOutput, Evaluator, get_evaluator
+from saebench.loading import LoadedSAE, as_loaded
 from saebench.models import EMBEDDED_MODEL, SubjectModel, load_model
+from saebench.pipeline import PassCounters
+from saebench.profiles import PROFILES
 from saebench.results import (
     Result,
     SAERecord,
@@ -28,16 +33,22 @@ from saebench.results import (
     run_key,
     write_result,
 )
-from saebench.sae import LoadedSAE, _wrap_user, load_sae
 
-PROFILES: dict[str, dict[str, int]] = {
-    # CPU, minutes: CI and first contact.
-    "quick": {"tokens": 8192, "ctx_len": 128, "batch_size": 8},
-    # a few minutes per SAE on a GPU, ~an hour on 2 CPU cores.
-    "standard": {"tokens": 131072, "ctx_len": 128, "batch_size": 16},
-    # SAEBench's reconstruction sample (200 batches x 16 prompts x 128 tokens), for a GPU.
-    "paper": {"tokens": 409600, "ctx_len": 128, "batch_size": 32},
-}
+
+@dataclass
+class Job:
+    """One (SAE, evaluator) computation: its request config, identity and output path."""
+
+    sae: LoadedSAE
+    evaluator: Evaluator
+    cfg: EvalConfig
+    run_config: dict[str, Any]
+    key: str
+    path: Path | None
+
+    @property
+    def hook(self) -> str:
+        return str(self.run_config["hook"])
 
 
 @dataclass
@@ -47,12 +58,48 @@ class RunResults:
     results: dict[str, dict[str, Result]] = field(default_factory=dict)
     paths: dict[str, dict[str, Path]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    counters: dict[str, PassCounters] = field(default_factory=dict)  # model calls per hook (what ran once)
+
+    def _only(self) -> dict[str, Result]:
+        if len(self.results) != 1:
+            raise SaebenchError(f"this run holds {len(self.results)} SAEs; use run.results[SAE][EVALUATOR]")
+        return next(iter(self.results.values()))
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        """Plain metric dicts: ``{evaluator: metrics}`` for one SAE, else ``{sae: {evaluator: metrics}}``."""
-        table = {s: {e: r.metrics for e, r in per.items()} for s, per in self.results.items()}
-        return next(iter(table.values())) if len(table) == 1 else table
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """``{evaluator: metrics}`` of the run's one SAE (several SAEs: ``results[sae][evaluator]``)."""
+        return {e: r.metrics for e, r in self._only().items()}
+
+    @property
+    def details(self) -> dict[str, dict[str, Any]]:
+        """``{evaluator: details}`` of the run's one SAE."""
+        return {e: r.details for e, r in self._only().items()}
+
+
+def finish_metrics(ev: Evaluator, output: EvalOutput) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float]:
+    """Metrics with every declared estimator's value filled in, their intervals, and the seconds spent.
+
+    An estimator is the metric's definition: a value the evaluator reported itself must agree
+    with it (to 1e-9 relative), otherwise the evaluator has a bug and the run stops.
+    """
+    t0 = time.perf_counter()
+    metrics = dict(output.metrics)
+    uncertainty = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in output.uncertainty.items()}
+    for m in getattr(ev, "metrics", ()):
+        if m.estimator is None or m.estimator.unit not in output.samples:
+            continue
+        iv = stats.interval(m.estimator, output.samples)
+        given = metrics.get(m.name, iv.value)
+        if (given is None) != (iv.value is None) or (
+            given is not None and abs(given - iv.value) > 1e-9 * max(1.0, abs(iv.value))
+        ):
+            raise SaebenchError(
+                f"evaluator {ev.name!r}: metric {m.name} is {given} but its estimator over the samples gives "
+                f"{iv.value}; report one definition"
+            )
+        metrics[m.name] = iv.value
+        uncertainty[m.name] = iv.to_dict()
+    return metrics, uncertainty, time.perf_counter() - t0
 
 
 def resolve_sizes(profile: str, tokens: int | None, ctx_len: int | None, batch_size: int | None) -> dict[str, int]:
@@ -67,18 +114,10 @@ def resolve_sizes(profile: str, tokens: int | None, ctx_len: int | None, batch_s
     if sizes["tokens"] < sizes["batch_size"] * sizes["ctx_len"]:
         raise SaebenchError(
             f"--tokens {sizes['tokens']} is smaller than one batch ({sizes['batch_size']} x "
-            f"{sizes['ctx_len']} = {sizes['batch_size'] * sizes['ctx_len']} tokens); raise --tokens or lower --batch-size"
+            f"{sizes['ctx_len']} = {sizes['batch_size'] * sizes['ctx_len']} tokens); raise --tokens or lower "
+            "--batch-size"
         )
     return sizes
-
-
-def _as_loaded(sae: Any, device: str, trust_pickle: bool, name: str | None) -> LoadedSAE:
-    if isinstance(sae, LoadedSAE):
-        return sae
-    if isinstance(sae, (str, Path)):
-        return load_sae(str(sae), device=device, trust_pickle=trust_pickle, name=name)
-    label = name or getattr(sae, "name", None) or type(sae).__name__
-    return _wrap_user(sae, f"object:{type(sae).__name__}", str(label), device)
 
 
 def evaluate(
@@ -120,7 +159,7 @@ def evaluate(
     names = list(name) if isinstance(name, (list, tuple)) else [name] * len(specs)
     if len(names) != len(specs):
         raise SaebenchError(f"got {len(names)} names for {len(specs)} SAEs; pass one --name per --sae")
-    loaded = [_as_loaded(s, device, trust_pickle, n) for s, n in zip(specs, names, strict=True)]
+    loaded = [as_loaded(s, device, trust_pickle, n) for s, n in zip(specs, names, strict=True)]
     seen: set[str] = set()
     for ls in loaded:
         if ls.name in seen:
@@ -131,7 +170,7 @@ def evaluate(
     cfgs = {ev.name: ev.Config.for_profile(profile, **eval_config.get(ev.name, {})) for ev in evaluators}
 
     model_name = model.name if isinstance(model, SubjectModel) else model
-    jobs = []  # (loaded sae, evaluator, run config, key, path)
+    jobs: list[Job] = []
     for ls in loaded:
         m_name = model_name or ls.model_name or EMBEDDED_MODEL
         h = hook or ls.hook_name
@@ -140,35 +179,44 @@ def evaluate(
         if ls.model_name and ls.model_name != m_name:
             ls.notes.append(f"SAE was trained on {ls.model_name!r}, evaluated on {m_name!r}")
         for ev in evaluators:
-            run_cfg = {"model": m_name, "hook": h, "profile": profile, **sizes, "seed": seed,
-                       "corpus": corpus, "dtype": dtype, "device": device,
-                       "evaluator_config": cfgs[ev.name].model_dump()}
-            key = run_key(ls.fingerprint, ev.name, run_cfg)
+            run_cfg = {
+                "model": m_name,
+                "hook": h,
+                "profile": profile,
+                **sizes,
+                "seed": seed,
+                "corpus": corpus,
+                "dtype": dtype,
+                "device": device,
+                "evaluator_config": cfgs[ev.name].model_dump(),
+            }
             path = result_path(Path(out), ls.name, ev.name) if out is not None else None
-            jobs.append((ls, ev, run_cfg, key, path))
+            jobs.append(Job(ls, ev, cfgs[ev.name], run_cfg, run_key(ls.fingerprint, ev.name, run_cfg), path))
 
     run = RunResults()
     if out is not None:
         check_writable(Path(out))
     pending = []
     for job in jobs:
-        ls, ev, _, key, path = job
-        done = complete_result(path, key) if (path is not None and not force) else None
+        done = complete_result(job.path, job.key) if (job.path is not None and not force) else None
         if done is not None:
-            run.results.setdefault(ls.name, {})[ev.name] = done
-            run.paths.setdefault(ls.name, {})[ev.name] = path
-            run.skipped.append((ls.name, ev.name))
+            run.results.setdefault(job.sae.name, {})[job.evaluator.name] = done
+            run.paths.setdefault(job.sae.name, {})[job.evaluator.name] = job.path
+            run.skipped.append((job.sae.name, job.evaluator.name))
         else:
             pending.append(job)
     if not pending:
         return run
-    for ev in {job[1].name: job[1] for job in pending}.values():
+    for ev in {job.evaluator.name: job.evaluator for job in pending}.values():
         if hasattr(ev, "preflight"):  # optional: refuse bad settings (e.g. an unreachable LLM) before any work
             ev.preflight(cfgs[ev.name])
 
-    model_names = {job[2]["model"] for job in pending}
+    model_names = {job.run_config["model"] for job in pending}
     if len(model_names) > 1:
-        raise SaebenchError(f"SAEs name different models ({', '.join(sorted(model_names))}); evaluate them in separate runs or pass --model")
+        raise SaebenchError(
+            f"SAEs name different models ({', '.join(sorted(model_names))}); evaluate them in separate runs or pass "
+            "--model"
+        )
     t0 = time.perf_counter()
     subject = model if isinstance(model, SubjectModel) else load_model(model_names.pop(), device=device, dtype=dtype)
     t_model = time.perf_counter() - t0
@@ -176,41 +224,77 @@ def evaluate(
 
     from saebench.data import build_token_set
     from saebench.pipeline import ActivationPipeline
+    from saebench.pipeline.splice import splice_stats
 
     t0 = time.perf_counter()
     if token_set is None:
         token_set = build_token_set(subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus)
     t_tok = time.perf_counter() - t0
 
-    for h in sorted({job[2]["hook"] for job in pending}):
-        group = [job for job in pending if job[2]["hook"] == h]
+    for h in sorted({job.hook for job in pending}):
+        group = [job for job in pending if job.hook == h]
         pipe = ActivationPipeline(subject, token_set, h, sizes["batch_size"], use_cache=use_cache, progress=progress)
-        for ls, *_ in group:
-            pipe.check_sae(ls.sae, ls.name)
-        splice = {}
+        run.counters[h] = pipe.counters
+        for job in group:
+            pipe.check_sae(job.sae.sae, job.sae.name)
+        # shared inputs: computed once for every pending SAE at this hook
         t0 = time.perf_counter()
-        need_splice = {job[0].name: job[0].sae for job in group if "splice" in job[1].needs}
-        if need_splice:
-            splice = pipe.splice_stats(need_splice)
+        needs = set().union(*(job.evaluator.needs for job in group))
+        if needs:
+            pipe.states()
+        splice = {}
+        if "splice" in needs:
+            splice = splice_stats(pipe, {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs})
+        for ev in {job.evaluator.name: job.evaluator for job in group}.values():
+            if hasattr(ev, "prepare"):
+                ev.prepare(pipe, cfgs[ev.name], seed)
         t_shared = time.perf_counter() - t0
-        for ls, ev, run_cfg, key, path in group:
-            ctx = EvalContext(subject, token_set, h, ls.sae, pipe, run_cfg, splice.get(ls.name), list(ls.notes))
+        shared_timing = dict(pipe.timing)
+        for job in group:
+            ls, ev = job.sae, job.evaluator
+            ctx = EvalContext(pipe, ls.sae, ls.name, ls.fingerprint, seed, profile, splice.get(ls.name), list(ls.notes))
             t0 = time.perf_counter()
-            metrics = ev.run(ctx, cfgs[ev.name])
-            ev_timing = metrics.pop("_timing", {})
-            timing = {"model_load_s": t_model, "tokenize_s": t_tok, "shared_inputs_s": t_shared,
-                      **(splice[ls.name].timing if ls.name in splice else {}), **ev_timing,
-                      "evaluator_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t_start}
+            output = ev.run(ctx, job.cfg)
+            if not isinstance(output, EvalOutput):
+                raise SaebenchError(
+                    f"evaluator {ev.name!r} returned a {type(output).__name__}, not an EvalOutput; "
+                    "see saebench.evaluators.base"
+                )
+            metrics, uncertainty, t_stats = finish_metrics(ev, output)
+            timing = {
+                "model_load_s": t_model,
+                "tokenize_s": t_tok,
+                "shared_inputs_s": t_shared,
+                **shared_timing,
+                **output.timing,
+                "intervals_s": t_stats,
+                "evaluator_s": time.perf_counter() - t0,
+                "total_s": time.perf_counter() - t_start,
+            }
             result = Result(
-                evaluator=ev.name, run_key=key,
-                sae=SAERecord(name=ls.name, source=ls.source, architecture=ls.architecture,
-                              d_in=int(ls.sae.d_in), d_sae=int(ls.sae.d_sae), fingerprint=ls.fingerprint),
-                config={**run_cfg, **token_set.meta(), "bos_excluded": True},
-                metrics=metrics, notes=ctx.notes, env=env,
-                timing={k: round(v, 4) for k, v in timing.items()}, created_at=now(),
+                evaluator=ev.name,
+                run_key=job.key,
+                sae=SAERecord(
+                    name=ls.name,
+                    source=ls.source,
+                    architecture=ls.architecture,
+                    d_in=int(ls.sae.d_in),
+                    d_sae=int(ls.sae.d_sae),
+                    fingerprint=ls.fingerprint,
+                ),
+                config={**job.run_config, **token_set.meta(), "bos_excluded": True},
+                metrics=metrics,
+                uncertainty=uncertainty,
+                details=output.details,
+                samples={k: v.to_dict() for k, v in output.samples.items()},
+                declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
+                notes=ctx.notes,
+                env=env,
+                timing={k: round(v, 4) for k, v in timing.items()},
+                created_at=now(),
             )
             run.results.setdefault(ls.name, {})[ev.name] = result
-            if path is not None:
-                write_result(result, path)
-                run.paths.setdefault(ls.name, {})[ev.name] = path
+            if job.path is not None:
+                write_result(result, job.path)
+                run.paths.setdefault(ls.name, {})[ev.name] = job.path
     return run

@@ -24,24 +24,20 @@ model's units.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import os
-import pickle
-import sys
+import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saebench.errors import SaebenchError
+from saebench.io import read_json_object
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
-REFERENCE_DIR = Path(__file__).parent / "reference"
 
 
 @runtime_checkable
@@ -63,14 +59,16 @@ class SAEConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     architecture: Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
-    d_in: int
-    d_sae: int
+    d_in: int = Field(ge=1)
+    d_sae: int = Field(ge=1)
     hook_name: str | None = None
     model_name: str | None = None
-    k: int | None = None
+    k: int | None = Field(default=None, ge=1)
     apply_b_dec_to_input: bool = True
-    act_scale: float = 1.0
-    normalize_activations: str = "none"
+    act_scale: float = Field(default=1.0, gt=0)
+    # "none", or "layer_norm" (per-token LayerNorm of the input, undone on decode; OpenAI/SAELens).
+    # A constant rescaling used in training is recorded as act_scale, not here.
+    normalize_activations: Literal["none", "layer_norm"] = "none"
 
 
 class NativeSAE(torch.nn.Module):
@@ -120,7 +118,8 @@ class NativeSAE(torch.nn.Module):
         stats = getattr(self, "_ln_stats", None)
         if stats is None or stats[0].shape[:-1] != out.shape[:-1]:
             raise SaebenchError(
-                "a layer_norm SAE decodes in the units of its last encode call; call encode(x) on the same tokens before decode(z)"
+                "a layer_norm SAE decodes in the units of its last encode call; call encode(x) on the same tokens "
+                "before decode(z)"
             )
         return out * stats[1] + stats[0]
 
@@ -163,6 +162,24 @@ def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
 # native format
 
 
+def native_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors (and shapes) a native SAE of ``cfg`` holds; a BatchTopK ``threshold`` is a scalar."""
+    d_in, d_sae = cfg.d_in, cfg.d_sae
+    shapes: dict[str, tuple[int, ...]] = {
+        "W_enc": (d_in, d_sae),
+        "b_enc": (d_sae,),
+        "W_dec": (d_sae, d_in),
+        "b_dec": (d_in,),
+    }
+    if cfg.architecture == "jumprelu":
+        shapes["threshold"] = (d_sae,)
+    if cfg.architecture == "batchtopk":
+        shapes["threshold"] = ()
+    if cfg.architecture == "gated":
+        shapes.update(b_gate=(d_sae,), r_mag=(d_sae,), b_mag=(d_sae,))
+    return shapes
+
+
 def save_native(sae: NativeSAE, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``cfg.json`` + ``sae.safetensors`` atomically (the folder appears whole or not)."""
     from safetensors.torch import save_file
@@ -170,57 +187,77 @@ def save_native(sae: NativeSAE, folder: str | Path, dtype: torch.dtype | None = 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    tensors = {k: (v.detach().to(dtype) if dtype else v.detach()).contiguous().cpu()
-               for k, v in sae.state_dict().items()}
-    save_file(tensors, str(tmp / "sae.safetensors"))
-    (tmp / "cfg.json").write_text(json.dumps(sae.cfg.model_dump(), indent=2, sort_keys=True) + "\n")
-    for f in tmp.iterdir():
-        f.chmod(0o644)
-    tmp.chmod(0o755)  # mkdtemp makes 0700; a saved SAE is meant to be shared
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    try:
+        tensors = {
+            k: (v.detach().to(dtype) if dtype else v.detach()).contiguous().cpu() for k, v in sae.state_dict().items()
+        }
+        save_file(tensors, str(tmp / "sae.safetensors"))
+        (tmp / "cfg.json").write_text(json.dumps(sae.cfg.model_dump(), indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a saved SAE is meant to be shared
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
+def parse_config(raw: object, where: str) -> SAEConfig:
+    """Validate a native ``cfg.json`` (already parsed) into :class:`SAEConfig`; one-line errors."""
+    if not isinstance(raw, dict):
+        raise SaebenchError(f"{where} holds a JSON {type(raw).__name__}, not an object; fix or regenerate it")
+    arch = raw.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise SaebenchError(
+            f"{where}: unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)} "
+            "or load your own class with --sae python:FILE.py:FACTORY"
+        )
+    try:
+        return SAEConfig(**raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SaebenchError(f"{where}: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+
+
 def load_native(folder: str | Path, device: str = "cpu") -> NativeSAE:
-    """Load a native directory, checking architecture, shapes and finiteness."""
+    """Load a native directory, checking architecture, shapes and finiteness.
+
+    The weights file's header (tensor names and shapes) is checked against ``cfg.json`` before
+    any tensor is read or allocated, so a config claiming a huge ``d_sae`` costs nothing.
+    """
     folder = Path(folder)
     cfg_path, weights = folder / "cfg.json", folder / "sae.safetensors"
     if not cfg_path.is_file():
         raise SaebenchError(f"{folder} has no cfg.json; a native SAE is a folder with cfg.json + sae.safetensors")
     if not weights.is_file():
-        raise SaebenchError(f"{folder} has no sae.safetensors; a native SAE is a folder with cfg.json + sae.safetensors")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SaebenchError(f"{cfg_path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or regenerate it") from exc
-    arch = raw.get("architecture")
-    if arch not in ARCHITECTURES:
         raise SaebenchError(
-            f"{cfg_path}: unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)} "
-            "or load your own class with --sae python:FILE.py:FACTORY"
+            f"{folder} has no sae.safetensors; a native SAE is a folder with cfg.json + sae.safetensors"
         )
-    try:
-        cfg = SAEConfig(**raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SaebenchError(f"{cfg_path}: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
-    tensors = read_safetensors(weights)
-    sae = NativeSAE(cfg)
-    expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
-    if cfg.architecture == "batchtopk" and "threshold" not in tensors:
-        expected.pop("threshold")
-    missing = sorted(set(expected) - set(tensors))
+    cfg = parse_config(read_json_object(cfg_path, "SAE config"), str(cfg_path))
+    expected = native_shapes(cfg)
+    header = safetensors_shapes(weights)
+    if cfg.architecture == "batchtopk" and "threshold" not in header:
+        expected.pop("threshold")  # never calibrated: per-token TopK
+    missing = sorted(set(expected) - set(header))
     if missing:
-        raise SaebenchError(f"{weights} lacks tensor(s) {', '.join(missing)} needed by architecture {cfg.architecture!r}")
+        raise SaebenchError(
+            f"{weights} lacks tensor(s) {', '.join(missing)} needed by architecture {cfg.architecture!r}"
+        )
     for name, shape in expected.items():
-        got = tuple(tensors[name].shape)
-        if got != shape and not (name == "threshold" and tensors[name].numel() in (1, cfg.d_sae)):
+        got = header[name]
+        numel = 1
+        for n in got:
+            numel *= n
+        if got != shape and not (name == "threshold" and numel in (1, cfg.d_sae)):
             raise SaebenchError(f"{weights}: tensor {name} has shape {list(got)}, cfg.json implies {list(shape)}")
+    tensors = read_safetensors(weights)
     check_finite(tensors, str(weights))
+    sae = NativeSAE(cfg)
     with torch.no_grad():
         for name in expected:
             t = tensors[name].to(torch.float32)
@@ -232,6 +269,21 @@ def load_native(folder: str | Path, device: str = "cpu") -> NativeSAE:
     return sae.to(device).eval()
 
 
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, without reading any tensor data."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SaebenchError(
+            f"{path} is not a readable safetensors file "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "it may be truncated or another format: re-download or re-save it"
+        ) from exc
+
+
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file; a truncated or foreign file is a one-line error."""
     from safetensors import SafetensorError
@@ -241,7 +293,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise SaebenchError(
-            f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}); "
+            f"{path} is not a readable safetensors file "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
             "it may be truncated or another format: re-download or re-save it"
         ) from exc
 
@@ -251,172 +304,9 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
-            raise SaebenchError(f"{where}: tensor {name} has {bad} NaN/Inf value(s); the SAE is corrupt, retrain or re-export it")
-
-
-# ---------------------------------------------------------------------------------------------
-# any --sae spec
-
-
-@dataclass
-class LoadedSAE:
-    """An SAE plus what we know about where it came from."""
-
-    sae: Any
-    name: str
-    source: str
-    architecture: str
-    hook_name: str | None
-    model_name: str | None
-    fingerprint: str
-    notes: list[str] = field(default_factory=list)
-
-
-def load_sae(spec: str, device: str = "cpu", trust_pickle: bool = False, name: str | None = None) -> LoadedSAE:
-    """Resolve a ``--sae`` spec: native folder, ``reference``, ``.pt`` state dict,
-    ``python:FILE.py:FACTORY`` or ``MODULE:FACTORY``; other ecosystems' files are detected
-    (native first) or named with a prefix (``sae_lens:``, ``sparsify:``, ``openai:``,
-    ``dictionary_learning:``; see :mod:`saebench.formats`)."""
-    if spec == "reference":
-        spec = str(reference_sae_path())
-    path = Path(spec)
-    if spec.startswith("python:"):
-        obj, label = _from_python_file(spec[len("python:"):])
-        return _wrap_user(obj, spec, name or label, device)
-    from saebench import formats
-
-    prefixed = formats.split_prefix(spec) if not path.exists() else None
-    if prefixed and prefixed[0] == "native":
-        spec, path, prefixed = prefixed[1], Path(prefixed[1]), None
-    fmt = prefixed[0] if prefixed else formats.detect_format(path)
-    if fmt not in (None, "native"):
-        conv = formats.load_format(fmt, prefixed[1] if prefixed else spec)
-        sae = conv.sae.to(device)
-        return LoadedSAE(sae, name or conv.name or path.resolve().name, spec, conv.architecture, sae.hook_name,
-                         sae.model_name, fingerprint_module(sae),
-                         [f"read from a {formats.LABELS[fmt]}: found architecture {conv.architecture}", *conv.notes])
-    if path.is_dir():
-        sae = load_native(path, device)
-        return LoadedSAE(sae, name or path.resolve().name, str(path), sae.architecture,
-                         sae.hook_name, sae.model_name, fingerprint_module(sae))
-    if path.is_file() and path.suffix in (".pt", ".pth", ".bin"):
-        return _from_torch_file(path, device, trust_pickle, name)
-    if path.is_file() and path.suffix == ".safetensors":
-        return load_sae(str(path.parent), device, trust_pickle, name)
-    if ":" in spec and not path.exists():
-        module, _, factory = spec.partition(":")
-        obj = _call_factory(_import_module(module), factory, spec)
-        return _wrap_user(obj, spec, name or factory, device)
-    raise SaebenchError(
-        f"--sae {spec!r} is neither a folder, a .pt/.safetensors file, 'reference', "
-        "python:FILE.py:FACTORY nor MODULE:FACTORY; check the path"
-    )
-
-
-def reference_sae_path() -> Path:
-    """The reference TopK SAE shipped with the package (see README: how it was trained)."""
-    found = sorted(p for p in REFERENCE_DIR.glob("*") if (p / "cfg.json").is_file())
-    if not found:
-        raise SaebenchError(f"no reference SAE in {REFERENCE_DIR}; regenerate it with `saebench train-reference`")
-    return found[0]
-
-
-def _from_python_file(rest: str) -> tuple[Any, str]:
-    file, sep, factory = rest.rpartition(":")
-    if not sep or not file or not factory:
-        raise SaebenchError(f"python:{rest!r} must look like python:FILE.py:FACTORY")
-    fpath = Path(file)
-    if not fpath.is_file():
-        raise SaebenchError(f"factory file {file!r} does not exist; pass python:PATH/TO/FILE.py:FACTORY")
-    mod_name = f"saebench_user_{hashlib.sha1(str(fpath.resolve()).encode()).hexdigest()[:10]}"
-    spec = importlib.util.spec_from_file_location(mod_name, fpath)
-    if spec is None or spec.loader is None:
-        raise SaebenchError(f"cannot import {file!r} as a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise SaebenchError(f"importing {file!r} failed: {type(exc).__name__}: {exc}") from exc
-    return _call_factory(module, factory, f"python:{rest}"), factory
-
-
-def _import_module(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise SaebenchError(f"cannot import module {module!r} ({exc}); is it installed / on PYTHONPATH?") from exc
-
-
-def _call_factory(module: Any, factory: str, spec: str) -> Any:
-    fn = getattr(module, factory, None)
-    if fn is None:
-        raise SaebenchError(f"{spec}: {module.__name__} has no attribute {factory!r}")
-    if not callable(fn):
-        raise SaebenchError(f"{spec}: {factory!r} is not callable; it must be a function or class returning an SAE")
-    try:
-        return fn()
-    except Exception as exc:
-        raise SaebenchError(f"{spec}: calling {factory}() failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _wrap_user(obj: Any, spec: str, name: str, device: str) -> LoadedSAE:
-    missing = [m for m in ("encode", "decode") if not callable(getattr(obj, m, None))]
-    missing += [m for m in ("d_in", "d_sae") if not isinstance(getattr(obj, m, None), int)]
-    if missing:
-        raise SaebenchError(
-            f"{spec} returned a {type(obj).__name__} without {', '.join(missing)}; an SAE needs "
-            "encode(x), decode(z) and integer d_in, d_sae"
-        )
-    notes = []
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.to(device).eval()
-        check_finite(dict(obj.state_dict()), spec)
-        fp = fingerprint_module(obj, extra=f"{type(obj).__qualname__}|{obj.d_in}|{obj.d_sae}")
-    else:
-        fp = hashlib.sha256(f"{spec}|{type(obj).__qualname__}".encode()).hexdigest()[:16]
-        notes.append("not a torch.nn.Module: fingerprint is the spec and class, not the weights")
-    arch = getattr(obj, "architecture", None) or type(obj).__name__
-    return LoadedSAE(obj, name, spec, str(arch), getattr(obj, "hook_name", None),
-                     getattr(obj, "model_name", None), fp, notes)
-
-
-def _from_torch_file(path: Path, device: str, trust_pickle: bool, name: str | None) -> LoadedSAE:
-    """A ``.pt`` holding a state dict with native tensor names (+ cfg.json beside it).
-
-    Loaded with ``weights_only=True``: a file that needs arbitrary unpickling is refused unless
-    the user passes ``--trust-pickle`` (which runs code from the file: only for files you made).
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as exc:
-        if "weights_only" not in str(exc) and not isinstance(exc, pickle.UnpicklingError):
-            raise SaebenchError(f"{path} is not a readable torch file ({str(exc).splitlines()[0]})") from exc
-        if not trust_pickle:
             raise SaebenchError(
-                f"{path} needs unpickling arbitrary Python objects, which can run code; refusing. "
-                "Re-save it as a state dict of tensors, or pass --trust-pickle if you made this file"
-            ) from exc
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise SaebenchError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc}); it may be truncated") from exc
-    if isinstance(obj, torch.nn.Module):
-        return _wrap_user(obj, str(path), name or path.stem, device)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise SaebenchError(f"{path} does not hold a state dict of tensors; save sae.state_dict() instead")
-    cfg_path = path.parent / "cfg.json"
-    if not cfg_path.is_file():
-        raise SaebenchError(f"{path}: a state-dict SAE needs a cfg.json beside it naming architecture, d_in, d_sae")
-    with tempfile.TemporaryDirectory() as tmp:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in obj.items()}, os.path.join(tmp, "sae.safetensors"))
-        Path(tmp, "cfg.json").write_text(cfg_path.read_text())
-        sae = load_native(tmp, device)
-    return LoadedSAE(sae, name or path.parent.resolve().name, str(path), sae.architecture,
-                     sae.hook_name, sae.model_name, fingerprint_module(sae))
+                f"{where}: tensor {name} has {bad} NaN/Inf value(s); the SAE is corrupt, retrain or re-export it"
+            )
 
 
 def fingerprint_module(module: torch.nn.Module, extra: str = "") -> str:

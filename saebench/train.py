@@ -49,14 +49,17 @@ JUMPRELU_THRESHOLD_LR_SCALE = 10.0
 DEFAULT_HOOK = "blocks.6.hook_resid_post"
 
 
-def collect_train_acts(model: SubjectModel, hook: str, n_tokens: int, ctx_len: int, seed: int,
-                       batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+def collect_train_acts(
+    model: SubjectModel, hook: str, n_tokens: int, ctx_len: int, seed: int, batch_size: int = 8, progress: bool = True
+) -> torch.Tensor:
     """Hook activations ``[n, d]`` (BOS positions dropped) from the corpus' train split."""
     tokens = build_token_set(model.tokenize, model.bos_id, n_tokens, ctx_len, seed, split="train")
     pipe = ActivationPipeline(model, tokens, hook, batch_size, progress=progress)
     states = pipe.states()
-    chunks = [pipe.acts_batch(states[s:s + batch_size])[:, 1:].reshape(-1, pipe.hook_width()).cpu()
-              for s in range(0, states.shape[0], batch_size)]
+    chunks = [
+        pipe.acts_batch(states[s : s + batch_size])[:, 1:].reshape(-1, pipe.hook_width()).cpu()
+        for s in range(0, states.shape[0], batch_size)
+    ]
     return torch.cat(chunks).float()
 
 
@@ -106,8 +109,9 @@ def _init(cfg: SAEConfig, x_all: torch.Tensor, gen: torch.Generator) -> NativeSA
     return sae
 
 
-def _aux_k(pre: torch.Tensor, dead: torch.Tensor, err: torch.Tensor, W_dec: torch.Tensor, k_aux: int,
-           var: torch.Tensor) -> torch.Tensor:
+def _aux_k(
+    pre: torch.Tensor, dead: torch.Tensor, err: torch.Tensor, W_dec: torch.Tensor, k_aux: int, var: torch.Tensor
+) -> torch.Tensor:
     """Gao et al.'s AuxK: the top dead latents reconstruct the (detached) residual error."""
     if not bool(dead.any()):
         return torch.zeros(())
@@ -116,20 +120,42 @@ def _aux_k(pre: torch.Tensor, dead: torch.Tensor, err: torch.Tensor, W_dec: torc
     return (z_aux @ W_dec - err.detach()).pow(2).sum() / var
 
 
-def train_sae(acts: torch.Tensor, architecture: str, d_sae: int, *, k: int = 32, hook: str, model_name: str,
-              seed: int = 0, epochs: int = 3, batch_tokens: int = 2048, dead_tokens: int = 200_000,
-              aux_coef: float = 1 / 32, progress: bool = True) -> tuple[NativeSAE, dict[str, Any]]:
+def train_sae(
+    acts: torch.Tensor,
+    architecture: str,
+    d_sae: int,
+    *,
+    k: int = 32,
+    hook: str,
+    model_name: str,
+    seed: int = 0,
+    epochs: int = 3,
+    batch_tokens: int = 2048,
+    dead_tokens: int = 200_000,
+    aux_coef: float = 1 / 32,
+    progress: bool = True,
+) -> tuple[NativeSAE, dict[str, Any]]:
     """Train one SAE of ``architecture`` on ``acts`` (model units); ``k`` is TopK's k or the target L0."""
     gen = torch.Generator().manual_seed(seed)
     d_in = acts.shape[1]
     scale = math.sqrt(d_in) / float(acts.norm(dim=1).mean())
     x_all = acts * scale
     penalised = architecture in ("relu", "jumprelu", "gated")
-    cfg = SAEConfig(architecture=architecture, d_in=d_in, d_sae=d_sae,
-                    k=k if architecture in ("topk", "batchtopk") else None, hook_name=hook, model_name=model_name,
-                    act_scale=scale, normalize_activations="constant scale so that E||x|| = sqrt(d_in)",
-                    trained_by="saebench.train.train_sae", train_seed=seed, train_tokens=int(acts.shape[0]),
-                    train_epochs=epochs, target_l0=k if penalised else None)
+    cfg = SAEConfig(
+        architecture=architecture,
+        d_in=d_in,
+        d_sae=d_sae,
+        k=k if architecture in ("topk", "batchtopk") else None,
+        hook_name=hook,
+        model_name=model_name,
+        act_scale=scale,
+        act_scale_rule="E||x|| = sqrt(d_in) on the training activations",
+        trained_by="saebench.train.train_sae",
+        train_seed=seed,
+        train_tokens=int(acts.shape[0]),
+        train_epochs=epochs,
+        target_l0=k if penalised else None,
+    )
     sae = _init(cfg, x_all, gen)
     lr = 2e-4 / math.sqrt(d_sae / 16384)
     groups = [{"params": [p for n, p in sae.named_parameters() if n != "threshold"], "lr_scale": 1.0}]
@@ -152,9 +178,11 @@ def train_sae(acts: torch.Tensor, architecture: str, d_sae: int, *, k: int = 32,
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
-            x = x_all[order[b * batch_tokens:(b + 1) * batch_tokens]]
+            x = x_all[order[b * batch_tokens : (b + 1) * batch_tokens]]
             for group in opt.param_groups:
-                group["lr"] = group["lr_scale"] * lr * min(1.0, (step + 1) / warmup) * min(1.0, 5 * (total - step) / total)
+                group["lr"] = (
+                    group["lr_scale"] * lr * min(1.0, (step + 1) / warmup) * min(1.0, 5 * (total - step) / total)
+                )
             var = (x - x.mean(0)).pow(2).sum()
             xin = x - sae.b_dec
             pre = xin @ sae.W_enc + sae.b_enc
@@ -211,22 +239,41 @@ def train_sae(acts: torch.Tensor, architecture: str, d_sae: int, *, k: int = 32,
                 bar.set_postfix(fvu=f"{nmse.item():.3f}", l0=f"{float(l0):.1f}", dead=int(dead.sum()))
     bar.close()
     sae.cfg.sparsity_coefficient = lam if penalised else None  # type: ignore[attr-defined]
-    log = {"architecture": architecture, "d_sae": d_sae, "k": k, "lr": lr, "steps": total,
-           "batch_tokens": batch_tokens, "final_train_fvu": nmse.item(), "final_train_l0": float(l0),
-           "final_dead": int(dead.sum()), "sparsity_coefficient": lam if penalised else None,
-           "train_s": time.perf_counter() - t0}
+    log = {
+        "architecture": architecture,
+        "d_sae": d_sae,
+        "k": k,
+        "lr": lr,
+        "steps": total,
+        "batch_tokens": batch_tokens,
+        "final_train_fvu": nmse.item(),
+        "final_train_l0": float(l0),
+        "final_dead": int(dead.sum()),
+        "sparsity_coefficient": lam if penalised else None,
+        "train_s": time.perf_counter() - t0,
+    }
     return sae.eval(), log
 
 
-def train_reference(model: SubjectModel, out: Path, hook: str = DEFAULT_HOOK, d_sae: int = 2304, k: int = 32,
-                    n_tokens: int = 393_216, ctx_len: int = 128, seed: int = 0, epochs: int = 3,
-                    progress: bool = True) -> dict[str, Any]:
+def train_reference(
+    model: SubjectModel,
+    out: Path,
+    hook: str = DEFAULT_HOOK,
+    d_sae: int = 2304,
+    k: int = 32,
+    n_tokens: int = 393_216,
+    ctx_len: int = 128,
+    seed: int = 0,
+    epochs: int = 3,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Collect activations and train the reference TopK SAE; saved as fp16 safetensors at ``out``."""
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     acts = collect_train_acts(model, hook, n_tokens, ctx_len, seed, progress=progress)
     t_acts = time.perf_counter() - t0
-    sae, log = train_sae(acts, "topk", d_sae, k=k, hook=hook, model_name=model.name, seed=seed, epochs=epochs,
-                         progress=progress)
+    sae, log = train_sae(
+        acts, "topk", d_sae, k=k, hook=hook, model_name=model.name, seed=seed, epochs=epochs, progress=progress
+    )
     save_native(sae, out, dtype=torch.float16)
     return {**log, "acts_s": t_acts, "n_train_tokens": int(acts.shape[0]), "out": str(out)}

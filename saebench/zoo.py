@@ -48,7 +48,9 @@ ZOO_EPOCHS = 3
 ZOO_SEED = 0
 
 
-def build_zoo(model: Any, out: Path, members: tuple[ZooMember, ...] = ZOO, progress: bool = True) -> list[dict[str, Any]]:
+def build_zoo(
+    model: Any, out: Path, members: tuple[ZooMember, ...] = ZOO, progress: bool = True
+) -> list[dict[str, Any]]:
     """Train every member missing from ``out``; returns one training log per member trained."""
     out.mkdir(parents=True, exist_ok=True)
     todo = [m for m in members if not (out / m.name / "sae.safetensors").is_file()]
@@ -59,8 +61,17 @@ def build_zoo(model: Any, out: Path, members: tuple[ZooMember, ...] = ZOO, progr
     logs = []
     for m in todo:
         t0 = time.perf_counter()
-        sae, log = train_sae(acts, m.architecture, m.d_sae, k=m.k, hook=DEFAULT_HOOK, model_name=model.name,
-                             seed=ZOO_SEED, epochs=ZOO_EPOCHS, progress=progress)
+        sae, log = train_sae(
+            acts,
+            m.architecture,
+            m.d_sae,
+            k=m.k,
+            hook=DEFAULT_HOOK,
+            model_name=model.name,
+            seed=ZOO_SEED,
+            epochs=ZOO_EPOCHS,
+            progress=progress,
+        )
         save_native(sae, out / m.name, dtype=torch.float16)
         log = {"name": m.name, **log, "wall_s": round(time.perf_counter() - t0, 1)}
         (out / m.name / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")

@@ -54,8 +54,19 @@ from saebench.errors import SaebenchError
 
 SPEC_DIR = Path(__file__).parent
 POOLINGS = ("mean", "last")
-_FAMILY_KEYS = {"family", "source", "citation", "description", "n_train", "n_test", "pooling", "balance",
-                "offline", "hub", "task"}
+_FAMILY_KEYS = {
+    "family",
+    "source",
+    "citation",
+    "description",
+    "n_train",
+    "n_test",
+    "pooling",
+    "balance",
+    "offline",
+    "hub",
+    "task",
+}
 _TASK_KEYS = {"name", "description", "n_train", "n_test", "pooling", "balance", "offline", "hub"}
 
 
@@ -112,7 +123,9 @@ def _parse_spec(path: Path) -> list[TaskSpec]:
         raise _spec_error(path, f"is not valid TOML ({exc}); fix its syntax") from exc
     unknown = set(raw) - _FAMILY_KEYS
     if unknown:
-        raise _spec_error(path, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_FAMILY_KEYS))}")
+        raise _spec_error(
+            path, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_FAMILY_KEYS))}"
+        )
     for key in ("family", "source", "citation"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise _spec_error(path, f"needs a string {key!r}")
@@ -137,14 +150,22 @@ def _parse_spec(path: Path) -> list[TaskSpec]:
                     raise _spec_error(path, f"task {entry['name']!r}: [{where}] lacks {key!r}")
         if "format" not in offline:
             raise _spec_error(path, f"task {entry['name']!r}: [offline] lacks 'format' (sae-probes, tsv or csv)")
-        out.append(TaskSpec(
-            name=entry["name"], family=raw["family"], source=raw["source"], citation=raw["citation"],
-            description=entry.get("description", raw.get("description", "")),
-            n_train=int(entry.get("n_train", raw.get("n_train", 1024))),
-            n_test=int(entry.get("n_test", raw.get("n_test", 1024))),
-            pooling=pooling, balance=bool(entry.get("balance", raw.get("balance", True))),
-            offline=offline, hub=hub, spec_file=str(path),
-        ))
+        out.append(
+            TaskSpec(
+                name=entry["name"],
+                family=raw["family"],
+                source=raw["source"],
+                citation=raw["citation"],
+                description=entry.get("description", raw.get("description", "")),
+                n_train=int(entry.get("n_train", raw.get("n_train", 1024))),
+                n_test=int(entry.get("n_test", raw.get("n_test", 1024))),
+                pooling=pooling,
+                balance=bool(entry.get("balance", raw.get("balance", True))),
+                offline=offline,
+                hub=hub,
+                spec_file=str(path),
+            )
+        )
     return out
 
 
@@ -160,7 +181,9 @@ def load_specs(extra: list[str] | tuple[str, ...] = ()) -> dict[str, TaskSpec]:
     for path in paths:
         for spec in _parse_spec(path):
             if spec.name in specs:
-                raise _spec_error(path, f"task {spec.name!r} is already defined in {specs[spec.name].spec_file}; rename it")
+                raise _spec_error(
+                    path, f"task {spec.name!r} is already defined in {specs[spec.name].spec_file}; rename it"
+                )
             specs[spec.name] = spec
     return specs
 
@@ -177,6 +200,7 @@ def select(specs: dict[str, TaskSpec], patterns: list[str] | None) -> list[TaskS
 
 
 # -- offline sources -----------------------------------------------------------------------------
+
 
 def _offline_path(spec: TaskSpec, data_paths: dict[str, str] | None) -> Path:
     """Where the offline data file should be (it may not exist), or TaskUnavailable."""
@@ -243,7 +267,10 @@ def _read_hub(spec: TaskSpec) -> tuple[Any, str]:
     if hub.get("explode"):
         col = hub["explode"]
         if col not in df.columns:
-            raise SaebenchError(f"task spec {spec.spec_file}: column {col!r} not in hub dataset {hub['dataset']} (columns: {', '.join(map(str, df.columns))})")
+            raise SaebenchError(
+                f"task spec {spec.spec_file}: column {col!r} not in hub dataset {hub['dataset']} (columns: "
+                f"{', '.join(map(str, df.columns))})"
+            )
         rows = [{"lang": k, "text": v} for d in df[col] for k, v in d.items()]
         df = pd.DataFrame(rows)
     return df, f"hf:{hub['dataset']}" + (f":{hub['config']}" if hub.get("config") else "")
@@ -283,8 +310,14 @@ def _build(spec: TaskSpec, df: Any, where: dict[str, Any], origin: str) -> tuple
     return texts, labels
 
 
-def load_task(spec: TaskSpec, n_train: int, n_test: int, seed: int, data_paths: dict[str, str] | None = None,
-              use_hub: bool = False) -> TaskData:
+def load_task(
+    spec: TaskSpec,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    data_paths: dict[str, str] | None = None,
+    use_hub: bool = False,
+) -> TaskData:
     """Sample a task's train/test examples, or raise TaskUnavailable with a one-line reason."""
     notes: list[str] = []
     ok, why = offline_status(spec, data_paths)
@@ -300,7 +333,9 @@ def load_task(spec: TaskSpec, n_train: int, n_test: int, seed: int, data_paths: 
     texts, labels = _build(spec, df, where, origin)
     n_pos = sum(labels)
     if n_pos < 2 or len(labels) - n_pos < 2:
-        raise TaskUnavailable(f"single class after filtering ({n_pos} positive, {len(labels) - n_pos} negative in {origin})")
+        raise TaskUnavailable(
+            f"single class after filtering ({n_pos} positive, {len(labels) - n_pos} negative in {origin})"
+        )
     rng = random.Random(f"{seed}:{spec.name}")
     order = list(range(len(texts)))
     rng.shuffle(order)
@@ -319,7 +354,7 @@ def load_task(spec: TaskSpec, n_train: int, n_test: int, seed: int, data_paths: 
     if tr_pos + te_pos > len(pos) or tr_neg + te_neg > len(neg):
         raise TaskUnavailable(f"too few examples per class ({len(pos)} positive, {len(neg)} negative)")
     train = pos[:tr_pos] + neg[:tr_neg]
-    test = pos[tr_pos:tr_pos + te_pos] + neg[tr_neg:tr_neg + te_neg]
+    test = pos[tr_pos : tr_pos + te_pos] + neg[tr_neg : tr_neg + te_neg]
     rng.shuffle(train)
     rng.shuffle(test)
     idx = train + test
@@ -335,8 +370,9 @@ def content_hash(task: TaskData) -> str:
     return h.hexdigest()[:20]
 
 
-def listing(extra: list[str] | tuple[str, ...] = (), data_paths: dict[str, str] | None = None,
-            patterns: list[str] | None = None) -> str:
+def listing(
+    extra: list[str] | tuple[str, ...] = (), data_paths: dict[str, str] | None = None, patterns: list[str] | None = None
+) -> str:
     """The ``saebench tasks`` table: every task, its source, default sizes, pooling and whether
     its data is available offline on this machine (with the reason when not)."""
     from tabulate import tabulate
@@ -346,9 +382,14 @@ def listing(extra: list[str] | tuple[str, ...] = (), data_paths: dict[str, str] 
     for s in specs:
         ok, why = offline_status(s, data_paths)
         n_off += ok
-        rows.append([s.name, s.source, s.n_train, s.n_test, s.pooling, "yes" if ok else f"no: {why}",
-                     "yes" if s.hub else "-"])
-    out = tabulate(rows, headers=["task", "source", "n_train", "n_test", "pooling", "offline here", "hub"], tablefmt="github")
+        rows.append(
+            [s.name, s.source, s.n_train, s.n_test, s.pooling, "yes" if ok else f"no: {why}", "yes" if s.hub else "-"]
+        )
+    out = tabulate(
+        rows, headers=["task", "source", "n_train", "n_test", "pooling", "offline here", "hub"], tablefmt="github"
+    )
     n_src = len({s.source for s in specs})
-    return (f"{out}\n\n{len(specs)} tasks from {n_src} sources; {n_off} available offline here. "
-            "Profiles cap the sizes (quick 32/32, standard 256/256, paper: as listed).")
+    return (
+        f"{out}\n\n{len(specs)} tasks from {n_src} sources; {n_off} available offline here. "
+        "Profiles cap the sizes (quick 32/32, standard 256/256, paper: as listed)."
+    )

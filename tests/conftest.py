@@ -61,7 +61,7 @@ class Constant(torch.nn.Module):
 @pytest.fixture
 def cache_env(tmp_path, monkeypatch):
     """An empty activation cache, sharing the converted model folder with the default cache."""
-    from saebench.models import cache_dir
+    from saebench.io import cache_dir
 
     models = cache_dir() / "models"
     root = tmp_path / "cache"
@@ -77,8 +77,15 @@ def write_native(folder: Path, arch: str = "relu", d_in: int = 576, d_sae: int =
     from saebench.sae import NativeSAE, SAEConfig, save_native
 
     g = torch.Generator().manual_seed(seed)
-    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, hook_name=HOOK, model_name="smollm2-135m",
-                    k=8 if arch in ("topk", "batchtopk") else None, **cfg_extra)
+    cfg = SAEConfig(
+        architecture=arch,
+        d_in=d_in,
+        d_sae=d_sae,
+        hook_name=HOOK,
+        model_name="smollm2-135m",
+        k=8 if arch in ("topk", "batchtopk") else None,
+        **cfg_extra,
+    )
     sae = NativeSAE(cfg)
     with torch.no_grad():
         for p in sae.parameters():

@@ -7,8 +7,8 @@ import torch
 from conftest import HOOK, SMALL, write_native
 
 from saebench import evaluate
-from saebench.evaluators.ablation import ablation_sparsity
-from saebench.pipeline import ActivationPipeline
+from saebench.evaluators.ablation import ablation_effects, ablation_sparsity
+from saebench.pipeline import ActivationPipeline, examples
 
 
 def test_single_nonzero_entry_scores_one_over_vt():
@@ -43,25 +43,32 @@ def test_score_lies_in_zero_one():
 def test_zero_decoder_latent_has_no_effect_and_batching_is_exact(model, token_set, cache_env):
     _, sae = write_native(cache_env / "sae", arch="topk", d_sae=64)
     pipe = ActivationPipeline(model, token_set, HOOK, batch_size=4, progress=False)
-    live = (pipe.fire_counts(sae) > 0).nonzero().squeeze(1).tolist()
+    live = (examples.fire_counts(pipe, sae) > 0).nonzero().squeeze(1).tolist()
     dead_dec, normal = live[0], live[1]
     with torch.no_grad():
         sae.W_dec[dead_dec] = 0
-    m = evaluate(sae, model=model, hook=HOOK, evals=["ablation"], progress=False,
-                 eval_config={"ablation": {"latents": [dead_dec, normal], "positions_per_latent": 2}},
-                 **SMALL).metrics["ablation"]
-    rows = {r["latent"]: r for r in m["latents"]}
+    run = evaluate(
+        sae,
+        model=model,
+        hook=HOOK,
+        evals=["ablation"],
+        progress=False,
+        eval_config={"ablation": {"latents": [dead_dec, normal], "positions_per_latent": 2}},
+        **SMALL,
+    )
+    m = run.metrics["ablation"]
+    rows = {r["latent"]: r for r in run.details["ablation"]["latents"]}
     assert rows[dead_dec]["mean"] is None and rows[dead_dec]["n_no_effect"] == rows[dead_dec]["n_pairs"] == 2
     assert 0 < rows[normal]["mean"] <= 1 and rows[normal]["n_no_effect"] == 0
     assert m["n_no_effect"] == 2 and m["ablation_sparsity"] == pytest.approx(rows[normal]["mean"])
     assert m["window"] == 16
 
     # one pair by hand, unbatched and over the full context, matches the batched value
-    z = pipe.latent_acts(sae, [normal])[:, :17, 0]
+    z = examples.latent_acts(pipe, sae, [normal])[:, :17, 0]
     seq, pos = (int(v) for v in (z > 0).nonzero()[0])
     with torch.no_grad():
-        val, none = pipe.ablation_effects(sae, torch.tensor([[seq, pos, normal]]), 16, ablation_sparsity)
-        st = pipe.states()[seq:seq + 1]
+        val, none = ablation_effects(pipe, sae, torch.tensor([[seq, pos, normal]]), 16, ablation_sparsity)
+        st = pipe.states()[seq : seq + 1]
         acts = pipe.acts_batch(st)
         zs = sae.encode(acts[:, 1:])
         spliced = acts.clone()
@@ -70,5 +77,5 @@ def test_zero_decoder_latent_has_no_effect_and_batching_is_exact(model, token_se
         ablated[0, pos] -= zs[0, pos - 1, normal] * sae.W_dec[normal]
         base = model.suffix(st, pipe.site, spliced)
         abl = model.suffix(st, pipe.site, ablated)
-    want = float(ablation_sparsity(abl[0, pos:pos + 16] - base[0, pos:pos + 16]))
+    want = float(ablation_sparsity(abl[0, pos : pos + 16] - base[0, pos : pos + 16]))
     assert not bool(none[0]) and float(val[0]) == pytest.approx(want, rel=1e-3)

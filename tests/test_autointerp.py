@@ -72,8 +72,8 @@ def test_parsers_accept_good_and_refuse_malformed_replies():
     assert parse_detection("I think 2 and maybe 3", 8) is None
     assert parse_detection("9", 8) is None  # out of range
     assert parse_simulation("1: 0, 0, 10\n2: 3, 4", [3, 2]) == [[0, 0, 10], [3, 4]]
-    assert parse_simulation("1: 0, 0\n2: 3, 4", [3, 2]) is None       # wrong count
-    assert parse_simulation("1: 0, 0, 11\n2: 3, 4", [3, 2]) is None   # out of 0..10
+    assert parse_simulation("1: 0, 0\n2: 3, 4", [3, 2]) is None  # wrong count
+    assert parse_simulation("1: 0, 0, 11\n2: 3, 4", [3, 2]) is None  # out of 0..10
     assert parse_simulation("sure!", [3]) is None
 
 
@@ -115,8 +115,22 @@ def test_cli_refuses_unreachable_endpoint_before_loading_the_model(capsys):
 
     url = f"http://127.0.0.1:{_free_port()}/v1"
     t0 = time.perf_counter()
-    rc = main(["run", "--sae", "reference", "--evals", "autointerp", "--llm-base-url", url, "--llm-model", "m",
-               "--out", "/tmp/saebench-autointerp-never-written", "--quiet"])
+    rc = main(
+        [
+            "run",
+            "--sae",
+            "reference",
+            "--evals",
+            "autointerp",
+            "--llm-base-url",
+            url,
+            "--llm-model",
+            "m",
+            "--out",
+            "/tmp/saebench-autointerp-never-written",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and url in err[0]
     assert time.perf_counter() - t0 < 15  # no model load happened
@@ -126,9 +140,23 @@ def test_llm_flags_map_onto_the_evaluator_config():
     from saebench.cli import _eval_config, build_parser
     from saebench.evaluators.autointerp import AutointerpConfig
 
-    a = build_parser().parse_args(["run", "--llm-base-url", "http://127.0.0.1:1/v1", "--llm-model", "ex",
-                                   "--llm-scorer-model", "sc", "--llm-concurrency", "3", "--llm-max-tokens", "500",
-                                   "--set", "autointerp.scores=detection"])
+    a = build_parser().parse_args(
+        [
+            "run",
+            "--llm-base-url",
+            "http://127.0.0.1:1/v1",
+            "--llm-model",
+            "ex",
+            "--llm-scorer-model",
+            "sc",
+            "--llm-concurrency",
+            "3",
+            "--llm-max-tokens",
+            "500",
+            "--set",
+            "autointerp.scores=detection",
+        ]
+    )
     cfg = AutointerpConfig.for_profile("quick", **_eval_config(a)["autointerp"])
     assert (cfg.base_url, cfg.explainer_model, cfg.scorer_model) == ("http://127.0.0.1:1/v1", "ex", "sc")
     assert (cfg.concurrency, cfg.max_tokens_budget, cfg.scores, cfg.n_latents) == (3, 500, ["detection"], 8)
@@ -158,8 +186,12 @@ def llm_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("llm") / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with open(log, "w") as fh:
-        proc = subprocess.Popen([exe, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [exe, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     import httpx
 
     deadline = time.time() + 180
@@ -299,8 +331,13 @@ def test_budget_stop_keeps_what_is_done(llm_server, tmp_path):
     from saebench.evaluators.autointerp import summarize
 
     c = _client(llm_server.url, tmp_path / "cache", max_tokens_budget=1)
-    st = EngineSettings(explainer_model=llm_server.model, scorer_model=llm_server.model, concurrency=1,
-                        max_tokens_explanation=16, scores=("detection",))
+    st = EngineSettings(
+        explainer_model=llm_server.model,
+        scorer_model=llm_server.model,
+        concurrency=1,
+        max_tokens_explanation=16,
+        scores=("detection",),
+    )
     rows = run_latents(c, [_latent(0), _latent(1), _latent(2)], st)
     assert c.usage.requests == 1  # the first request spends the budget; nothing else is sent (cache hits would be)
     assert [r["status"] for r in rows][1:] == ["not_run", "not_run"]
@@ -314,13 +351,33 @@ def test_budget_stop_keeps_what_is_done(llm_server, tmp_path):
 def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_path):
     import saebench
 
-    cfg = {"autointerp": {"base_url": llm_server.url, "explainer_model": llm_server.model, "n_latents": 2,
-                          "n_top_explain": 2, "n_sampled_explain": 1, "n_top_score": 1, "n_sampled_score": 1,
-                          "n_random_score": 2, "n_random_simulation": 1, "window": 2, "concurrency": 2,
-                          "max_tokens_explanation": 24}}
-    kw = {"evals": ["autointerp"], "tokens": 1024, "ctx_len": 32, "batch_size": 8, "out": tmp_path / "out",
-          "progress": False, "eval_config": cfg}
-    m = saebench.evaluate("reference", **kw).metrics["autointerp"]
+    cfg = {
+        "autointerp": {
+            "base_url": llm_server.url,
+            "explainer_model": llm_server.model,
+            "n_latents": 2,
+            "n_top_explain": 2,
+            "n_sampled_explain": 1,
+            "n_top_score": 1,
+            "n_sampled_score": 1,
+            "n_random_score": 2,
+            "n_random_simulation": 1,
+            "window": 2,
+            "concurrency": 2,
+            "max_tokens_explanation": 24,
+        }
+    }
+    kw = {
+        "evals": ["autointerp"],
+        "tokens": 1024,
+        "ctx_len": 32,
+        "batch_size": 8,
+        "out": tmp_path / "out",
+        "progress": False,
+        "eval_config": cfg,
+    }
+    first = saebench.evaluate("reference", **kw)
+    m = {**first.metrics["autointerp"], **first.details["autointerp"]}
     json.dumps(m, allow_nan=False)  # undefined values are null, never NaN
     assert m["n_latents_sampled"] == 2 and m["n_latents_run"] + m["n_skipped_few_examples"] == 2
     assert m["usage"]["requests"] >= 1 and m["usage"]["prompt_tokens"] > 0
@@ -332,8 +389,10 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
                 assert row[k] == "unparseable" or isinstance(row[k], dict)
     for k in ("detection_balanced_accuracy", "simulation_r"):
         assert m[k] is None or math.isfinite(m[k])
-    again = saebench.evaluate("reference", force=True, **kw).metrics["autointerp"]
+    second = saebench.evaluate("reference", force=True, **kw)
+    again = {**second.metrics["autointerp"], **second.details["autointerp"]}
     assert again["usage"]["requests"] == 0 and again["usage"]["cached_requests"] == m["usage"]["requests"]
+
     def same(metrics: dict) -> dict:
         out = {k: v for k, v in metrics.items() if k not in ("usage", "timing_s", "requests_per_latent")}
         out["latents"] = [{k: v for k, v in r.items() if k != "wall_s"} for r in metrics["latents"]]

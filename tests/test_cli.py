@@ -8,6 +8,7 @@ import pytest
 from conftest import HOOK, write_native
 
 from saebench.cli import main
+from saebench.results import SCHEMA_VERSION
 
 SMALL_ARGS = ["--tokens", "128", "--ctx-len", "32", "--batch-size", "4", "--quiet"]
 
@@ -38,7 +39,7 @@ def test_run_writes_result_then_skips_then_forces(native, tmp_path, capsys, cach
     assert code == 0 and "wrote" in stdout
     path = out / "sae" / "core.json"
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1 and data["config"]["hook"] == HOOK
+    assert data["schema_version"] == SCHEMA_VERSION and data["config"]["hook"] == HOOK
     assert data["env"]["packages"]["torch"] and "total_s" in data["timing"]
     mtime = path.stat().st_mtime_ns
     code, stdout, _ = _run(["run", "--sae", str(native), "--out", str(out)] + SMALL_ARGS, capsys)
@@ -56,14 +57,31 @@ def test_d_in_mismatch(tmp_path, capsys, cache_env, model):
 
 def test_bad_hook(native, tmp_path, capsys, cache_env, model):
     out = tmp_path / "res"
-    code, _, err = _run(["run", "--sae", str(native), "--hook", "blocks.6.hook_nothing", "--out", str(out)] + SMALL_ARGS, capsys)
+    code, _, err = _run(
+        ["run", "--sae", str(native), "--hook", "blocks.6.hook_nothing", "--out", str(out)] + SMALL_ARGS, capsys
+    )
     _assert_clean_error(code, err, out, "is not a hook of model")
 
 
 def test_tokens_smaller_than_a_batch(native, tmp_path, capsys):
     out = tmp_path / "res"
-    code, _, err = _run(["run", "--sae", str(native), "--out", str(out), "--tokens", "16", "--ctx-len", "32",
-                         "--batch-size", "4", "--quiet"], capsys)
+    code, _, err = _run(
+        [
+            "run",
+            "--sae",
+            str(native),
+            "--out",
+            str(out),
+            "--tokens",
+            "16",
+            "--ctx-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--quiet",
+        ],
+        capsys,
+    )
     _assert_clean_error(code, err, out, "smaller than one batch")
 
 

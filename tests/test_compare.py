@@ -9,22 +9,40 @@ import pytest
 from saebench.cli import main
 from saebench.compare import DEFAULT_REL, compare, compare_metric, parse_tolerances
 from saebench.errors import SaebenchError
-from saebench.leaderboard import DIRECTIONS, HEADLINE
+from saebench.evaluators import metric_table
 from saebench.results import Result, SAERecord, result_path, write_result
 
-METRICS = {"l0": 32.0, "fvu": 0.2, "mse": 0.01, "cossim": 0.9, "delta_ce": 0.3, "kl": 0.25, "ce_loss_score": 0.8,
-           "dead_frac": 0.0, "dense_frac": 0.01, "density_histogram": {"counts": [1, 2]}}
+METRICS = {
+    "l0": 32.0,
+    "fvu": 0.2,
+    "mse": 0.01,
+    "cossim": 0.9,
+    "delta_ce": 0.3,
+    "kl": 0.25,
+    "ce_loss_score": 0.8,
+    "dead_frac": 0.0,
+    "dense_frac": 0.01,
+}
 
 
 def _write(root, name="sae-a", evaluator="core", **metrics):
     m = {**METRICS, **metrics}
     m = {k: v for k, v in m.items() if v is not ...}
     r = Result(
-        evaluator=evaluator, run_key="k",
+        evaluator=evaluator,
+        run_key="k",
         sae=SAERecord(name=name, source="x", architecture="topk", d_in=4, d_sae=8, fingerprint="f"),
-        config={"model": "m", "hook": "blocks.6.hook_resid_post", "profile": "quick", "tokens": 8192, "ctx_len": 128,
-                "seed": 0, "corpus": "c"},
+        config={
+            "model": "m",
+            "hook": "blocks.6.hook_resid_post",
+            "profile": "quick",
+            "tokens": 8192,
+            "ctx_len": 128,
+            "seed": 0,
+            "corpus": "c",
+        },
         metrics=m,
+        details={"density_histogram": {"counts": [1, 2]}},
     )
     write_result(r, result_path(root, name, evaluator))
     return r
@@ -65,17 +83,17 @@ def test_tolerance_override_and_noise(tmp_path):
 
 
 def test_direction_of_zero_baseline_and_undefined():
-    assert compare_metric("dead_frac", 0.0, 1e-9, DEFAULT_REL)[2] == "ok"  # absolute floor
-    assert compare_metric("dead_frac", 0.0, 0.01, DEFAULT_REL)[2] == "WORSE"
-    assert compare_metric("ce_loss_score", 0.8, None, DEFAULT_REL)[2] == "became undefined"
-    assert compare_metric("ce_loss_score", None, None, DEFAULT_REL)[2] == "same"
-    assert compare_metric("ce_loss_score", None, 0.5, DEFAULT_REL)[2] == "baseline undefined"
-    assert compare_metric("some_new_metric", 1.0, 2.0, DEFAULT_REL)[2] == "changed"
+    assert compare_metric("down", 0.0, 1e-9, DEFAULT_REL)[2] == "ok"  # absolute floor
+    assert compare_metric("down", 0.0, 0.01, DEFAULT_REL)[2] == "WORSE"
+    assert compare_metric("up", 0.8, None, DEFAULT_REL)[2] == "became undefined"
+    assert compare_metric("up", None, None, DEFAULT_REL)[2] == "same"
+    assert compare_metric("up", None, 0.5, DEFAULT_REL)[2] == "baseline undefined"
+    assert compare_metric("", 1.0, 2.0, DEFAULT_REL)[2] == "changed"
 
 
-def test_directions_are_one_table_with_the_leaderboard():
-    for key, _, direction in HEADLINE:
-        assert DIRECTIONS[key] == direction
+def test_directions_come_from_the_evaluators_declarations():
+    core = metric_table(["core"])["core"]
+    assert core["fvu"].direction == "down" and core["ce_loss_score"].direction == "up" and core["l0"].direction == ""
 
 
 def test_baseline_missing_a_metric_is_reported_not_failed(tmp_path, capsys):
@@ -146,6 +164,9 @@ def test_against_a_named_baseline_sae(tmp_path):
     cmp = compare([tmp_path / "new"], [tmp_path / "base"], against="topk-2304-k32")
     assert {r.metric: r.verdict for r in cmp.rows}["fvu"] == "better" and {r.sae for r in cmp.rows} == {"my-arch"}
     _write(tmp_path / "worse", name="my-arch", fvu=0.3)
-    assert main(["compare", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base"), "--against", "topk-2304-k32"]) == 1
+    assert (
+        main(["compare", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base"), "--against", "topk-2304-k32"])
+        == 1
+    )
     with pytest.raises(SaebenchError, match="no baseline SAE of that name"):
         compare([tmp_path / "new"], [tmp_path / "base"], against="nope")

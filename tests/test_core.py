@@ -10,7 +10,8 @@ from conftest import HOOK, SMALL, Constant, Identity, write_native
 
 from saebench import evaluate
 from saebench.evaluators.core import CoreConfig, core_metrics
-from saebench.pipeline import ActivationPipeline, SpliceStats
+from saebench.pipeline import ActivationPipeline
+from saebench.pipeline.splice import SpliceStats
 
 
 def test_identity_sae_is_perfect(model, cache_env):
@@ -67,11 +68,20 @@ def _stats(x: torch.Tensor, xhat: torch.Tensor, z: torch.Tensor) -> SpliceStats:
     x, xhat = x.double().view(1, n, d), xhat.double().view(1, n, d)
     ce = torch.full((1, 3), 2.0, dtype=torch.float64)
     return SpliceStats(
-        sq_err=((x - xhat) ** 2).sum(-1), x_sq=(x * x).sum(-1), xhat_sq=(xhat * xhat).sum(-1),
-        dot=(x * xhat).sum(-1), l0=(z != 0).sum(-1).double().view(1, n), l1=z.abs().sum(-1).double().view(1, n),
-        sum_x=x.sum((0, 1)), sum_x2=(x * x).sum((0, 1)), fire_count=(z != 0).sum(0),
-        ce_clean=ce, ce_spliced=ce + 0.5, kl=torch.full((1, 3), 0.1, dtype=torch.float64),
-        ce_zero=ce + 5.0, ce_mean=ce + 2.5,
+        sq_err=((x - xhat) ** 2).sum(-1),
+        x_sq=(x * x).sum(-1),
+        xhat_sq=(xhat * xhat).sum(-1),
+        dot=(x * xhat).sum(-1),
+        l0=(z != 0).sum(-1).double().view(1, n),
+        l1=z.abs().sum(-1).double().view(1, n),
+        sum_x=x.sum((0, 1)),
+        sum_x2=(x * x).sum((0, 1)),
+        fire_count=(z != 0).sum(0),
+        ce_clean=ce,
+        ce_spliced=ce + 0.5,
+        kl=torch.full((1, 3), 0.1, dtype=torch.float64),
+        ce_zero=ce + 5.0,
+        ce_mean=ce + 2.5,
     )
 
 
@@ -82,7 +92,7 @@ def test_core_metric_math_on_known_inputs():
     z = torch.zeros(50, 10)
     z[:, 0] = 1.0
     z[:5, 1] = 2.0
-    m = core_metrics(_stats(x, xhat, z), CoreConfig())
+    m = core_metrics(_stats(x, xhat, z), CoreConfig())  # the flat dict: metrics and details
     xd = x.double()
     pooled = ((xd - xhat.double()) ** 2).sum() / ((xd - xd.mean(0)) ** 2).sum()
     assert m["fvu"] == pytest.approx(float(pooled), rel=1e-12)

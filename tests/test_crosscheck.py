@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 def test_core_metrics_match_sae_lens(model, token_set, cache_env):
     from crosscheck_saelens import crosscheck
 
-    from saebench.sae import load_sae
+    from saebench.loading import load_sae
 
     ref = load_sae("reference")
     rows = crosscheck(model, ref.sae, HOOK, token_set.tokens, batch_size=4)

@@ -25,7 +25,8 @@ from conftest import write_native
 
 from saebench.errors import SaebenchError
 from saebench.formats import detect_format, load_dictionary_learning, load_openai, load_sae_lens_dir, load_sparsify
-from saebench.sae import load_native, load_sae, save_native
+from saebench.loading import load_sae
+from saebench.sae import load_native, save_native
 
 D_IN, D_SAE = 16, 48
 
@@ -287,8 +288,16 @@ def dictionary_learning_runs(tmp_path_factory):
         from dictionary_learning.training import trainSAE
 
         torch.manual_seed(0)
-        common = {"steps": 40, "activation_dim": D_IN, "dict_size": D_SAE, "layer": 3, "lm_name": "tiny-lm",
-                  "device": "cpu", "warmup_steps": 2, "submodule_name": "resid_post_layer_3"}
+        common = {
+            "steps": 40,
+            "activation_dim": D_IN,
+            "dict_size": D_SAE,
+            "layer": 3,
+            "lm_name": "tiny-lm",
+            "device": "cpu",
+            "warmup_steps": 2,
+            "submodule_name": "resid_post_layer_3",
+        }
         configs = [
             {"trainer": StandardTrainer, **common, "sparsity_warmup_steps": 2},
             {"trainer": StandardTrainerAprilUpdate, **common, "sparsity_warmup_steps": 2},

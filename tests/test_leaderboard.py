@@ -12,16 +12,30 @@ from saebench.results import Result, SAERecord, result_path, write_result
 
 def _result(name, arch="topk", l0=32.0, fvu=0.2, dce=0.3, model="m1", hook="blocks.6.hook_resid_post", tokens=8192):
     return Result(
-        evaluator="core", run_key="k",
+        evaluator="core",
+        run_key="k",
         sae=SAERecord(name=name, source="x", architecture=arch, d_in=4, d_sae=64, fingerprint="f"),
-        config={"model": model, "hook": hook, "profile": "quick", "tokens": tokens, "ctx_len": 128, "seed": 0, "corpus": "c"},
-        metrics={"l0": l0, "fvu": fvu, "delta_ce": dce, "density_histogram": {"counts": [1]}},
+        config={
+            "model": model,
+            "hook": hook,
+            "profile": "quick",
+            "tokens": tokens,
+            "ctx_len": 128,
+            "seed": 0,
+            "corpus": "c",
+        },
+        metrics={"l0": l0, "fvu": fvu, "delta_ce": dce},
+        details={"density_histogram": {"counts": [1]}},
     )
 
 
-ZOO = [_result("topk-k16", l0=16.0, fvu=0.3, dce=0.5), _result("topk-k32", l0=32.0, fvu=0.2, dce=0.3),
-       _result("relu-a", arch="relu", l0=30.0, fvu=0.35, dce=0.6), _result("relu-b", arch="relu", l0=60.0, fvu=0.25, dce=0.4),
-       _result("jr", arch="jumprelu", l0=25.0, fvu=0.22, dce=None)]
+ZOO = [
+    _result("topk-k16", l0=16.0, fvu=0.3, dce=0.5),
+    _result("topk-k32", l0=32.0, fvu=0.2, dce=0.3),
+    _result("relu-a", arch="relu", l0=30.0, fvu=0.35, dce=0.6),
+    _result("relu-b", arch="relu", l0=60.0, fvu=0.25, dce=0.4),
+    _result("jr", arch="jumprelu", l0=25.0, fvu=0.22, dce=None),
+]
 
 
 def _write_all(root, results):
@@ -42,7 +56,10 @@ def test_plots_beside_markdown_and_byte_identical_reruns(tmp_path):
     with pytest.warns(UserWarning, match="junk.json"):
         write_leaderboard([tmp_path / "res"], out)
     pngs = sorted(p.name for p in out.parent.glob("*.png"))
-    assert pngs == ["LEADERBOARD-m1-blocks.6.hook_resid_post-l0-dce.png", "LEADERBOARD-m1-blocks.6.hook_resid_post-l0-fvu.png"]
+    assert pngs == [
+        "LEADERBOARD-m1-blocks.6.hook_resid_post-l0-dce.png",
+        "LEADERBOARD-m1-blocks.6.hook_resid_post-l0-fvu.png",
+    ]
     text = out.read_text()
     for name in pngs:
         assert f"]({name})" in text
@@ -55,8 +72,11 @@ def test_plots_beside_markdown_and_byte_identical_reruns(tmp_path):
 
 
 def test_models_hooks_and_configs_are_grouped_never_merged(tmp_path):
-    results = ZOO + [_result("topk-k32", model="m2", fvu=0.9), _result("topk-k32", hook="blocks.3.hook_resid_post", fvu=0.8),
-                     _result("topk-k32", tokens=131072, fvu=0.7)]
+    results = ZOO + [
+        _result("topk-k32", model="m2", fvu=0.9),
+        _result("topk-k32", hook="blocks.3.hook_resid_post", fvu=0.8),
+        _result("topk-k32", tokens=131072, fvu=0.7),
+    ]
     text = render(results)
     assert text.count("## m1 · `blocks.6.hook_resid_post`") == 2  # two configs, two tables
     assert "## m2" in text and "## m1 · `blocks.3.hook_resid_post`" in text

@@ -7,13 +7,14 @@ import torch
 from conftest import HOOK, SMALL, write_native
 
 from saebench import evaluate
-from saebench.pipeline import ActivationPipeline
+from saebench.pipeline import ActivationPipeline, examples
 from saebench.probes.n2g import WILDCARD, Example, Pattern, Trie, build_patterns, prf
 
 SIZES = {"tokens": 1024, "ctx_len": 32, "batch_size": 8}
 
 
 # -- engine (no model) ---------------------------------------------------------------------------
+
 
 def test_prf_exact_values():
     truth = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
@@ -50,13 +51,14 @@ def test_build_patterns_prunes_wildcards_and_anchors():
 
 # -- the shared example pass ---------------------------------------------------------------------
 
+
 def test_latent_examples_match_dense_and_are_batch_independent(model, token_set, cache_env):
     _, sae = write_native(cache_env / "sae", arch="topk", d_sae=64)
     pipe = ActivationPipeline(model, token_set, HOOK, batch_size=4, progress=False)
-    counts = pipe.fire_counts(sae)
+    counts = examples.fire_counts(pipe, sae)
     lat = counts.argsort(descending=True)[[0, 5, 20]]  # live latents of different frequencies
-    ex = pipe.latent_examples(sae, lat, n_top=5, n_random=3, n_importance=3, seed=1, window=(4, 2))
-    dense = pipe.latent_acts(sae, lat)  # [n_seq, T, L]
+    ex = examples.latent_examples(pipe, sae, lat, n_top=5, n_random=3, n_importance=3, seed=1, window=(4, 2))
+    dense = examples.latent_acts(pipe, sae, lat)  # [n_seq, T, L]
     for li in range(3):
         col = dense[..., li]
         want = col[:, 1:].reshape(-1).topk(5).values
@@ -71,11 +73,12 @@ def test_latent_examples_match_dense_and_are_batch_independent(model, token_set,
         assert ex.top.tokens[li, j, 4] == token_set.tokens[s, p]
         assert ex.top.acts[li, j, 4] == pytest.approx(float(ex.top.act[li, j]), abs=1e-5)
     other = ActivationPipeline(model, token_set, HOOK, batch_size=8, progress=False)
-    ex2 = other.latent_examples(sae, lat, n_top=5, n_random=3, seed=1)
+    ex2 = examples.latent_examples(other, sae, lat, n_top=5, n_random=3, seed=1)
     assert torch.equal(ex.random.seq, ex2.random.seq) and torch.equal(ex.random.pos, ex2.random.pos)
 
 
 # -- oracles on the embedded model ---------------------------------------------------------------
+
 
 class TokenDetector(torch.nn.Module):
     """Latent 0 fires (1.0) exactly where the layer-0 residual is one token's embedding; latent 1 is dead."""
@@ -112,11 +115,18 @@ class RandomFiring(torch.nn.Module):
 def test_token_detector_is_explained_by_its_token(model, cache_env):
     tok = model.tokenize(" the")[0]
     sae = TokenDetector(model.model.W_E[tok].detach())
-    m = evaluate(sae, model=model, hook="blocks.0.hook_resid_pre", evals=["n2g"], progress=False,
-                 eval_config={"n2g": {"n_latents": 4, "n_top": 4, "n_random": 2, "max_prune_len": 6}},
-                 **SIZES).metrics["n2g"]
+    run = evaluate(
+        sae,
+        model=model,
+        hook="blocks.0.hook_resid_pre",
+        evals=["n2g"],
+        progress=False,
+        eval_config={"n2g": {"n_latents": 4, "n_top": 4, "n_random": 2, "max_prune_len": 6}},
+        **SIZES,
+    )
+    m = run.metrics["n2g"]
     assert m["n_latents"] == 1  # the dead latent is never sampled
-    row = m["latents"][0]
+    row = run.details["n2g"]["latents"][0]
     assert row["n_true"] > 0
     assert row["f1"] == pytest.approx(1.0) and m["n2g_f1"] == pytest.approx(1.0)
     shown = {p["pattern"] for p in row["explanation"]}
@@ -125,8 +135,15 @@ def test_token_detector_is_explained_by_its_token(model, cache_env):
 
 
 def test_randomly_firing_latent_scores_near_its_base_rate(model, cache_env):
-    m = evaluate(RandomFiring(), model=model, hook="blocks.1.hook_resid_post", evals=["n2g"], progress=False,
-                 eval_config={"n2g": {"n_top": 4, "n_random": 4, "max_prune_len": 6}}, **SIZES).metrics["n2g"]
+    m = evaluate(
+        RandomFiring(),
+        model=model,
+        hook="blocks.1.hook_resid_post",
+        evals=["n2g"],
+        progress=False,
+        eval_config={"n2g": {"n_top": 4, "n_random": 4, "max_prune_len": 6}},
+        **SIZES,
+    ).metrics["n2g"]
     base = m["n2g_base_rate"]
     assert 0.1 < base < 0.3
     assert m["n2g_f1"] <= 1.5 * base + 0.05
@@ -134,9 +151,17 @@ def test_randomly_firing_latent_scores_near_its_base_rate(model, cache_env):
 
 def test_n2g_on_a_random_sae_runs_and_records_choices(model, tmp_path, cache_env):
     _, sae = write_native(tmp_path / "sae", arch="topk", d_sae=64)
-    res = evaluate(sae, model=model, hook=HOOK, evals=["n2g"], progress=False, out=tmp_path / "out",
-                   eval_config={"n2g": {"n_latents": 2, "n_top": 2, "n_random": 1, "max_prune_len": 4}}, **SMALL)
+    res = evaluate(
+        sae,
+        model=model,
+        hook=HOOK,
+        evals=["n2g"],
+        progress=False,
+        out=tmp_path / "out",
+        eval_config={"n2g": {"n_latents": 2, "n_top": 2, "n_random": 1, "max_prune_len": 4}},
+        **SMALL,
+    )
     m = res.metrics["n2g"]
-    assert m["n_latents"] == 2 and all(isinstance(r["explanation"], list) for r in m["latents"])
+    assert m["n_latents"] == 2 and all(isinstance(r["explanation"], list) for r in res.details["n2g"]["latents"])
     cfg = next(iter(res.results.values()))["n2g"].config["evaluator_config"]
     assert cfg["firing_threshold"] == 0.5 and cfg["keep_frac"] == 0.5

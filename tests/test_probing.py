@@ -29,14 +29,16 @@ def test_newton_matches_sklearn_logistic_regression():
     n, l2 = 60, 1e-3
     y = (torch.rand(2 * n, generator=g) < 0.5).double()
     x = torch.randn(2 * n, 6, generator=g) + y[:, None] * torch.tensor([0.0, 0.3, 1.0, 2.0, 0.0, 0.0])
-    x[:, 4] = torch.relu(x[:, 4] - 1.0)            # sparse, latent-like
+    x[:, 4] = torch.relu(x[:, 4] - 1.0)  # sparse, latent-like
     x[:, 5] = y * 3.0 + 0.01 * torch.randn(2 * n, generator=g)  # separable: the L2 keeps w finite
     res = best_single_column(x[:n], y[:n], x[n:], y[n:], l2=l2)
     assert bool(res.live.all())
     for i in range(6):
         a = x[:n, i].double().numpy()
         mu, sd = a.mean(), a.std()
-        clf = LogisticRegression(C=1.0 / (l2 * n), tol=1e-12, max_iter=10_000).fit(((a - mu) / sd)[:, None], y[:n].numpy())
+        clf = LogisticRegression(C=1.0 / (l2 * n), tol=1e-12, max_iter=10_000).fit(
+            ((a - mu) / sd)[:, None], y[:n].numpy()
+        )
         p = clf.predict_proba(((x[n:, i].double().numpy() - mu) / sd)[:, None])[:, 1]
         yy = y[n:].numpy()
         ref = float(-(yy * np.log(p) + (1 - yy) * np.log(1 - p)).mean())
@@ -133,48 +135,51 @@ class Dead(Planted):
 
 def test_planted_feature_is_found_and_second_sae_costs_no_forward(model, token_set, cache_env, tmp_path, monkeypatch):
     from saebench.pipeline import ActivationPipeline
+    from saebench.pipeline.tasks import task_activations
 
     monkeypatch.delenv("SAEBENCH_EUROPARL", raising=False)
     specs = load_specs()
     tasks = {n: load_task(specs[n], SIZES["max_train"], SIZES["max_test"], seed=0) for n in TASKS}
     pipe = ActivationPipeline(model, token_set, HOOK, batch_size=4, progress=False)
-    acts = pipe.task_activations({n: t.texts for n, t in tasks.items()}, SIZES["max_tokens"])
-    assert pipe.task_forward_batches > 0
+    acts = task_activations(pipe, {n: t.texts for n, t in tasks.items()}, SIZES["max_tokens"])
+    assert pipe.counters.task_forward_batches > 0
     planted, expected = {}, {}
     for j, name in zip((17, 42), TASKS, strict=True):
         t = tasks[name]
         x = pool(acts[name].acts, acts[name].lengths, specs[name].pooling).double()
         y = torch.tensor(t.labels, dtype=torch.float64)
-        tr = y[:t.n_train].bool()
+        tr = y[: t.n_train].bool()
         # difference of class means, per channel scaled by the train variance (a diagonal LDA
         # direction: the raw difference is dominated by a few high-variance channels)
-        xt = x[:t.n_train]
+        xt = x[: t.n_train]
         v = (xt[tr].mean(0) - xt[~tr].mean(0)) / xt.var(0).clamp_min(1e-6)
         v = v / v.norm()
         planted[j] = v.float()
         proj = (x @ v)[:, None]
-        res = best_single_column(proj[:t.n_train], y[:t.n_train], proj[t.n_train:], y[t.n_train:])
+        res = best_single_column(proj[: t.n_train], y[: t.n_train], proj[t.n_train :], y[t.n_train :])
         expected[name] = (j, res.best()[1])
 
     cfg = {"probing": {"tasks": [*TASKS, "europarl_de"], **SIZES}}
-    run = evaluate(Planted(planted), model=model, hook=HOOK, evals=["probing"], eval_config=cfg, name="planted", **SMALL)
-    m = run.metrics["probing"]
+    run = evaluate(
+        Planted(planted), model=model, hook=HOOK, evals=["probing"], eval_config=cfg, name="planted", **SMALL
+    )
+    m, det = run.metrics["probing"], run.details["probing"]
     # the cached task activations were reused: no model pass in this (new) pipeline
-    assert m["model_forward_batches"] == 0
-    assert m["n_tasks_scored"] == 2 and m["n_tasks_skipped"] == 1 and "europarl_de" in m["skipped"]
-    assert "SAEBENCH_EUROPARL" in m["skipped"]["europarl_de"]
-    for row in m["tasks"]:
+    assert det["model_forward_batches"] == 0
+    assert m["n_tasks_scored"] == 2 and m["n_tasks_skipped"] == 1 and "europarl_de" in det["skipped"]
+    assert "SAEBENCH_EUROPARL" in det["skipped"]["europarl_de"]
+    for row in det["tasks"]:
         j, loss = expected[row["task"]]
         assert row["best_latent"] == j and row["top_1_latents"] == [j]
         assert row["probe_loss"] == pytest.approx(loss, abs=1e-4)
         assert row["probe_loss"] < row["prior_loss"] - 0.2
         assert row["resid_1d_loss"] is not None and row["resid_full_loss"] is not None
     assert m["probe_loss"] == pytest.approx(np.mean([expected[n][1] for n in TASKS]), abs=1e-4)
-    assert m["pooling_by_task"] == {"haystack_high-school": "last", "agnews_sports": "mean"}
+    assert det["pooling_by_task"] == {"haystack_high-school": "last", "agnews_sports": "mean"}
 
     dead = evaluate(Dead({}), model=model, hook=HOOK, evals=["probing"], eval_config=cfg, name="dead", **SMALL)
     d = dead.metrics["probing"]
-    assert d["model_forward_batches"] == 0
+    assert dead.details["probing"]["model_forward_batches"] == 0
     assert d["n_tasks_no_live_latents"] == 2 and d["n_latents_scored_mean"] == 0
     assert d["probe_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert d["top_1_accuracy"] is None

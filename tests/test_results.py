@@ -11,10 +11,20 @@ from saebench.results import Result, SAERecord, complete_result, load_results, r
 
 def _result(name="a", model="m1", hook="blocks.0.hook_resid_post", fvu=0.25, key="k1"):
     return Result(
-        evaluator="core", run_key=key,
+        evaluator="core",
+        run_key=key,
         sae=SAERecord(name=name, source="x", architecture="topk", d_in=4, d_sae=8, fingerprint="f"),
-        config={"model": model, "hook": hook, "profile": "quick", "n_tokens": 10, "ctx_len": 5, "seed": 0, "corpus": "c"},
-        metrics={"fvu": fvu, "l0": 3.0, "delta_ce": 0.1, "ce_loss_score": None, "density_histogram": {"counts": [1]}},
+        config={
+            "model": model,
+            "hook": hook,
+            "profile": "quick",
+            "n_tokens": 10,
+            "ctx_len": 5,
+            "seed": 0,
+            "corpus": "c",
+        },
+        metrics={"fvu": fvu, "l0": 3.0, "delta_ce": 0.1, "ce_loss_score": None},
+        details={"density_histogram": {"counts": [1]}},
     )
 
 
@@ -44,7 +54,22 @@ def test_frame_and_leaderboard_grouping(tmp_path):
     assert list(df["sae.name"]) == ["b", "a", "c"] and "fvu" in df and "density_histogram" not in df
     text = render(results)
     assert text.index("## m1") < text.index("## m2")
-    m1 = text[text.index("## m1"):text.index("## m2")]
+    m1 = text[text.index("## m1") : text.index("## m2")]
     assert m1.index("| a ") < m1.index("| b ") and "| c " not in m1
     assert "n/a" in text  # None metric shown as undefined
     assert render(list(reversed(results))) == text  # byte-for-byte, whatever the input order
+
+
+def test_schema_1_files_are_read_and_never_complete(tmp_path):
+    import json
+
+    old = _result().model_dump()
+    old.update(schema_version=1, metrics={**old["metrics"], **old.pop("details")})
+    for key in ("uncertainty", "samples"):
+        old.pop(key)
+    path = tmp_path / "a" / "core.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(old))
+    r = read_result(path)
+    assert r.metrics["fvu"] == 0.25 and r.details == {"density_histogram": {"counts": [1]}}
+    assert complete_result(path, "k1") is None  # an old schema is recomputed, never trusted as complete

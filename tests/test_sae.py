@@ -9,7 +9,8 @@ import torch
 from conftest import write_native
 
 from saebench.errors import SaebenchError
-from saebench.sae import ARCHITECTURES, load_native, load_sae
+from saebench.loading import load_sae
+from saebench.sae import ARCHITECTURES, load_native
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -23,8 +23,17 @@ def _planted(n: int = 16384, d: int = 32, n_feat: int = 64, active: int = 4, see
 def test_each_architecture_learns(arch, tmp_path):
     torch.manual_seed(0)
     acts = _planted()
-    sae, log = train_sae(acts, arch, 128, k=4, hook="blocks.0.hook_resid_post", model_name="toy",
-                         epochs=30, batch_tokens=1024, progress=False)
+    sae, log = train_sae(
+        acts,
+        arch,
+        128,
+        k=4,
+        hook="blocks.0.hook_resid_post",
+        model_name="toy",
+        epochs=30,
+        batch_tokens=1024,
+        progress=False,
+    )
     with torch.no_grad():
         z = sae.encode(acts)
         xhat = sae.decode(z)

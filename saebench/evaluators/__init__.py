@@ -1,71 +1,42 @@
-"""Evaluator plugins.
+"""Evaluator plugins and their registry.
 
-An evaluator is a small object with
-
-- ``name``: what ``--evals`` calls it and the results file is named after;
-- ``needs``: the shared inputs it reads from the context (``"splice"`` for the clean, spliced
-  and ablated passes of :class:`saebench.pipeline.ActivationPipeline`);
-- ``Config``: a pydantic model of its own settings; ``Config.for_profile(profile)`` gives the
-  profile's defaults, and every field can be overridden;
-- ``run(ctx, cfg) -> dict``: plain metrics (numbers, lists, small dicts). An optional
-  ``"_timing"`` entry (stage name -> seconds) is moved into the result's ``timing``, so metrics
-  stay identical between reruns.
-
-Built-ins register through the ``saebench.evaluators`` entry-point group exactly like a third
-party's plugin does; ``--evals python:FILE.py:CLASS`` loads one from a file.
+The interface is in :mod:`saebench.evaluators.base`. Built-ins register through the
+``saebench.evaluators`` entry-point group exactly like a third party's plugin does (see
+``pyproject.toml``); ``--evals python:FILE.py:CLASS`` or ``MODULE:CLASS`` loads one from code.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from saebench import plugins
 from saebench.errors import SaebenchError
+from saebench.evaluators.base import (
+    NEEDS,
+    EvalConfig,
+    EvalContext,
+    EvalOutput,
+    Evaluator,
+    Metric,
+    mean_defined,
+    ratio,
+)
 
 ENTRY_POINT_GROUP = "saebench.evaluators"
-
-
-class EvalConfig(BaseModel):
-    """Base of evaluator configs: forbids unknown keys, knows profile defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-    PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    @classmethod
-    def for_profile(cls, profile: str, **overrides: Any) -> EvalConfig:
-        return cls(**{**cls.PROFILE_DEFAULTS.get(profile, {}), **overrides})
-
-
-@dataclass
-class EvalContext:
-    """Everything an evaluator may read; shared inputs are filled by the runner once."""
-
-    model: Any
-    tokens: Any
-    hook: str
-    sae: Any
-    pipeline: Any
-    run_config: dict[str, Any]
-    splice: Any = None
-    notes: list[str] = field(default_factory=list)
-
-
-class Evaluator(Protocol):
-    name: str
-    needs: frozenset[str]
-    Config: type[EvalConfig]
-
-    def run(self, ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]: ...
-
-
-def mean_defined(values: Any) -> float | None:
-    """Mean of the defined (non-None, finite) values; None when there are none (never NaN)."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return sum(vals) / len(vals) if vals else None
+__all__ = [
+    "NEEDS",
+    "EvalConfig",
+    "EvalContext",
+    "EvalOutput",
+    "Evaluator",
+    "Metric",
+    "mean_defined",
+    "ratio",
+    "available",
+    "get_evaluator",
+    "metric_table",
+]
 
 
 def available() -> dict[str, Any]:
@@ -74,24 +45,45 @@ def available() -> dict[str, Any]:
 
 
 def get_evaluator(spec: str) -> Evaluator:
-    """Instantiate an evaluator by registered name or ``python:FILE.py:CLASS``."""
-    if spec.startswith("python:") or (":" in spec and spec not in available()):
-        from saebench.sae import _call_factory, _from_python_file, _import_module
-
-        if spec.startswith("python:"):
-            obj, _ = _from_python_file(spec[len("python:"):])
-        else:
-            module, _, attr = spec.partition(":")
-            obj = _call_factory(_import_module(module), attr, spec)
-    else:
-        eps = available()
-        if spec not in eps:
-            raise SaebenchError(
-                f"unknown evaluator {spec!r}; registered: {', '.join(sorted(eps)) or 'none'} "
-                "(or pass python:FILE.py:CLASS)"
-            )
+    """Instantiate an evaluator by registered name, ``python:FILE.py:CLASS`` or ``MODULE:CLASS``."""
+    eps = available()
+    if spec in eps:
         obj = eps[spec].load()()
+    elif plugins.is_python_spec(spec) or ":" in spec:
+        obj, _ = plugins.load_object(spec)
+    else:
+        raise SaebenchError(
+            f"unknown evaluator {spec!r}; registered: {', '.join(sorted(eps)) or 'none'} (or pass python:FILE.py:CLASS)"
+        )
     for attr in ("name", "needs", "Config", "run"):
         if not hasattr(obj, attr):
-            raise SaebenchError(f"evaluator {spec!r} lacks {attr!r}; see saebench.evaluators for the interface")
+            raise SaebenchError(f"evaluator {spec!r} lacks {attr!r}; see saebench.evaluators.base for the interface")
+    unknown = sorted(set(obj.needs) - set(NEEDS))
+    if unknown:
+        raise SaebenchError(
+            f"evaluator {spec!r} needs unknown shared input(s) {', '.join(unknown)}; known: {', '.join(NEEDS)}"
+        )
     return obj
+
+
+def metric_table(evaluators: list[str], results: Any = ()) -> dict[str, dict[str, Metric]]:
+    """``{evaluator name: {metric name: Metric}}``: a registered evaluator's own declarations, else
+    the ones stored in its results (``Result.declarations``: how ``python:FILE:CLASS`` plugins
+    reach the board and the gate); an evaluator found in neither has no declared metrics."""
+    registered = available()
+    stored: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r.declarations:
+            stored.setdefault(r.evaluator, r.declarations)
+    out: dict[str, dict[str, Metric]] = {}
+    for name in evaluators:
+        table: dict[str, Metric] = {}
+        if name in registered:
+            try:
+                table = {m.name: m for m in getattr(get_evaluator(name), "metrics", ())}
+            except SaebenchError:
+                table = {}
+        if not table and name in stored:
+            table = {k: Metric.from_dict(k, v) for k, v in stored[name].items()}
+        out[name] = table
+    return out

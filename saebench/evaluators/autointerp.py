@@ -35,10 +35,19 @@ import torch
 from pydantic import field_validator
 
 from saebench.errors import SaebenchError
-from saebench.evaluators import EvalConfig, EvalContext
+from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, mean_defined
+from saebench.pipeline import ActivationPipeline, examples
 
-PAPER = {"n_latents": 1000, "n_top_explain": 10, "n_sampled_explain": 5, "n_top_score": 2,
-         "n_sampled_score": 2, "n_random_score": 10, "n_random_simulation": 2, "window": 10}
+PAPER = {
+    "n_latents": 1000,
+    "n_top_explain": 10,
+    "n_sampled_explain": 5,
+    "n_top_score": 2,
+    "n_sampled_score": 2,
+    "n_random_score": 10,
+    "n_random_simulation": 2,
+    "window": 10,
+}
 
 
 class AutointerpConfig(EvalConfig):
@@ -46,24 +55,24 @@ class AutointerpConfig(EvalConfig):
 
     base_url: str = "https://api.openai.com/v1"
     explainer_model: str = "gpt-4o-mini"
-    scorer_model: str | None = None          # None: the explainer model
+    scorer_model: str | None = None  # None: the explainer model
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8                     # latents in flight at once
-    max_tokens_budget: int | None = None     # prompt + completion tokens actually sent
-    max_cost: float | None = None            # USD; needs the two prices below
+    concurrency: int = 8  # latents in flight at once
+    max_tokens_budget: int | None = None  # prompt + completion tokens actually sent
+    max_cost: float | None = None  # USD; needs the two prices below
     price_prompt_per_mtok: float | None = None
     price_completion_per_mtok: float | None = None
     n_latents: int = 16
-    latents: list[int] | None = None         # explicit latent ids instead of a sample
+    latents: list[int] | None = None  # explicit latent ids instead of a sample
     min_active_tokens: int = 1
-    n_top_explain: int = 10                  # SAEBench: 10 top + 5 importance-sampled to explain
+    n_top_explain: int = 10  # SAEBench: 10 top + 5 importance-sampled to explain
     n_sampled_explain: int = 5
-    n_top_score: int = 2                     # SAEBench: 2 top + 2 sampled + 10 random to score
+    n_top_score: int = 2  # SAEBench: 2 top + 2 sampled + 10 random to score
     n_sampled_score: int = 2
     n_random_score: int = 10
-    n_random_simulation: int = 2             # random windows among the simulation examples
-    window: int = 10                         # tokens each side of the maximum (21-token examples)
-    act_threshold_frac: float = 0.01         # token "active" above this fraction of the latent's max
+    n_random_simulation: int = 2  # random windows among the simulation examples
+    window: int = 10  # tokens each side of the maximum (21-token examples)
+    act_threshold_frac: float = 0.01  # token "active" above this fraction of the latent's max
     scores: list[Literal["detection", "simulation"]] = ["detection", "simulation"]
     max_tokens_explanation: int = 60
     max_tokens_detection: int = 40
@@ -72,8 +81,8 @@ class AutointerpConfig(EvalConfig):
     timeout_s: float = 120.0
     max_retries: int = 5
     backoff_s: float = 1.0
-    cache: bool = True                       # on-disk response cache ($SAEBENCH_CACHE/autointerp)
-    transcripts: bool = True                 # keep the raw replies in the result
+    cache: bool = True  # on-disk response cache ($SAEBENCH_CACHE/autointerp)
+    transcripts: bool = True  # keep the raw replies in the result
 
     @field_validator("scores", "latents", mode="before")
     @classmethod
@@ -84,8 +93,16 @@ class AutointerpConfig(EvalConfig):
         return v
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": {"n_latents": 8, "n_top_explain": 5, "n_sampled_explain": 2, "n_top_score": 2,
-                  "n_sampled_score": 1, "n_random_score": 4, "n_random_simulation": 1, "window": 6},
+        "quick": {
+            "n_latents": 8,
+            "n_top_explain": 5,
+            "n_sampled_explain": 2,
+            "n_top_score": 2,
+            "n_sampled_score": 1,
+            "n_random_score": 4,
+            "n_random_simulation": 1,
+            "window": 6,
+        },
         "standard": {**PAPER, "n_latents": 100},
         "paper": PAPER,
     }
@@ -152,7 +169,9 @@ def _disjoint(cands: list[Window], k: int, taken: dict[int, list[tuple[int, int]
     return out
 
 
-def random_windows(pipe: Any, sae: Any, latents: list[int], n: int, window: int, seed: int) -> dict[int, list[Window]]:
+def random_windows(
+    pipe: ActivationPipeline, sae: Any, latents: list[int], n: int, window: int, seed: int
+) -> dict[int, list[Window]]:
     """Up to ``n`` random windows per latent on which the latent is 0 on every token.
 
     A seeded sample of ``max(16, 2n)`` contexts is encoded once (``pipe.latent_acts``: dense in
@@ -165,9 +184,9 @@ def random_windows(pipe: Any, sae: Any, latents: list[int], n: int, window: int,
     if n <= 0 or not latents or width < 1:
         return {lat: [] for lat in latents}
     g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
-    seqs = torch.randperm(n_ctx, generator=g)[:min(n_ctx, max(16, 2 * n))].sort().values
-    acts = pipe.latent_acts(sae, latents, seqs)                     # [R, T, L]; position 0 reads 0
-    zero = ~(acts[:, 1:] != 0).unfold(1, width, 1).any(-1)          # [R, T-width, L]: window from pos 1+i is all 0
+    seqs = torch.randperm(n_ctx, generator=g)[: min(n_ctx, max(16, 2 * n))].sort().values
+    acts = examples.latent_acts(pipe, sae, latents, seqs)  # [R, T, L]; position 0 reads 0
+    zero = ~(acts[:, 1:] != 0).unfold(1, width, 1).any(-1)  # [R, T-width, L]: window from pos 1+i is all 0
     out: dict[int, list[Window]] = {}
     for li, lat in enumerate(latents):
         found: list[Window] = []
@@ -177,19 +196,22 @@ def random_windows(pipe: Any, sae: Any, latents: list[int], n: int, window: int,
                 continue
             i = int(starts[int(torch.randint(starts.numel(), (1,), generator=g))])
             s, p = int(seqs[r]), 1 + i
-            found.append(Window(s, p, tokens[s, p:p + width].tolist(), [0.0] * width))
+            found.append(Window(s, p, tokens[s, p : p + width].tolist(), [0.0] * width))
             if len(found) >= n:
                 break
         out[lat] = found
     return out
 
 
-def gather_examples(pipe: Any, sae: Any, latents: list[int], cfg: AutointerpConfig, seed: int) -> dict[int, Collected]:
+def gather_examples(
+    pipe: ActivationPipeline, sae: Any, latents: list[int], cfg: AutointerpConfig, seed: int
+) -> dict[int, Collected]:
     """Top, importance-sampled (disjoint from top) and non-activating windows per latent."""
     n_top = cfg.n_top_explain + cfg.n_top_score
     n_imp = cfg.n_sampled_explain + cfg.n_sampled_score
-    ex = pipe.latent_examples(sae, latents, n_top=4 * n_top, n_importance=4 * n_imp + n_top, seed=seed,
-                              window=(cfg.window, cfg.window))
+    ex = examples.latent_examples(
+        pipe, sae, latents, n_top=4 * n_top, n_importance=4 * n_imp + n_top, seed=seed, window=(cfg.window, cfg.window)
+    )
     rand = random_windows(pipe, sae, latents, max(cfg.n_random_score, cfg.n_random_simulation), cfg.window, seed)
     out = {}
     for row, lat in enumerate(latents):
@@ -205,16 +227,22 @@ def gather_examples(pipe: Any, sae: Any, latents: list[int], cfg: AutointerpConf
 def llm_client(cfg: AutointerpConfig) -> Any:
     """The configured :class:`~saebench.autointerp.client.LLMClient` (raises on a missing key)."""
     from saebench.autointerp.client import LLMClient, LLMSettings
-    from saebench.models import cache_dir
+    from saebench.io import cache_dir
 
     for name in ("concurrency", "max_retries", "n_latents"):
         if getattr(cfg, name) < (0 if name == "max_retries" else 1):
             raise SaebenchError(f"autointerp.{name} must be positive, got {getattr(cfg, name)}")
     settings = LLMSettings(
-        base_url=cfg.base_url, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
-        max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, temperature=cfg.temperature,
-        max_tokens_budget=cfg.max_tokens_budget, max_cost=cfg.max_cost,
-        price_prompt_per_mtok=cfg.price_prompt_per_mtok, price_completion_per_mtok=cfg.price_completion_per_mtok,
+        base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+        backoff_s=cfg.backoff_s,
+        temperature=cfg.temperature,
+        max_tokens_budget=cfg.max_tokens_budget,
+        max_cost=cfg.max_cost,
+        price_prompt_per_mtok=cfg.price_prompt_per_mtok,
+        price_completion_per_mtok=cfg.price_completion_per_mtok,
         cache_dir=(cache_dir() / "autointerp") if cfg.cache else None,
     )
     return LLMClient(settings)
@@ -241,21 +269,20 @@ def build_latent_data(ex: Any, cfg: AutointerpConfig, decode: Any, seed: int) ->
     rng.shuffle(top)
     sampled = list(ex.sampled)
     rng.shuffle(sampled)
-    explain = top[cfg.n_top_score:need] + sampled[:cfg.n_sampled_explain]
+    explain = top[cfg.n_top_score : need] + sampled[: cfg.n_sampled_explain]
     explain.sort(key=lambda w: -w.max_act)
-    held = top[:cfg.n_top_score] + sampled[cfg.n_sampled_explain:cfg.n_sampled_explain + cfg.n_sampled_score]
-    detect = [text(w) for w in held + ex.random[:cfg.n_random_score]]
+    held = top[: cfg.n_top_score] + sampled[cfg.n_sampled_explain : cfg.n_sampled_explain + cfg.n_sampled_score]
+    detect = [text(w) for w in held + ex.random[: cfg.n_random_score]]
     rng.shuffle(detect)
-    simulate = [text(w) for w in held + ex.random[:cfg.n_random_simulation]]
+    simulate = [text(w) for w in held + ex.random[: cfg.n_random_simulation]]
     rng.shuffle(simulate)
-    return LatentData(ex.latent, [text(w) for w in explain], detect, simulate, threshold, ex.max_act,
-                      ex.n_active_tokens)
+    return LatentData(
+        ex.latent, [text(w) for w in explain], detect, simulate, threshold, ex.max_act, ex.n_active_tokens
+    )
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Headline means over defined scores and the counts of every outcome."""
-    from saebench.evaluators import mean_defined
-
     det = [r["detection"] for r in rows if isinstance(r.get("detection"), dict)]
     sim = [r["simulation"] for r in rows if isinstance(r.get("simulation"), dict)]
     status = [r["status"] for r in rows]
@@ -277,35 +304,72 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+METRICS = (
+    Metric(
+        "detection_balanced_accuracy",
+        "mean balanced accuracy of the scorer telling activating from "
+        "non-activating held-out examples given the explanation",
+        "up",
+        True,
+        "",
+        "detection",
+    ),
+    Metric("detection_accuracy", "mean detection accuracy", "up"),
+    Metric("detection_precision", "mean detection precision", "up"),
+    Metric("detection_recall", "mean detection recall", "up"),
+    Metric(
+        "simulation_r", "mean Pearson r of simulated and true per-token activations", "up", True, "", "simulation r"
+    ),
+    Metric("n_detection_scored", "latents with a detection score"),
+    Metric("n_simulation_scored", "latents with a defined simulation r"),
+    Metric("n_simulation_r_undefined", "latents whose simulation r is undefined (constant prediction)"),
+    Metric("n_failed", "latents whose requests failed after retries"),
+    Metric("n_unparseable_explanation", "latents whose explanation reply could not be parsed"),
+    Metric("n_unparseable_detection", "detection replies that could not be parsed"),
+    Metric("n_unparseable_simulation", "simulation replies that could not be parsed"),
+    Metric("n_not_run_budget", "latents not started when the budget ran out"),
+    Metric("n_partial_budget", "latents cut short by the budget"),
+    Metric("n_latents_requested", "latents asked for"),
+    Metric("n_latents_live", "live latents to sample from"),
+    Metric("n_latents_sampled", "latents sampled"),
+    Metric("n_skipped_few_examples", "latents with too few activating windows"),
+    Metric("n_latents_run", "latents sent to the LLM"),
+    Metric("budget_exhausted", "whether the token/cost budget ran out"),
+    Metric("requests_per_latent", "LLM requests per latent run"),
+)
+
+
 class AutointerpEvaluator:
     """``--evals autointerp``: LLM explanations, detection and simulation scores (see module doc)."""
 
     name = "autointerp"
-    needs: frozenset[str] = frozenset()
+    needs = frozenset({"states"})
     Config = AutointerpConfig
+    metrics = METRICS
 
     def preflight(self, cfg: EvalConfig) -> None:
         """Refuse a missing key or an unreachable endpoint before the model is even loaded."""
         assert isinstance(cfg, AutointerpConfig)
         llm_client(cfg).check()
 
-    def run(self, ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]:
+    def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, AutointerpConfig)
         from saebench.autointerp.engine import EngineSettings, run_latents
 
         client = llm_client(cfg)
         client.check()
-        seed = int(ctx.run_config.get("seed", 0))
+        seed = ctx.seed
         pipe, sae = ctx.pipeline, ctx.sae
         t0 = time.perf_counter()
-        chosen, n_live = pipe.choose_latents(sae, cfg.latents, cfg.n_latents, seed, "autointerp",
-                                             min_count=cfg.min_active_tokens)
+        chosen, n_live = examples.choose_latents(
+            pipe, sae, cfg.latents, cfg.n_latents, seed, "autointerp", min_count=cfg.min_active_tokens
+        )
         latents = chosen.tolist()
         if cfg.latents is None:
             if len(latents) < cfg.n_latents:
                 ctx.notes.append(f"autointerp: only {len(latents)} live latents, fewer than n_latents={cfg.n_latents}")
         n_top = cfg.n_top_explain + cfg.n_top_score
-        examples = gather_examples(pipe, sae, latents, cfg, seed)
+        collected = gather_examples(pipe, sae, latents, cfg, seed)
         t_examples = time.perf_counter() - t0
 
         vocab: dict[int, str] = {}
@@ -317,31 +381,42 @@ class AutointerpEvaluator:
 
         data, skipped = [], []
         for lat in latents:
-            d = build_latent_data(examples[lat], cfg, decode, seed)
+            d = build_latent_data(collected[lat], cfg, decode, seed)
             if d is None:
                 skipped.append(lat)
             else:
                 data.append(d)
         if skipped:
-            ctx.notes.append(f"autointerp: skipped {len(skipped)} latent(s) with fewer than {n_top} non-overlapping activating windows")
+            ctx.notes.append(
+                f"autointerp: skipped {len(skipped)} latent(s) with fewer than {n_top} non-overlapping activating "
+                "windows"
+            )
 
-        st = EngineSettings(explainer_model=cfg.explainer_model, scorer_model=cfg.scorer_model or cfg.explainer_model,
-                            max_tokens_explanation=cfg.max_tokens_explanation, max_tokens_detection=cfg.max_tokens_detection,
-                            max_tokens_simulation=cfg.max_tokens_simulation, scores=tuple(cfg.scores),
-                            concurrency=cfg.concurrency, transcripts=cfg.transcripts)
+        st = EngineSettings(
+            explainer_model=cfg.explainer_model,
+            scorer_model=cfg.scorer_model or cfg.explainer_model,
+            max_tokens_explanation=cfg.max_tokens_explanation,
+            max_tokens_detection=cfg.max_tokens_detection,
+            max_tokens_simulation=cfg.max_tokens_simulation,
+            scores=tuple(cfg.scores),
+            concurrency=cfg.concurrency,
+            transcripts=cfg.transcripts,
+        )
         t0 = time.perf_counter()
         rows = run_latents(client, data, st)
         t_llm = time.perf_counter() - t0
         summary = summarize(rows)
         budget_hit = summary["n_not_run_budget"] + summary["n_partial_budget"] > 0
         if budget_hit:
-            ctx.notes.append("autointerp: the budget was spent before every latent was scored; "
-                             "rerun with a larger budget (cached replies cost nothing)")
+            ctx.notes.append(
+                "autointerp: the budget was spent before every latent was scored; "
+                "rerun with a larger budget (cached replies cost nothing)"
+            )
         if summary["n_failed"]:
             first = next(r["error"] for r in rows if r["status"] == "failed")
             ctx.notes.append(f"autointerp: {summary['n_failed']} latent(s) failed after retries (first: {first})")
         usage = client.usage.as_dict()
-        return {
+        metrics = {
             **summary,
             "n_latents_requested": len(cfg.latents) if cfg.latents is not None else cfg.n_latents,
             "n_latents_live": n_live,
@@ -349,12 +424,14 @@ class AutointerpEvaluator:
             "n_skipped_few_examples": len(skipped),
             "n_latents_run": len(rows),
             "budget_exhausted": budget_hit,
+            "requests_per_latent": round(usage["requests"] / len(rows), 3) if rows else None,
+        }
+        details = {
             "explainer_model": st.explainer_model,
             "scorer_model": st.scorer_model,
             "base_url": cfg.base_url,
             "usage": usage,
-            "requests_per_latent": round(usage["requests"] / len(rows), 3) if rows else None,
             "skipped_latents": skipped,
             "latents": rows,
-            "_timing": {"examples_s": round(t_examples, 4), "llm_s": round(t_llm, 4)},
         }
+        return EvalOutput(metrics, details, timing={"examples_s": t_examples, "llm_s": t_llm})

@@ -30,19 +30,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from saebench.evaluators import EvalConfig, EvalContext
-from saebench.pipeline import SpliceStats
+from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, ratio
+from saebench.pipeline.splice import SpliceStats
 
 
 class CoreConfig(EvalConfig):
     dense_threshold: float = 0.1
     histogram_bins: int = 20
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
-
-
-def _ratio(num: float, den: float) -> float | None:
-    """num/den, or None where the denominator vanishes (reported as undefined, never NaN)."""
-    return num / den if den != 0 and math.isfinite(den) else None
 
 
 def core_metrics(st: SpliceStats, cfg: CoreConfig) -> dict[str, Any]:
@@ -60,8 +55,8 @@ def core_metrics(st: SpliceStats, cfg: CoreConfig) -> dict[str, Any]:
     hist = torch.histogram(live.log10().float(), bins=edges)[0] if live.numel() else torch.zeros(cfg.histogram_bins)
     ce_clean, ce_spliced = float(st.ce_clean.mean()), float(st.ce_spliced.mean())
     ce_zero, ce_mean = float(st.ce_zero.mean()), float(st.ce_mean.mean())
-    fvu = _ratio(sq_err, var_total)
-    score_zero = _ratio(ce_zero - ce_spliced, ce_zero - ce_clean)
+    fvu = ratio(sq_err, var_total)
+    score_zero = ratio(ce_zero - ce_spliced, ce_zero - ce_clean)
     return {
         "l0": float(st.l0.mean()),
         "l1": float(st.l1.mean()),
@@ -71,8 +66,8 @@ def core_metrics(st: SpliceStats, cfg: CoreConfig) -> dict[str, Any]:
         "fvu": fvu,
         "explained_variance": None if fvu is None else 1.0 - fvu,
         "cossim": float(cos.mean()),
-        "l2_ratio": _ratio(float(xhat_norm.mean()), float(x_norm.mean())),
-        "relative_reconstruction_bias": _ratio(float(st.xhat_sq.mean()), float(st.dot.mean())),
+        "l2_ratio": ratio(float(xhat_norm.mean()), float(x_norm.mean())),
+        "relative_reconstruction_bias": ratio(float(st.xhat_sq.mean()), float(st.dot.mean())),
         "ce_clean": ce_clean,
         "ce_spliced": ce_spliced,
         "delta_ce": ce_spliced - ce_clean,
@@ -81,7 +76,7 @@ def core_metrics(st: SpliceStats, cfg: CoreConfig) -> dict[str, Any]:
         "ce_mean_ablation": ce_mean,
         "ce_loss_score": score_zero,
         "ce_loss_score_zero": score_zero,
-        "ce_loss_score_mean": _ratio(ce_mean - ce_spliced, ce_mean - ce_clean),
+        "ce_loss_score_mean": ratio(ce_mean - ce_spliced, ce_mean - ce_clean),
         "n_tokens_reconstruction": n_tok,
         "n_tokens_loss": int(st.ce_clean.numel()),
         "d_sae_live": int((st.fire_count > 0).sum()),
@@ -93,13 +88,47 @@ def core_metrics(st: SpliceStats, cfg: CoreConfig) -> dict[str, Any]:
     }
 
 
+METRICS = (
+    Metric("l0", "mean number of non-zero latents per token", "", True, "latents", "L0"),
+    Metric("fvu", "fraction of variance unexplained, pooled over all tokens", "down", True, "", "FVU"),
+    Metric("mse", "mean squared error per element", "down", True, "", "MSE"),
+    Metric("cossim", "mean cosine similarity of x and its reconstruction", "up", True, "", "cos"),
+    Metric("delta_ce", "next-token CE increase with the reconstruction spliced in", "down", True, "nats", "ΔCE"),
+    Metric("kl", "mean KL(clean ‖ spliced) of the next-token distribution", "down", True, "nats", "KL"),
+    Metric("ce_loss_score", "fraction of the zero-ablation CE increase the SAE recovers", "up", True, "", "CE score"),
+    Metric("dead_frac", "fraction of latents that never fire on the sample", "down", True, "", "dead"),
+    Metric("dense_frac", "fraction of latents firing on more than 10% of tokens", "down", True, "", "dense"),
+    Metric("l1", "mean sum of |latent| per token"),
+    Metric("explained_variance", "1 - fvu", "up"),
+    Metric("l2_ratio", "E‖x̂‖ / E‖x‖"),
+    Metric("relative_reconstruction_bias", "E‖x̂‖² / E⟨x, x̂⟩ (Gated SAE paper)"),
+    Metric("ce_clean", "next-token CE of the clean model", "", False, "nats"),
+    Metric("ce_spliced", "next-token CE with the reconstruction spliced in", "down", False, "nats"),
+    Metric("ce_zero_ablation", "next-token CE with the hook zero-ablated", "", False, "nats"),
+    Metric("ce_mean_ablation", "next-token CE with the hook mean-ablated", "", False, "nats"),
+    Metric("ce_loss_score_zero", "CE score against zero-ablation", "up"),
+    Metric("ce_loss_score_mean", "CE score against mean-ablation", "up"),
+    Metric("n_tokens_reconstruction", "tokens in the reconstruction averages"),
+    Metric("n_tokens_loss", "predictions in the loss averages"),
+    Metric("d_sae_live", "latents that fire on the sample", "up"),
+)
+
+
+def split_output(flat: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """Numbers (and None) to metrics, everything else (lists, dicts, strings) to details."""
+    metrics = {k: v for k, v in flat.items() if v is None or isinstance(v, (int, float))}
+    return metrics, {k: v for k, v in flat.items() if k not in metrics}
+
+
 class CoreEvaluator:
     """``--evals core``: sparsity, reconstruction and spliced-loss metrics."""
 
     name = "core"
     needs = frozenset({"splice"})
     Config = CoreConfig
+    metrics = METRICS
 
-    def run(self, ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]:
-        assert isinstance(cfg, CoreConfig)
-        return core_metrics(ctx.splice, cfg)
+    def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
+        assert isinstance(cfg, CoreConfig) and ctx.splice is not None
+        metrics, details = split_output(core_metrics(ctx.splice, cfg))
+        return EvalOutput(metrics, details, timing=dict(ctx.splice.timing))

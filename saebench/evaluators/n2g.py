@@ -24,22 +24,23 @@ from typing import Any, ClassVar
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.evaluators import EvalConfig, EvalContext, mean_defined
+from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, mean_defined
+from saebench.pipeline import examples
 
 
 class N2GConfig(EvalConfig):
     """Settings of ``--evals n2g``; profiles set the sample sizes only."""
 
-    n_latents: int = 16                 # live latents sampled (seeded)
-    latents: list[int] | None = None    # explicit latent indices instead of a sample
-    n_top: int = 8                      # top-activating examples per latent
-    n_random: int = 4                   # random activating examples per latent (uniform over firing positions)
-    max_prune_len: int = 12             # longest suffix tried when pruning (tokens, excl. BOS)
-    keep_frac: float = 0.5              # pruning keeps >= keep_frac of the example's activation
-    wildcard_frac: float = 0.5          # a token is a wildcard if padding it keeps > wildcard_frac
-    firing_threshold: float = 0.5       # fraction of the latent's max activation that counts as firing
-    heldout_frac: float = 0.5           # last fraction of the token set's contexts used for scoring
-    pad_token: int | None = None        # saliency replacement; None: the tokenizer's pad token, else BOS
+    n_latents: int = 16  # live latents sampled (seeded)
+    latents: list[int] | None = None  # explicit latent indices instead of a sample
+    n_top: int = 8  # top-activating examples per latent
+    n_random: int = 4  # random activating examples per latent (uniform over firing positions)
+    max_prune_len: int = 12  # longest suffix tried when pruning (tokens, excl. BOS)
+    keep_frac: float = 0.5  # pruning keeps >= keep_frac of the example's activation
+    wildcard_frac: float = 0.5  # a token is a wildcard if padding it keeps > wildcard_frac
+    firing_threshold: float = 0.5  # fraction of the latent's max activation that counts as firing
+    heldout_frac: float = 0.5  # last fraction of the token set's contexts used for scoring
+    pad_token: int | None = None  # saliency replacement; None: the tokenizer's pad token, else BOS
     n_patterns_reported: int = 5
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -49,6 +50,29 @@ class N2GConfig(EvalConfig):
     }
 
 
+METRICS = (
+    Metric(
+        "n2g_f1",
+        "mean token-level F1 of the latents' N2G pattern predictions on held-out text",
+        "up",
+        True,
+        "",
+        "N2G F1",
+    ),
+    Metric("n2g_precision", "mean token-level precision of the N2G predictions", "up"),
+    Metric("n2g_recall", "mean token-level recall of the N2G predictions", "up"),
+    Metric("n2g_base_rate", "mean fraction of held-out tokens on which a scored latent fires"),
+    Metric("n_latents", "latents sampled"),
+    Metric("n_latents_scored", "latents that fire above the threshold on held-out text"),
+    Metric("n_live_latents_in_examples", "latents that fire on the example contexts"),
+    Metric("n_examples", "examples explained"),
+    Metric("n_patterns", "patterns in all tries"),
+    Metric("n_examples_unpruned", "examples no suffix kept above keep_frac"),
+    Metric("n_patterns_anchored", "patterns anchored at a BOS"),
+    Metric("forward_calls", "model calls spent on pruning and saliency"),
+    Metric("naive_forward_calls", "model calls one call per pruning step / saliency test would need"),
+)
+
 
 class N2GEvaluator:
     """``--evals n2g``: see module doc."""
@@ -56,30 +80,30 @@ class N2GEvaluator:
     name = "n2g"
     needs = frozenset({"states"})
     Config = N2GConfig
+    metrics = METRICS
 
-    def run(self, ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]:
+    def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, N2GConfig)
         from saebench.probes.n2g import Example, explain_and_score
 
         if not 0 < cfg.heldout_frac < 1 or cfg.max_prune_len < 1 or cfg.n_top + cfg.n_random < 1:
-            raise SaebenchError("n2g: need 0 < heldout_frac < 1, max_prune_len >= 1 and n_top + n_random >= 1; fix the --set values")
+            raise SaebenchError(
+                "n2g: need 0 < heldout_frac < 1, max_prune_len >= 1 and n_top + n_random >= 1; fix the --set values"
+            )
         pipe, sae, model = ctx.pipeline, ctx.sae, ctx.model
-        seed = int(ctx.run_config.get("seed", 0))
+        seed = ctx.seed
         n_seq = pipe.tokens.tokens.shape[0]
         n_hold = max(1, round(n_seq * cfg.heldout_frac))
         if n_seq - n_hold < 1:
             raise SaebenchError(f"n2g needs at least 2 contexts (examples + held-out), got {n_seq}; raise --tokens")
         train, held = torch.arange(n_seq - n_hold), torch.arange(n_seq - n_hold, n_seq)
         t0 = time.perf_counter()
-        pipe.states()  # the shared prefix pass (cached on disk; free when another evaluator ran it)
-        t_states = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        latents, n_live = pipe.choose_latents(sae, cfg.latents, cfg.n_latents, seed, "n2g", seqs=train)
-        ex = pipe.latent_examples(sae, latents, n_top=cfg.n_top, n_random=cfg.n_random, seed=seed, seqs=train)
+        latents, n_live = examples.choose_latents(pipe, sae, cfg.latents, cfg.n_latents, seed, "n2g", seqs=train)
+        ex = examples.latent_examples(pipe, sae, latents, n_top=cfg.n_top, n_random=cfg.n_random, seed=seed, seqs=train)
         t_collect = time.perf_counter() - t0
 
         toks = pipe.tokens.tokens
-        examples, max_act = [], {}
+        found, max_act = [], {}
         for li, lat in enumerate(latents.tolist()):
             if ex.n_fire[li] == 0:
                 continue  # an explicitly requested latent that never fires on the example contexts
@@ -90,31 +114,45 @@ class N2GEvaluator:
                     s, p = int(es.seq[li, j]), int(es.pos[li, j])
                     if (s, p) not in seen:
                         seen.add((s, p))
-                        examples.append(Example(lat, toks[s, :p + 1].tolist(), float(es.act[li, j])))
+                        found.append(Example(lat, toks[s, : p + 1].tolist(), float(es.act[li, j])))
         pad = cfg.pad_token
         if pad is None:
             pad = getattr(model.tokenizer, "pad_token_id", None)
             pad = model.bos_id if pad is None else int(pad)
 
-        calls0, rows0 = pipe.example_forward_batches, pipe.example_forward_rows
+        calls0, rows0 = pipe.counters.example_forward_batches, pipe.counters.example_forward_rows
         t0 = time.perf_counter()
-        heldout = pipe.latent_acts(sae, latents, held)
+        heldout = examples.latent_acts(pipe, sae, latents, held)
         truth = {lat: heldout[..., li] for li, lat in enumerate(latents.tolist())}
         rows, stats = explain_and_score(
-            examples, max_act, toks[held], truth,
-            lambda r, lat: pipe.latent_acts_at(sae, r, lat), pad, model.bos_id,
-            lambda ids: model.tokenizer.decode(ids), cfg.max_prune_len, cfg.keep_frac, cfg.wildcard_frac,
-            cfg.firing_threshold, cfg.n_patterns_reported,
+            found,
+            max_act,
+            toks[held],
+            truth,
+            lambda r, lat: examples.latent_acts_at(pipe, sae, r, lat),
+            pad,
+            model.bos_id,
+            lambda ids: model.tokenizer.decode(ids),
+            cfg.max_prune_len,
+            cfg.keep_frac,
+            cfg.wildcard_frac,
+            cfg.firing_threshold,
+            cfg.n_patterns_reported,
         )
         t_explain = time.perf_counter() - t0
-        calls = pipe.example_forward_batches - calls0
-        naive = pipe.example_forward_rows - rows0
+        calls = pipe.counters.example_forward_batches - calls0
+        naive = pipe.counters.example_forward_rows - rows0
         scored = [r for r in rows if r["f1"] is not None]
         if len(max_act) < len(latents):
-            ctx.notes.append(f"n2g: {len(latents) - len(max_act)} requested latent(s) never fire on the example contexts; skipped")
+            ctx.notes.append(
+                f"n2g: {len(latents) - len(max_act)} requested latent(s) never fire on the example contexts; skipped"
+            )
         if len(scored) < len(rows):
-            ctx.notes.append(f"n2g: {len(rows) - len(scored)} latent(s) never fire above the threshold on held-out text; left out of the means")
-        return {
+            ctx.notes.append(
+                f"n2g: {len(rows) - len(scored)} latent(s) never fire above the threshold on held-out text; left "
+                "out of the means"
+            )
+        metrics = {
             "n2g_f1": mean_defined([r["f1"] for r in scored]),
             "n2g_precision": mean_defined([r["precision"] for r in scored]),
             "n2g_recall": mean_defined([r["recall"] for r in scored]),
@@ -122,20 +160,22 @@ class N2GEvaluator:
             "n_latents": len(rows),
             "n_latents_scored": len(scored),
             "n_live_latents_in_examples": n_live,
-            "n_examples": len(examples),
+            "n_examples": len(found),
             "n_patterns": sum(r["n_patterns"] for r in rows),
             "n_examples_unpruned": stats["n_unpruned"],
             "n_patterns_anchored": stats["n_anchored"],
+            "forward_calls": calls,
+            "naive_forward_calls": naive,
+        }
+        details = {
             "firing_threshold": cfg.firing_threshold,
             "threshold_reference": "max activation of the latent on the example contexts",
             "example_contexts": int(train.numel()),
             "heldout_contexts": int(held.numel()),
             "heldout_tokens_scored": int(held.numel() * (pipe.tokens.ctx_len - 1)),
             "pad_token": pad,
-            "forward_calls": calls,
-            "naive_forward_calls": naive,
             "rows_prune": stats["rows_prune"],
             "rows_saliency": stats["rows_saliency"],
             "latents": rows,
-            "_timing": {"states_s": round(t_states, 4), "collect_s": round(t_collect, 4), "explain_score_s": round(t_explain, 4)},
         }
+        return EvalOutput(metrics, details, timing={"collect_s": t_collect, "explain_score_s": t_explain})

@@ -22,33 +22,37 @@ after filtering are skipped with a one-line reason each, listed and counted in t
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import field_validator
 
 from saebench.errors import SaebenchError
-from saebench.evaluators import EvalConfig, EvalContext, mean_defined
+from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, mean_defined
+from saebench.pipeline import ActivationPipeline
 
 
 class ProbingConfig(EvalConfig):
     """Settings of ``--evals probing``; profiles set the sample sizes only."""
 
-    tasks: list[str] | None = None          # task names, globs or family names; None = all 61
-    task_specs: list[str] = []              # extra user TOML spec files (same format as tasks/*.toml)
-    max_train: int | None = 32              # cap on each task's train size (None: the spec's default)
+    tasks: list[str] | None = None  # task names, globs or family names; None = all 61
+    task_specs: list[str] = []  # extra user TOML spec files (same format as tasks/*.toml)
+    max_train: int | None = 32  # cap on each task's train size (None: the spec's default)
     max_test: int | None = 32
-    max_tokens: int = 64                    # per example, incl. BOS; longer texts keep their end
+    max_tokens: int = 64  # per example, incl. BOS; longer texts keep their end
     pooling: Literal["auto", "mean", "last"] = "auto"
-    l2: float = 1e-3                        # on standardized latents, mean-CE objective
+    l2: float = 1e-3  # on standardized latents, mean-CE objective
     newton_iters: int = 50
-    latent_chunk: int = 4096                # latents fit at once (memory ~96 x n_train x chunk bytes)
-    token_chunk: int = 1024                 # tokens encoded at once (memory token_chunk x d_sae floats)
+    latent_chunk: int = 4096  # latents fit at once (memory ~96 x n_train x chunk bytes)
+    token_chunk: int = 1024  # tokens encoded at once (memory token_chunk x d_sae floats)
     top_k: list[int] = [1, 2, 5]
     baselines: bool = True
-    use_hub: bool = False                   # load tasks missing offline from the hub (network)
-    data_paths: dict[str, str] = {}         # family -> local data file/folder (e.g. europarl)
+    use_hub: bool = False  # load tasks missing offline from the hub (network)
+    data_paths: dict[str, str] = {}  # family -> local data file/folder (e.g. europarl)
+
     @field_validator("tasks", "task_specs", mode="before")
     @classmethod
     def _comma_list(cls, v: Any) -> Any:
@@ -62,68 +66,149 @@ class ProbingConfig(EvalConfig):
     }
 
 
+METRICS = (
+    Metric(
+        "probe_loss",
+        "mean over tasks of the best 1-D latent probe's test cross-entropy",
+        "down",
+        True,
+        "nats",
+        "probe loss",
+    ),
+    Metric(
+        "top_1_accuracy",
+        "mean test accuracy of a probe on the 1 latent with the largest class-mean gap",
+        "up",
+        True,
+        "",
+        "top-1 acc",
+    ),
+    Metric("top_2_accuracy", "the same with 2 latents", "up"),
+    Metric("top_5_accuracy", "the same with 5 latents", "up"),
+    Metric("prior_loss", "mean test CE of the intercept-only probe (chance level)", "", False, "nats"),
+    Metric("baseline_resid_1d_loss", "best single residual channel's 1-D probe loss", "", False, "nats"),
+    Metric("baseline_resid_full_loss", "full-width residual probe's test CE", "", False, "nats"),
+    Metric("baseline_resid_full_accuracy", "full-width residual probe's test accuracy"),
+    Metric("n_tasks_requested", "tasks selected"),
+    Metric("n_tasks_scored", "tasks scored"),
+    Metric("n_tasks_skipped", "tasks whose data is unavailable"),
+    Metric("n_tasks_no_live_latents", "tasks on which every latent is dead"),
+    Metric("n_latents_scored_mean", "mean number of live latents per task"),
+    Metric("d_sae", "latents of the SAE"),
+)
+
+
+@dataclass
+class Prepared:
+    """The SAE-independent part of a probing run: sampled tasks and their hook activations."""
+
+    n_requested: int
+    loaded: dict[str, Any]
+    skipped: dict[str, str]
+    notes: list[str]
+    acts: dict[str, Any]
+    forward_batches: int
+    timing: dict[str, float]
+
+
+def prepare_tasks(pipe: ActivationPipeline, cfg: ProbingConfig, seed: int) -> Prepared:
+    """Sample every selected task and compute its activations once per pipeline (memoised)."""
+    key = "probing:" + json.dumps([cfg.model_dump(), seed], sort_keys=True, default=str)
+    return pipe.shared(key, lambda: _prepare(pipe, cfg, seed))
+
+
+def _prepare(pipe: ActivationPipeline, cfg: ProbingConfig, seed: int) -> Prepared:
+    from saebench.pipeline.tasks import task_activations
+    from saebench.tasks import TaskUnavailable, load_specs, load_task, select
+
+    if any(k < 1 for k in cfg.top_k) or cfg.max_tokens < 2:
+        raise SaebenchError("probing: top_k values must be >= 1 and max_tokens >= 2; fix the --set values")
+    t0 = time.perf_counter()
+    specs = select(load_specs(cfg.task_specs), cfg.tasks)
+    loaded, skipped, notes = {}, {}, []
+    for spec in specs:
+        n_tr = spec.n_train if cfg.max_train is None else min(spec.n_train, cfg.max_train)
+        n_te = spec.n_test if cfg.max_test is None else min(spec.n_test, cfg.max_test)
+        try:
+            loaded[spec.name] = load_task(spec, n_tr, n_te, seed, cfg.data_paths, cfg.use_hub)
+        except TaskUnavailable as exc:
+            skipped[spec.name] = str(exc)
+            notes.append(f"probing: skipped {spec.name}: {exc}")
+    for task in loaded.values():
+        notes.extend(task.notes)
+    t_data = time.perf_counter() - t0
+    before = pipe.counters.task_forward_batches
+    t0 = time.perf_counter()
+    acts = task_activations(pipe, {n: t.texts for n, t in loaded.items()}, cfg.max_tokens)
+    return Prepared(
+        len(specs),
+        loaded,
+        skipped,
+        notes,
+        acts,
+        pipe.counters.task_forward_batches - before,
+        {"task_data_s": t_data, "activations_s": time.perf_counter() - t0},
+    )
+
 
 class ProbingEvaluator:
     """``--evals probing``: 1-D sparse probing on the registry's tasks (see module doc)."""
 
     name = "probing"
-    needs = frozenset({"task_activations"})
+    needs: frozenset[str] = frozenset()
     Config = ProbingConfig
+    metrics = METRICS
 
-    def run(self, ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]:
+    def prepare(self, pipe: ActivationPipeline, cfg: EvalConfig, seed: int) -> None:
+        """Sample the tasks and compute their activations once for every SAE at this hook."""
+        assert isinstance(cfg, ProbingConfig)
+        prepare_tasks(pipe, cfg, seed)
+
+    def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, ProbingConfig)
         from saebench.probes.sparse_probing import baselines, encoder, pool, score_task
-        from saebench.tasks import TaskUnavailable, load_specs, load_task, select
 
-        if any(k < 1 for k in cfg.top_k) or cfg.max_tokens < 2:
-            raise SaebenchError("probing: top_k values must be >= 1 and max_tokens >= 2; fix the --set values")
-        seed = int(ctx.run_config.get("seed", 0))
-        t0 = time.perf_counter()
-        specs = select(load_specs(cfg.task_specs), cfg.tasks)
-        loaded, skipped = {}, {}
-        for spec in specs:
-            n_tr = spec.n_train if cfg.max_train is None else min(spec.n_train, cfg.max_train)
-            n_te = spec.n_test if cfg.max_test is None else min(spec.n_test, cfg.max_test)
-            try:
-                loaded[spec.name] = load_task(spec, n_tr, n_te, seed, cfg.data_paths, cfg.use_hub)
-            except TaskUnavailable as exc:
-                skipped[spec.name] = str(exc)
-                ctx.notes.append(f"probing: skipped {spec.name}: {exc}")
-        for task in loaded.values():
-            ctx.notes.extend(task.notes)
-        t_data = time.perf_counter() - t0
-
-        pipe = ctx.pipeline
-        batches_before = pipe.task_forward_batches
-        t0 = time.perf_counter()
-        acts = pipe.task_activations({n: t.texts for n, t in loaded.items()}, cfg.max_tokens)
-        t_acts = time.perf_counter() - t0
-        forward_batches = pipe.task_forward_batches - batches_before
-
-        enc = encoder(ctx.sae, getattr(ctx.sae, "name", type(ctx.sae).__name__))
+        prep = prepare_tasks(ctx.pipeline, cfg, ctx.seed)
+        ctx.notes.extend(prep.notes)
+        enc = encoder(ctx.sae, ctx.sae_name)
         device = ctx.model.device
         rows, t_enc, t_1d, t_topk, t_base = [], 0.0, 0.0, 0.0, 0.0
-        for name, task in loaded.items():
-            ta = acts[name]
+        for name, task in prep.loaded.items():
+            ta = prep.acts[name]
             pooling = task.spec.pooling if cfg.pooling == "auto" else cfg.pooling
             y = torch.tensor(task.labels, dtype=torch.float64)
             t1 = time.perf_counter()
             z = pool(ta.acts, ta.lengths, pooling, enc, cfg.token_chunk, device)
             t_enc += time.perf_counter() - t1
-            r = score_task(z, y, task.n_train, cfg.l2, cfg.latent_chunk, cfg.top_k, cfg.newton_iters)
-            times = r.pop("_time")
+            r, times = score_task(z, y, task.n_train, cfg.l2, cfg.latent_chunk, cfg.top_k, cfg.newton_iters)
             t_1d += times["probe_1d_s"]
             t_topk += times["probe_topk_s"]
-            row = {"task": name, "family": task.spec.family, "source": task.spec.source, "origin": task.origin,
-                   "n_train": task.n_train, "n_test": task.n_test, "pooling": pooling, **r}
+            row = {
+                "task": name,
+                "family": task.spec.family,
+                "source": task.spec.source,
+                "origin": task.origin,
+                "n_train": task.n_train,
+                "n_test": task.n_test,
+                "pooling": pooling,
+                **r,
+            }
             if cfg.baselines:
                 t1 = time.perf_counter()
                 x = pool(ta.acts, ta.lengths, pooling)
-                key = (ta.key, pooling, cfg.l2, seed, task.n_train)
-                b = baselines(key, x[:task.n_train], y[:task.n_train], x[task.n_train:], y[task.n_train:],
-                              cfg.l2, cfg.latent_chunk, seed)
-                b.pop("cached")
-                row.update(b)
+                key = (ta.key, pooling, cfg.l2, ctx.seed, task.n_train)
+                row.update(
+                    baselines(
+                        key,
+                        x[: task.n_train],
+                        y[: task.n_train],
+                        x[task.n_train :],
+                        y[task.n_train :],
+                        cfg.l2,
+                        cfg.latent_chunk,
+                        ctx.seed,
+                    )
+                )
                 t_base += time.perf_counter() - t1
             if r["n_latents_scored"] == 0:
                 ctx.notes.append(f"probing: every latent is dead on {name}; it scores its prior loss")
@@ -137,31 +222,33 @@ class ProbingEvaluator:
             "baseline_resid_1d_loss": mean_defined([r.get("resid_1d_loss") for r in rows]),
             "baseline_resid_full_loss": mean_defined([r.get("resid_full_loss") for r in rows]),
             "baseline_resid_full_accuracy": mean_defined([r.get("resid_full_accuracy") for r in rows]),
-            "n_tasks_requested": len(specs),
+            "n_tasks_requested": prep.n_requested,
             "n_tasks_scored": len(rows),
-            "n_tasks_skipped": len(skipped),
+            "n_tasks_skipped": len(prep.skipped),
             "n_tasks_no_live_latents": sum(r["n_latents_scored"] == 0 for r in rows),
             "n_latents_scored_mean": mean_defined([r["n_latents_scored"] for r in rows]),
             "d_sae": int(ctx.sae.d_sae),
-            "skipped": skipped,
+        }
+        details: dict[str, Any] = {
+            "skipped": prep.skipped,
             "pooling": cfg.pooling,
             "pooling_by_task": {r["task"]: r["pooling"] for r in rows},
             "max_tokens": cfg.max_tokens,
-            "truncation": "left (keep each example's last max_tokens-1 tokens), BOS prepended and excluded from pooling",
+            "truncation": "left (keep each example's last max_tokens-1 tokens), BOS prepended and excluded from "
+            "pooling",
             "probe_l2": cfg.l2,
             "probe_loss_by_task": {r["task"]: r["probe_loss"] for r in rows},
             "tasks": rows,
-            "model_forward_batches": forward_batches,
-            "_timing": {
-                "task_data_s": round(t_data, 4),
-                "activations_s": round(t_acts, 4),
-                "sae_encode_s": round(t_enc, 4),
-                "probe_fit_s": round(t_1d + t_topk, 4),
-                "probe_1d_s": round(t_1d, 4),
-                "probe_topk_s": round(t_topk, 4),
-                "baselines_s": round(t_base, 4),
-            },
+            "model_forward_batches": prep.forward_batches,
+        }
+        timing = {
+            **prep.timing,
+            "sae_encode_s": t_enc,
+            "probe_fit_s": t_1d + t_topk,
+            "probe_1d_s": t_1d,
+            "probe_topk_s": t_topk,
+            "baselines_s": t_base,
         }
         if not rows:
             ctx.notes.append("probing: no task could be scored; see 'skipped' for the reasons")
-        return metrics
+        return EvalOutput(metrics, details, timing=timing)

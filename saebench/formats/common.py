@@ -1,0 +1,179 @@
+"""What every format loader shares: detection from files, reading configs and state dicts, and
+assembling a :class:`~saebench.sae.NativeSAE` from SAELens-named tensors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saebench.errors import SaebenchError
+from saebench.io import read_json_object, torch_load_weights_only
+from saebench.sae import ARCHITECTURES, NativeSAE, SAEConfig, check_finite
+
+LABELS = {
+    "native": "saebench native folder",
+    "sae_lens": "SAELens folder",
+    "sparsify": "EleutherAI sparsify checkpoint",
+    "openai": "OpenAI sparse_autoencoder state dict",
+    "dictionary_learning": "dictionary_learning ae.pt",
+}
+SPARSIFY_KEYS = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
+
+
+@dataclass
+class Converted:
+    """A converted SAE: the native module, the format and architecture found, and notes."""
+
+    sae: NativeSAE
+    format: str
+    architecture: str
+    notes: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    return read_json_object(path, "config")
+
+
+def safetensors_keys(path: Path) -> set[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return set(fh.keys())
+    except (SafetensorError, OSError, ValueError):
+        return set()
+
+
+_LAST_LOAD: dict[tuple[str, int, int], Any] = {}
+
+
+def load_state_dict(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused.
+
+    The last file read is remembered (by path, mtime and size), so detecting a format and then
+    loading it reads the file once.
+    """
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _LAST_LOAD:
+        obj = torch_load_weights_only(path, fix="then load it again")
+        _LAST_LOAD.clear()
+        _LAST_LOAD[key] = obj
+    return _LAST_LOAD[key]
+
+
+def state_dict_format(sd: Any) -> str | None:
+    """Which library wrote a state dict, from its key names."""
+    if not isinstance(sd, dict):
+        return None
+    keys = set(sd)
+    if {"pre_bias", "latent_bias", "encoder.weight"} <= keys:
+        return "openai"
+    if {"encoder.weight", "decoder.weight"} <= keys and ("bias" in keys or "b_dec" in keys or "decoder.bias" in keys):
+        return "dictionary_learning"
+    if {"decoder_bias", "gate_bias", "mag_bias", "r_mag"} <= keys:
+        return "dictionary_learning"
+    if {"W_enc", "W_dec", "b_dec"} <= keys:
+        return "native"  # also dictionary_learning's JumpReLU / Matryoshka layouts: decided by the config file
+    return None
+
+
+def detect_format(path: str | Path) -> str | None:
+    """The format of a folder or file, native first; None when nothing matches."""
+    p = Path(path)
+    if p.is_dir():
+        cfg = p / "cfg.json"
+        if cfg.is_file() and (p / "sae.safetensors").is_file():
+            keys = safetensors_keys(p / "sae.safetensors")
+            try:
+                raw = read_json_object(cfg)
+            except SaebenchError:
+                raw = {}
+            if "W_enc" in keys or raw.get("architecture") in ARCHITECTURES:
+                return "native"
+            if "encoder.weight" in keys or ({"k", "expansion_factor"} <= set(raw)):
+                return "sparsify"
+            return "native"
+        if cfg.is_file() and (p / "sae_weights.safetensors").is_file():
+            return "sae_lens"
+        if (p / "ae.pt").is_file():
+            return "dictionary_learning"
+        if not cfg.is_file() and any(c.is_dir() and detect_format(c) == "sparsify" for c in sorted(p.iterdir())[:64]):
+            return "sparsify"  # a sparsify run folder: one subfolder per hookpoint (load_sparsify names them)
+        return None
+    if p.is_file():
+        if p.name == "sae_weights.safetensors":
+            return "sae_lens"
+        if p.name == "sae.safetensors":
+            return detect_format(p.parent)
+        if p.suffix in (".pt", ".pth", ".bin"):
+            if (p.parent / "config.json").is_file() and not (p.parent / "cfg.json").is_file():
+                return "dictionary_learning"
+            try:
+                sd = load_state_dict(p)
+            except SaebenchError:
+                return None
+            fmt = state_dict_format(sd)
+            return "native" if fmt == "native" and (p.parent / "cfg.json").is_file() else fmt
+    return None
+
+
+def expect_format(path: Path, want: str) -> None:
+    """Raise naming the format ``path`` looks like when it is not ``want``."""
+    found = detect_format(path)
+    if found == want:
+        return
+    if found is None:
+        raise SaebenchError(f"{path} is not a {LABELS[want]} (nothing recognisable there); check the path")
+    hint = f"--sae {found}:{path}" if found != "native" else f"--sae {path}"
+    raise SaebenchError(f"{path} looks like a {LABELS[found]}, not a {LABELS[want]}; load it with {hint}")
+
+
+def assemble(arch: str, tensors: dict[str, torch.Tensor], where: str, **cfg: Any) -> NativeSAE:
+    """Build a NativeSAE from SAELens-named tensors, checking shapes and finiteness."""
+    d_sae, d_in = tensors["W_dec"].shape
+    sae = NativeSAE(SAEConfig(architecture=arch, d_in=int(d_in), d_sae=int(d_sae), **cfg))
+    tensors = {k: v.detach().to(torch.float32) for k, v in tensors.items()}
+    check_finite(tensors, where)
+    state = sae.state_dict()
+    for name, target in state.items():
+        if name not in tensors:
+            if name == "b_enc" and arch == "gated":
+                continue  # unused by the gated encoder
+            if name == "threshold" and arch == "batchtopk":
+                continue  # NaN: per-token TopK
+            raise SaebenchError(f"{where}: lacks tensor {name} needed by architecture {arch!r}; the file is incomplete")
+        t = tensors[name]
+        if name == "threshold" and arch == "batchtopk":
+            t = t.reshape(-1)[0].reshape(()) if t.numel() else t
+        elif tuple(t.shape) != tuple(target.shape):
+            raise SaebenchError(f"{where}: tensor {name} has shape {list(t.shape)}, expected {list(target.shape)}")
+        with torch.no_grad():
+            getattr(sae, name).copy_(t)
+    return sae.eval()
+
+
+def jump_threshold(theta: torch.Tensor, notes: list[str]) -> torch.Tensor:
+    """Libraries compute ReLU(pre) * 1[pre > θ]; ours is pre * 1[pre > θ]. Identical for θ ≥ 0,
+    and ReLU(pre)·1[pre > θ] = pre·1[pre > max(θ, 0)] for any θ, so negative thresholds clamp to 0."""
+    if bool((theta < 0).any()):
+        notes.append(
+            f"{int((theta < 0).sum())} negative JumpReLU threshold(s) clamped to 0 (same outputs: the source "
+            "applies ReLU too)"
+        )
+    return theta.clamp(min=0)
+
+
+_HF_LAYER = re.compile(r"^(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)$")
+
+
+def hf_hookpoint_to_hook(hookpoint: str) -> str | None:
+    """A Hugging Face decoder-layer output (``layers.6``, ``h.6``) is transformer-lens'
+    ``blocks.6.hook_resid_post``; other module paths have no automatic equivalent."""
+    m = _HF_LAYER.match(hookpoint)
+    return f"blocks.{m.group(1)}.hook_resid_post" if m else None

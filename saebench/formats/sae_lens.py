@@ -1,0 +1,142 @@
+"""SAELens folders (``cfg.json`` + ``sae_weights.safetensors``, 5.x and 6.x configs) and
+``sae_lens:RELEASE/ID`` pretrained SAEs (through the sae-lens package; needs the hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saebench.errors import SaebenchError
+from saebench.formats.common import Converted, assemble, expect_format, jump_threshold, read_config
+from saebench.sae import read_safetensors
+
+SAE_LENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "batchtopk"}
+
+
+def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Converted:
+    """Map a SAELens config dict (5.x or 6.x) and state dict onto the native module."""
+    cfg = dict(raw)
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    arch = cfg.get("architecture") or "standard"
+    act_fn = cfg.get("activation_fn") or cfg.get("activation_fn_str")
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if arch == "standard" and act_fn == "topk":  # SAELens 5 spelled TopK as a standard SAE with a topk activation
+        arch = "topk"
+    notes: list[str] = []
+    if arch not in SAE_LENS_ARCH:
+        raise SaebenchError(
+            f"{where}: SAELens architecture {arch!r} is not supported (supported: {', '.join(SAE_LENS_ARCH)}); "
+            "wrap the sae-lens object in a factory and pass --sae python:FILE.py:FACTORY"
+        )
+    if cfg.get("reshape_activations", "none") not in ("none", None) or cfg.get("hook_head_index") is not None:
+        raise SaebenchError(
+            f"{where}: per-head (hook_z) SAELens SAEs are not supported; use a residual/MLP SAE or a "
+            "python:FILE.py:FACTORY wrapper"
+        )
+    norm = cfg.get("normalize_activations") or "none"
+    if norm is True:
+        norm = "expected_average_only_in"
+    if norm in ("expected_average_only_in", "covariance_whitening"):
+        notes.append(
+            f"SAELens normalize_activations={norm!r} is identity at inference (SAELens folds it into the weights "
+            "when saving)"
+        )
+        norm = "none"
+    elif norm not in ("none", False, "layer_norm"):
+        raise SaebenchError(
+            f"{where}: SAELens normalize_activations={norm!r} is not supported (none, layer_norm, "
+            "expected_average_only_in are)"
+        )
+    norm = "layer_norm" if norm == "layer_norm" else "none"
+    t = {k: v for k, v in tensors.items()}
+    for needed in ("W_enc", "W_dec", "b_dec"):
+        if needed not in t:
+            raise SaebenchError(f"{where}: lacks tensor {needed}; not a complete SAELens SAE")
+    if "scaling_factor" in t or "finetuning_scaling_factor" in t:
+        s = t.pop("scaling_factor", t.pop("finetuning_scaling_factor", None))
+        if s is not None and not torch.allclose(s, torch.ones_like(s)):
+            t["W_dec"] = t["W_dec"] * s.to(t["W_dec"].dtype)[:, None]
+            notes.append("SAELens finetuning scaling_factor folded into W_dec")
+    k = cfg.get("k") if cfg.get("k") is not None else kwargs.get("k")
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        n = t["W_dec"].norm(dim=-1).clamp(min=1e-8)
+        t["W_enc"], t["b_enc"], t["W_dec"] = t["W_enc"] * n, t["b_enc"] * n, t["W_dec"] / n[:, None]
+        notes.append("rescale_acts_by_decoder_norm folded into W_enc, b_enc, W_dec")
+    if arch == "batchtopk" and "topk_threshold" in t:
+        t["threshold"] = t.pop("topk_threshold")
+    ours = SAE_LENS_ARCH[arch]
+    training_arch = meta.get("training_architecture") or cfg.get("training_architecture")
+    if arch == "jumprelu":
+        if "threshold" in t:
+            t["threshold"] = jump_threshold(t["threshold"], notes)
+        th = t.get("threshold")
+        if (
+            training_arch in ("batchtopk", "matryoshka_batchtopk")
+            and th is not None
+            and th.numel()
+            and bool((th == th.reshape(-1)[0]).all())
+        ):
+            ours = "batchtopk"
+            t["threshold"] = th.reshape(-1)[0].reshape(())
+            notes.append("SAELens saved this BatchTopK SAE as JumpReLU with one uniform threshold; loaded as batchtopk")
+    if ours in ("topk",) and not k:
+        raise SaebenchError(f"{where}: a TopK SAELens config needs 'k'; add it to cfg.json")
+    if arch == "gated":
+        t.pop("b_enc", None)
+    sae = assemble(
+        ours,
+        t,
+        where,
+        k=int(k) if k else None,
+        hook_name=meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point"),
+        model_name=meta.get("model_name") or cfg.get("model_name"),
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+        normalize_activations=norm,
+        source_format="sae_lens",
+        source_architecture=arch,
+    )
+    return Converted(sae, "sae_lens", ours, [f"SAELens architecture {arch!r} → {ours}", *notes])
+
+
+def load_sae_lens_dir(path: str | Path) -> Converted:
+    """A SAELens folder (``cfg.json`` + ``sae_weights.safetensors``); sae-lens itself is not needed."""
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    expect_format(p, "sae_lens")
+    raw = read_config(p / "cfg.json")
+    tensors = read_safetensors(p / "sae_weights.safetensors")
+    return from_sae_lens_parts(raw, tensors, str(p))
+
+
+def load_sae_lens_pretrained(release_id: str) -> Converted:
+    """``RELEASE/ID`` through the sae-lens package (downloads from the hub; needs network)."""
+    if Path(release_id).is_dir():
+        return load_sae_lens_dir(release_id)
+    release, sep, sae_id = release_id.partition("/")
+    if not sep or not release or not sae_id:
+        raise SaebenchError(
+            f"sae_lens:{release_id!r} must look like sae_lens:RELEASE/ID (e.g. "
+            "sae_lens:gpt2-small-res-jb/blocks.8.hook_resid_pre) or sae_lens:FOLDER"
+        )
+    try:
+        from sae_lens import SAE
+    except ImportError as exc:
+        raise SaebenchError("sae_lens:RELEASE/ID needs the sae-lens package: pip install sae-lens") from exc
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device="cpu")
+    except Exception as exc:
+        raise SaebenchError(
+            f"sae-lens could not load release {release!r} id {sae_id!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); "
+            "check the names in sae-lens' pretrained_saes.yaml and your hub access"
+        ) from exc
+    if isinstance(sae, tuple):  # sae-lens < 6 returned (sae, cfg, sparsity)
+        sae = sae[0]
+    raw = sae.cfg.to_dict()
+    tensors = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
+    conv = from_sae_lens_parts(raw, tensors, f"sae_lens:{release_id}")
+    conv.name = f"{release}__{sae_id}"
+    return conv

@@ -1,0 +1,76 @@
+"""EleutherAI sparsify: one hookpoint folder (``cfg.json`` + ``sae.safetensors`` with
+``encoder.weight``); TopK only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saebench.errors import SaebenchError
+from saebench.formats.common import SPARSIFY_KEYS, Converted, assemble, expect_format, hf_hookpoint_to_hook, read_config
+from saebench.io import read_json_object
+from saebench.sae import read_safetensors
+
+
+def load_sparsify(path: str | Path) -> Converted:
+    """One sparsify hookpoint folder (``cfg.json`` + ``sae.safetensors``)."""
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    if p.is_dir() and not (p / "cfg.json").is_file():
+        hooks = sorted(c.name for c in p.iterdir() if (c / "cfg.json").is_file() and (c / "sae.safetensors").is_file())
+        if hooks:
+            raise SaebenchError(
+                f"{p} holds one sparsify SAE per hookpoint ({', '.join(hooks[:6])}); pass one folder, e.g. "
+                f"sparsify:{p / hooks[0]}"
+            )
+    expect_format(p, "sparsify")
+    raw = read_config(p / "cfg.json")
+    t = read_safetensors(p / "sae.safetensors")
+    where = str(p)
+    if raw.get("transcode"):
+        raise SaebenchError(
+            f"{where} is a sparsify transcoder (predicts a module's output), not an SAE; saebench evaluates SAEs"
+        )
+    if raw.get("skip_connection") or "W_skip" in t:
+        raise SaebenchError(
+            f"{where}: sparsify skip connections (W_skip) are not supported; wrap it with --sae python:FILE.py:FACTORY"
+        )
+    act = raw.get("activation", "topk")
+    if act != "topk" or raw.get("signed"):
+        raise SaebenchError(
+            f"{where}: sparsify activation {act!r}{' (signed)' if raw.get('signed') else ''} is not supported, only "
+            "topk"
+        )
+    missing = sorted(SPARSIFY_KEYS - set(t))
+    if missing:
+        raise SaebenchError(
+            f"{where}: sae.safetensors lacks {', '.join(missing)}; not a complete sparsify SAE (saved without decoder?)"
+        )
+    k = raw.get("k")
+    if not k:
+        raise SaebenchError(f"{where}: sparsify cfg.json has no 'k'; add the number of active latents")
+    notes = ["EleutherAI sparsify TopK (ReLU, then top-k)"]
+    hook = hf_hookpoint_to_hook(p.name)
+    if hook:
+        notes.append(f"hookpoint {p.name!r} (a Hugging Face module output) mapped to {hook}")
+    else:
+        notes.append(f"hookpoint {p.name!r} has no automatic transformer-lens name: pass --hook")
+    model_name = None
+    parent_cfg = p.parent / "config.json"
+    if parent_cfg.is_file():
+        try:
+            model_name = read_json_object(parent_cfg).get("model")
+        except SaebenchError:
+            model_name = None
+    tensors = {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    sae = assemble(
+        "topk",
+        tensors,
+        where,
+        k=int(k),
+        hook_name=hook,
+        model_name=model_name,
+        source_format="sparsify",
+        source_hookpoint=p.name,
+    )
+    return Converted(sae, "sparsify", "topk", notes, name=f"{p.parent.name}-{p.name}" if p.parent.name else p.name)

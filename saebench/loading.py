@@ -1,0 +1,161 @@
+"""Resolve a ``--sae`` spec into a :class:`LoadedSAE`: the SAE plus what we know of its origin.
+
+Specs: ``reference`` (the TopK SAE shipped with saebench), a native folder, a ``.pt`` state dict
+with ``cfg.json`` beside it, ``python:FILE.py:FACTORY`` / ``MODULE:FACTORY`` (a user's own
+class, see :mod:`saebench.plugins`), and other ecosystems' files, detected from the files
+(native first) or named with a prefix (``sae_lens:``, ``sparsify:``, ``openai:``,
+``dictionary_learning:``; see :mod:`saebench.formats`). An object following the SAE protocol
+is wrapped with :func:`wrap_sae`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saebench import formats, plugins
+from saebench.errors import SaebenchError
+from saebench.io import torch_load_weights_only
+from saebench.sae import check_finite, fingerprint_module, load_native
+
+REFERENCE_DIR = Path(__file__).parent / "reference"
+
+
+@dataclass
+class LoadedSAE:
+    """An SAE plus what we know about where it came from."""
+
+    sae: Any
+    name: str
+    source: str
+    architecture: str
+    hook_name: str | None
+    model_name: str | None
+    fingerprint: str
+    notes: list[str] = field(default_factory=list)
+
+
+def load_sae(spec: str, device: str = "cpu", trust_pickle: bool = False, name: str | None = None) -> LoadedSAE:
+    """Resolve a ``--sae`` spec (see the module docstring)."""
+    if spec == "reference":
+        spec = str(reference_sae_path())
+    path = Path(spec)
+    if plugins.is_python_spec(spec):
+        obj, label = plugins.load_object(spec)
+        return wrap_sae(obj, spec, name or label, device)
+    prefixed = formats.split_prefix(spec) if not path.exists() else None
+    if prefixed and prefixed[0] == "native":
+        spec, path, prefixed = prefixed[1], Path(prefixed[1]), None
+    fmt = prefixed[0] if prefixed else formats.detect_format(path)
+    if fmt not in (None, "native"):
+        conv = formats.load_format(fmt, prefixed[1] if prefixed else spec)
+        sae = conv.sae.to(device)
+        return LoadedSAE(
+            sae,
+            name or conv.name or path.resolve().name,
+            spec,
+            conv.architecture,
+            sae.hook_name,
+            sae.model_name,
+            fingerprint_module(sae),
+            [f"read from a {formats.LABELS[fmt]}: found architecture {conv.architecture}", *conv.notes],
+        )
+    if path.is_dir():
+        sae = load_native(path, device)
+        return LoadedSAE(
+            sae,
+            name or path.resolve().name,
+            str(path),
+            sae.architecture,
+            sae.hook_name,
+            sae.model_name,
+            fingerprint_module(sae),
+        )
+    if path.is_file() and path.suffix in (".pt", ".pth", ".bin"):
+        return _from_torch_file(path, device, trust_pickle, name)
+    if path.is_file() and path.suffix == ".safetensors":
+        return load_sae(str(path.parent), device, trust_pickle, name)
+    if ":" in spec and not path.exists():
+        obj, label = plugins.load_object(spec)
+        return wrap_sae(obj, spec, name or label, device)
+    raise SaebenchError(
+        f"--sae {spec!r} is neither a folder, a .pt/.safetensors file, 'reference', "
+        "python:FILE.py:FACTORY nor MODULE:FACTORY; check the path"
+    )
+
+
+def reference_sae_path() -> Path:
+    """The reference TopK SAE shipped with the package (see README: how it was trained)."""
+    found = sorted(p for p in REFERENCE_DIR.glob("*") if (p / "cfg.json").is_file())
+    if not found:
+        raise SaebenchError(f"no reference SAE in {REFERENCE_DIR}; regenerate it with `saebench train-reference`")
+    return found[0]
+
+
+def wrap_sae(obj: Any, spec: str, name: str, device: str) -> LoadedSAE:
+    """Check that ``obj`` follows the SAE protocol and wrap it (weights fingerprinted when a module)."""
+    missing = [m for m in ("encode", "decode") if not callable(getattr(obj, m, None))]
+    missing += [m for m in ("d_in", "d_sae") if not isinstance(getattr(obj, m, None), int)]
+    if missing:
+        raise SaebenchError(
+            f"{spec} returned a {type(obj).__name__} without {', '.join(missing)}; an SAE needs "
+            "encode(x), decode(z) and integer d_in, d_sae"
+        )
+    notes = []
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.to(device).eval()
+        check_finite(dict(obj.state_dict()), spec)
+        fp = fingerprint_module(obj, extra=f"{type(obj).__qualname__}|{obj.d_in}|{obj.d_sae}")
+    else:
+        fp = hashlib.sha256(f"{spec}|{type(obj).__qualname__}".encode()).hexdigest()[:16]
+        notes.append("not a torch.nn.Module: fingerprint is the spec and class, not the weights")
+    arch = getattr(obj, "architecture", None) or type(obj).__name__
+    return LoadedSAE(
+        obj, name, spec, str(arch), getattr(obj, "hook_name", None), getattr(obj, "model_name", None), fp, notes
+    )
+
+
+def as_loaded(sae: Any, device: str = "cpu", trust_pickle: bool = False, name: str | None = None) -> LoadedSAE:
+    """A spec string/path, a :class:`LoadedSAE` or an SAE object, as a :class:`LoadedSAE`."""
+    if isinstance(sae, LoadedSAE):
+        return sae
+    if isinstance(sae, (str, Path)):
+        return load_sae(str(sae), device=device, trust_pickle=trust_pickle, name=name)
+    label = name or getattr(sae, "name", None) or type(sae).__name__
+    return wrap_sae(sae, f"object:{type(sae).__name__}", str(label), device)
+
+
+def _from_torch_file(path: Path, device: str, trust_pickle: bool, name: str | None) -> LoadedSAE:
+    """A ``.pt`` holding a state dict with native tensor names (+ cfg.json beside it), or a whole
+    module when ``trust_pickle`` (the only way a pickle that runs code is ever read)."""
+    obj = torch_load_weights_only(path, trust_pickle=trust_pickle)
+    if isinstance(obj, torch.nn.Module):
+        return wrap_sae(obj, str(path), name or path.stem, device)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SaebenchError(f"{path} does not hold a state dict of tensors; save sae.state_dict() instead")
+    cfg_path = path.parent / "cfg.json"
+    if not cfg_path.is_file():
+        raise SaebenchError(f"{path}: a state-dict SAE needs a cfg.json beside it naming architecture, d_in, d_sae")
+    with tempfile.TemporaryDirectory() as tmp:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in obj.items()}, os.path.join(tmp, "sae.safetensors"))
+        Path(tmp, "cfg.json").write_text(cfg_path.read_text())
+        sae = load_native(tmp, device)
+    return LoadedSAE(
+        sae,
+        name or path.parent.resolve().name,
+        str(path),
+        sae.architecture,
+        sae.hook_name,
+        sae.model_name,
+        fingerprint_module(sae),
+    )

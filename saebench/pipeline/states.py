@@ -1,0 +1,238 @@
+"""The pipeline's hub: one (model, hook, token set), its prefix states, cache entries and counters.
+
+:class:`ActivationPipeline` owns what every stage shares: the prefix pass up to the hook's block
+(``states``, cached on disk per model, hook site, token set and dtype), reading the hook
+activation from a state (``acts_batch``), the SAE-independent mean activation, the streamed SAE
+encode over contexts (``encode_seqs``), one memo for shared inputs computed in this process
+(:meth:`shared`) and one on-disk cache for tensors (:meth:`cached_tensors`). The stages that
+build on it live beside it: :mod:`.splice` (clean, spliced and ablated passes), :mod:`.examples`
+(examples per latent), :mod:`.tasks` (probing-task activations).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from saebench.data import TokenSet
+from saebench.errors import SaebenchError
+from saebench.io import atomic_save_tensors, cache_dir, slug
+from saebench.models import SubjectModel
+
+CACHE_VERSION = "2"  # bump when a cached quantity is computed differently
+T = TypeVar("T")
+
+
+@dataclass
+class PassCounters:
+    """Model calls the pipeline made, by purpose (0 where a cache answered). Tests and benchmarks
+    read these to prove shared work ran once."""
+
+    prefix_batches: int = 0  # prefix passes over the token set (states)
+    ablation_batches: int = 0  # batches of SAE-independent ablation baselines
+    clean_suffix_batches: int = 0  # clean suffixes in the splice loop (shared by all SAEs)
+    spliced_suffix_batches: int = 0  # spliced suffixes (one per SAE per batch)
+    task_forward_batches: int = 0  # model passes over probing-task examples
+    example_forward_batches: int = 0  # calls of examples.latent_acts_at (n2g pruning/saliency)
+    example_forward_rows: int = 0  # rows those calls evaluated (= naive count: one call per row)
+    suffix_row_batches: int = 0  # row-batched suffix calls (ablation effects)
+    suffix_rows: int = 0  # rows those calls evaluated
+
+
+def padded_batches(
+    rows: list[list[int]], pad_id: int, budget: int
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Token rows of different lengths as right-padded batches of at most ``budget`` tokens.
+
+    Rows are taken longest first; yields ``(row indices, [b, width] tokens, [b] lengths)``.
+    Right padding is exact for causal models (real tokens never attend to later pads).
+    """
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
+    i = 0
+    while i < len(order):
+        width = len(rows[order[i]])
+        if width < 1:
+            raise SaebenchError("got an empty token row; every row needs at least one token")
+        take = order[i : i + max(1, budget // width)]
+        i += len(take)
+        batch = torch.full((len(take), width), pad_id, dtype=torch.long)
+        for j, r in enumerate(take):
+            batch[j, : len(rows[r])] = torch.as_tensor(rows[r])
+        yield take, batch, torch.tensor([len(rows[r]) for r in take])
+
+
+def _try_load(path: Path) -> dict[str, torch.Tensor] | None:
+    """A cache entry, or None when absent or unreadable (a corrupt entry is recomputed)."""
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception:
+        return None
+
+
+class ActivationPipeline:
+    """Model passes for one (model, hook, token set), shared by every evaluator and SAE.
+
+    Position 0 (the BOS) is kept clean in every spliced/ablated run and left out of every average.
+    """
+
+    def __init__(
+        self,
+        model: SubjectModel,
+        tokens: TokenSet,
+        hook: str,
+        batch_size: int,
+        use_cache: bool = True,
+        progress: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise SaebenchError(f"--batch-size {batch_size} must be at least 1")
+        if tokens.tokens.shape[0] < batch_size:
+            raise SaebenchError(
+                f"--tokens gives {tokens.tokens.shape[0]} context(s), fewer than one batch of "
+                f"{batch_size}; raise --tokens to at least {batch_size * tokens.ctx_len} or lower --batch-size"
+            )
+        self.model, self.tokens, self.hook = model, tokens, hook
+        self.site = model.hook_site(hook)
+        self.batch_size, self.use_cache, self.progress = batch_size, use_cache, progress
+        self.timing: dict[str, float] = {}
+        self.counters = PassCounters()
+        self._memo: dict[str, Any] = {}
+
+    # -- memo and disk cache -------------------------------------------------------------------
+    def shared(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()`` once per pipeline: every later call (any SAE, any evaluator) reuses it."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def cache_key(self, what: str, *parts: str) -> str:
+        """Content key of a cache entry: version, kind, model, hook site, dtype and ``parts``."""
+        raw = "|".join(
+            [CACHE_VERSION, what, self.model.name, self.hook, str(self.site.start), str(self.model.dtype), *parts]
+        )
+        return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+    def cache_path(self, what: str, key: str, label: str = "") -> Path:
+        name = f"{what}-{slug(label) + '-' if label else ''}{slug(self.hook)}-{key}.safetensors"
+        return cache_dir() / "activations" / slug(self.model.name) / name
+
+    def cached_tensors(
+        self,
+        what: str,
+        key: str,
+        compute: Callable[[], dict[str, torch.Tensor]],
+        valid: Callable[[dict[str, torch.Tensor]], bool] = lambda t: True,
+        label: str = "",
+    ) -> tuple[dict[str, torch.Tensor], bool]:
+        """Tensors from the disk cache entry (``what``, ``key``) or from ``compute()`` (then saved).
+
+        Returns ``(tensors, from_cache)``. An unreadable entry, or one ``valid`` rejects, is
+        recomputed. With ``use_cache`` off the cache is neither read nor written.
+        """
+        path = self.cache_path(what, key, label)
+        if self.use_cache:
+            found = _try_load(path)
+            if found is not None and valid(found):
+                return found, True
+        tensors = compute()
+        if self.use_cache:
+            atomic_save_tensors(path, tensors)
+        return tensors, False
+
+    def _time(self, stage: str, t0: float) -> None:
+        self.timing[stage] = self.timing.get(stage, 0.0) + time.perf_counter() - t0
+
+    def batch_starts(self, desc: str) -> Any:
+        """Batch start indices over the token set's contexts, with a progress bar."""
+        n = self.tokens.tokens.shape[0]
+        return tqdm(range(0, n, self.batch_size), desc=desc, disable=not self.progress, leave=False, unit="batch")
+
+    # -- prefix states -------------------------------------------------------------------------
+    def states(self) -> torch.Tensor:
+        """Residual stream entering the hook's block, ``[n_seq, T, d_model]`` on CPU (cached)."""
+        return self.shared("states", self._load_states)
+
+    def _load_states(self) -> torch.Tensor:
+        t0 = time.perf_counter()
+        key = self.cache_key("states", self.tokens.fingerprint())
+
+        def compute() -> dict[str, torch.Tensor]:
+            out = []
+            for s in self.batch_starts(f"prefix to {self.hook}"):
+                out.append(self.model.prefix(self.tokens.tokens[s : s + self.batch_size], self.site).cpu())
+                self.counters.prefix_batches += 1
+            return {"states": torch.cat(out)}
+
+        found, cached = self.cached_tensors(
+            "states", key, compute, valid=lambda t: t["states"].shape[:2] == self.tokens.tokens.shape
+        )
+        self._time("prefix_cached_s" if cached else "prefix_s", t0)
+        return found["states"]
+
+    def acts_batch(self, state: torch.Tensor) -> torch.Tensor:
+        """Hook activations for a batch of prefix states (on the model's device)."""
+        return self.model.hook_acts(state.to(self.model.device), self.site)
+
+    def hook_width(self) -> int:
+        """Width of the hook activation (what an SAE's d_in must equal)."""
+        if self.site.is_resid:
+            return self.model.d_model
+        return self.shared("hook_width", lambda: int(self.acts_batch(self.states()[:1]).shape[-1]))
+
+    def check_sae(self, sae: Any, label: str) -> None:
+        """Refuse an SAE whose d_in differs from the hook's width, before any work is spent."""
+        width = self.hook_width()
+        if int(sae.d_in) != width:
+            raise SaebenchError(
+                f"SAE {label} has d_in={sae.d_in} but hook {self.hook} of {self.model.name} has width "
+                f"{width}; pass the hook (--hook) and model (--model) the SAE was trained on"
+            )
+
+    def mean_act(self) -> torch.Tensor:
+        """Mean hook activation over positions 1..T-1 of the token set (float64)."""
+        return self.shared("mean_act", self._mean_act)
+
+    def _mean_act(self) -> torch.Tensor:
+        states = self.states()
+        total = torch.zeros(self.hook_width(), dtype=torch.float64)
+        for s in range(0, states.shape[0], self.batch_size):
+            total += self.acts_batch(states[s : s + self.batch_size])[:, 1:].double().sum((0, 1)).cpu()
+        return total / (states.shape[0] * (states.shape[1] - 1))
+
+    # -- SAE encodes over contexts -------------------------------------------------------------
+    def seq_index(self, seqs: Any) -> torch.Tensor:
+        """Context indices as a 1-D long tensor (all contexts when ``seqs`` is None), validated."""
+        n = self.tokens.tokens.shape[0]
+        if seqs is None:
+            return torch.arange(n)
+        idx = torch.as_tensor(seqs, dtype=torch.long).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise SaebenchError(f"context indices must lie in 0..{n - 1}; got {int(idx.min())}..{int(idx.max())}")
+        return idx
+
+    def encode_seqs(self, sae: Any, seqs: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(seq ids [b], z [b, T-1, d_sae])``: latents at positions 1..T-1 (BOS never encoded),
+        ``batch_size`` contexts at a time; never more than ``batch_size x T x d_sae`` floats."""
+        states = self.states()
+        idx_all = self.seq_index(seqs)
+        for s in range(0, idx_all.numel(), self.batch_size):
+            idx = idx_all[s : s + self.batch_size]
+            acts = self.acts_batch(states[idx])
+            with torch.no_grad():
+                z = sae.encode(acts[:, 1:])
+            if z.shape[-1] != int(sae.d_sae):
+                raise SaebenchError(
+                    f"SAE encode gave {z.shape[-1]} latents but d_sae is {sae.d_sae}; fix the SAE's d_sae"
+                )
+            yield idx, z
