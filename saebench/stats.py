@@ -196,7 +196,7 @@ def estimate(est: Estimator, samples: dict[str, Samples]) -> float | None:
     return float(np.mean([a.mean() for a in lists])) if lists else None
 
 
-def _weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """``[n_boot, n]`` multinomial resample counts (each row sums to n)."""
     idx = rng.integers(0, n, size=(n_boot, n))
     flat = idx + (np.arange(n_boot) * n)[:, None]
@@ -242,12 +242,14 @@ def interval(est: Estimator, samples: dict[str, Samples], n_boot: int = N_BOOT, 
         value = _ratio_value(est, num, den)
         if num.size < 2:
             return Interval(value, None, None, None, int(num.size), est.unit, n_boot=n_boot)
-        return _summary(value, _ratio_draws(est, num, den, _weights(num.size, n_boot, rng)), num.size, est.unit, n_boot)
+        return _summary(
+            value, _ratio_draws(est, num, den, resample_weights(num.size, n_boot, rng)), num.size, est.unit, n_boot
+        )
     lists, _ = _lists(est, s)
     value = float(np.mean([a.mean() for a in lists])) if lists else None
     if len(lists) < 2:
         return Interval(value, None, None, None, len(lists), est.unit, n_boot=n_boot)
-    w = _weights(len(lists), n_boot, rng)
+    w = resample_weights(len(lists), n_boot, rng)
     return _summary(value, _mom_draws(lists, w, rng), len(lists), est.unit, n_boot)
 
 
@@ -296,11 +298,11 @@ def difference(
         nb, db, ib = _ratio_arrays(est_b, sb)
         paired = est_a == est_b and ia == ib and len(ia) >= 2
         if paired:
-            w = _weights(len(ia), n_boot, rng)
+            w = resample_weights(len(ia), n_boot, rng)
             draws = _ratio_draws(est_a, na, da, w) - _ratio_draws(est_b, nb, db, w)
         elif len(ia) >= 2 and len(ib) >= 2:
-            draws = _ratio_draws(est_a, na, da, _weights(len(ia), n_boot, rng)) - _ratio_draws(
-                est_b, nb, db, _weights(len(ib), n_boot, rng)
+            draws = _ratio_draws(est_a, na, da, resample_weights(len(ia), n_boot, rng)) - _ratio_draws(
+                est_b, nb, db, resample_weights(len(ib), n_boot, rng)
             )
         else:
             return Difference(value, None, None, None, False, len(ia), len(ib))
@@ -310,12 +312,12 @@ def difference(
         lb, ib = _lists(est_b, sb)
         paired = ia == ib and len(ia) >= 2 and all(x.size == y.size for x, y in zip(la, lb, strict=True))
         if paired:
-            w = _weights(len(ia), n_boot, rng)
+            w = resample_weights(len(ia), n_boot, rng)
             inner = [rng.integers(0, a.size, size=(n_boot, a.size)) for a in la]
             draws = _mom_draws(la, w, rng, inner) - _mom_draws(lb, w, rng, inner)
         elif len(ia) >= 2 and len(ib) >= 2:
-            draws = _mom_draws(la, _weights(len(ia), n_boot, rng), rng) - _mom_draws(
-                lb, _weights(len(ib), n_boot, rng), rng
+            draws = _mom_draws(la, resample_weights(len(ia), n_boot, rng), rng) - _mom_draws(
+                lb, resample_weights(len(ib), n_boot, rng), rng
             )
         else:
             return Difference(value, None, None, None, False, len(ia), len(ib))

@@ -57,6 +57,7 @@ class Metric:
     title: str = ""
     min_effect: float = 0.0
     estimator: Any = None
+    min_rel_effect: float = 0.0
 
     @property
     def column(self) -> str:
@@ -73,6 +74,7 @@ class Metric:
             "unit": self.unit,
             "title": self.title,
             "min_effect": self.min_effect,
+            "min_rel_effect": self.min_rel_effect,
             "estimator": estimator_to_dict(self.estimator),
         }
 
@@ -89,6 +91,7 @@ class Metric:
             str(data.get("title", "")),
             float(data.get("min_effect") or 0.0),
             estimator_from_dict(data.get("estimator")),
+            float(data.get("min_rel_effect") or 0.0),
         )
 
 

@@ -1,23 +1,43 @@
 """Core metrics: sparsity, reconstruction and spliced language-model loss.
 
-Reduces the float64 sums of :class:`saebench.pipeline.SpliceStats` into the metrics of
-DESIGN.md ("Metrics: Core"). Tokens are the non-BOS positions of the token set; losses are the
-predictions made at positions 1..T-2.
+Every number is a pooled statistic over the *kept* positions of the token set (positions not
+holding the BOS id: see :mod:`saebench.pipeline.splice`), accumulated per context in float64, so
+nothing depends on the batch size and every metric gets a bootstrap interval over contexts.
 
-- ``l0``   mean number of non-zero latents per token; ``l1`` mean sum |z|.
-- ``dead_frac``  fraction of latents that never fire on the sample; ``dense_frac`` fraction
-  firing on more than ``dense_threshold`` (10%) of tokens; ``density_histogram`` of
-  log10(firing frequency) over live latents.
-- ``mse`` = Σ_t Σ_d (x - x̂)² / (N·d)  (per element; independent of batch size).
-- ``fvu`` = Σ_t ‖x_t - x̂_t‖² / Σ_d Σ_t (x_td - mean_d)²  pooled over ALL tokens;
-  ``explained_variance = 1 - fvu``.
-- ``cossim`` mean over tokens of cos(x, x̂); ``l2_ratio`` = E‖x̂‖ / E‖x‖;
-  ``relative_reconstruction_bias`` = E‖x̂‖² / E⟨x, x̂⟩ (Rajamanoharan et al. 2024, Gated SAEs).
-- ``ce_clean``, ``ce_spliced``, ``delta_ce = ce_spliced - ce_clean``;
-  ``kl`` = mean over tokens of KL(p_clean ‖ p_spliced) in nats;
-  ``ce_loss_score_{zero,mean}`` = (ce_ablated - ce_spliced) / (ce_ablated - ce_clean) with the
-  hook zero- or mean-ablated (positions ≥ 1). ``ce_loss_score`` is the zero-ablation one
-  (SAEBench's convention).
+Published names carry the publisher's number (equal on the same tokens and SAE; tested against
+SAEBench 0.6.0's own core eval, ``exclude_special_tokens_from_reconstruction=True``,
+``ignore_tokens={BOS}``, and SAELens 6.54):
+
+- ``l0`` mean number of non-zero latents per token; ``l1`` mean Σ_i z_i (signed, as SAEBench;
+  equal to Σ|z| for non-negative latents);
+- ``ce_loss_without_sae`` / ``ce_loss_with_sae`` / ``ce_loss_with_ablation``: next-token CE of
+  the clean model / with x̂ spliced in / with the hook zero-ablated at every position (BOS
+  included); ``ce_loss_score = (ce_abl - ce_sae) / (ce_abl - ce_clean)`` (SAEBench, SAELens);
+- ``kl_div_with_sae`` = mean KL(p_clean ‖ p_sae) (nats), ``kl_div_with_ablation`` the same for
+  the zero ablation, ``kl_div_score = (kl_abl - kl_sae) / kl_abl`` (SAEBench); ``kl`` is
+  ``kl_div_with_sae`` under our short name;
+- ``explained_variance = 1 - fvu`` with the pooled ``fvu`` below (SAELens 6.54's number).
+  SAEBench 0.6.0's ``explained_variance`` subtracts (E‖x‖²/d)² instead of ‖E x‖² (SAELens #659,
+  fixed there, not in SAEBench 0.6.0): a different, uncentred quantity we do not report;
+- ``cossim`` mean cos(x, x̂); ``l2_norm_in`` E‖x‖, ``l2_norm_out`` E‖x̂‖, ``l2_ratio`` E[‖x̂‖/‖x‖]
+  (per-token ratio, an input norm below 1e-4 read as 1, as SAEBench);
+- ``relative_reconstruction_bias`` = E‖x̂‖² / E⟨x, x̂⟩ (Rajamanoharan et al. 2024, eq. 10), pooled.
+  SAEBench 0.6.0 averages per-batch ratios, which moves with the batch size (2e-4 relative at
+  batch 4): not comparable to the 4th digit, named here as a known difference;
+- ``frac_alive`` fraction of latents with z ≠ 0 somewhere in the sample (SAEBench counts z > 0:
+  the same for non-negative latents, i.e. every architecture here); ``freq_over_1_percent``
+  / ``freq_over_10_percent`` fractions of latents firing on more than 1% / 10% of tokens and
+  ``normalized_freq_over_*`` the share of all firing they account for (SAEBench's misc metrics).
+
+Our own (names SAEBench and SAELens do not use):
+
+- ``mse`` = Σ_t Σ_d (x - x̂)² / (N·d), per element. (SAELens reports the per-token sum, d × ours;
+  SAEBench 0.6.0 divides the per-token sum by the batch's token count, so it moves with the batch
+  size.) ``fvu`` = Σ_t ‖x_t - x̂_t‖² / Σ_t ‖x_t - μ‖² pooled over all kept tokens (μ their mean);
+- ``delta_ce`` = ce_loss_with_sae - ce_loss_without_sae;
+- ``ce_loss_score_bos_clean`` / ``ce_loss_score_mean``: the CE score against zero- / mean-ablation
+  of the kept positions only (special positions clean), with their ablated CEs;
+- ``dead_frac`` = 1 - frac_alive, ``dense_frac`` = freq_over_10_percent (the names DESIGN.md uses).
 
 Gao et al.'s compute-equivalent form of ΔLM-loss needs the subject model's scaling law; none is
 known for SmolLM2, so it is not reported.
@@ -28,10 +48,30 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, ratio
+from saebench import stats
+from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
 from saebench.pipeline.splice import SpliceStats
+from saebench.stats import Ratio, Samples
+
+U = "sequence"
+
+
+def _r(num: dict[str, float], den: dict[str, float] | None, scale: float = 1.0, offset: float = 0.0) -> Ratio:
+    return Ratio(U, num, den, scale, offset)
+
+
+def _mean(col: str, n: str) -> Ratio:
+    return _r({col: 1.0}, {n: 1.0})
+
+
+FVU = _r({"sq_err": 1.0}, {"var": 1.0})
+
+
+def _score(ablated: str) -> Ratio:
+    return _r({ablated: 1.0, "ce_spliced": -1.0}, {ablated: 1.0, "ce_clean": -1.0})
 
 
 class CoreConfig(EvalConfig):
@@ -40,88 +80,151 @@ class CoreConfig(EvalConfig):
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
 
-def core_metrics(st: SpliceStats, cfg: CoreConfig) -> dict[str, Any]:
-    """The core metrics from one SAE's splice statistics (pure function; see module doc)."""
-    n_tok = st.sq_err.numel()
-    d = st.sum_x.numel()
-    sq_err = float(st.sq_err.sum())
-    var_total = float((st.sum_x2 - st.sum_x**2 / n_tok).sum())
-    x_norm, xhat_norm = st.x_sq.sqrt(), st.xhat_sq.sqrt()
-    denom = x_norm * xhat_norm
-    cos = torch.where(denom > 0, st.dot / denom.clamp_min(1e-300), torch.zeros_like(denom))
-    freq = st.fire_count.double() / n_tok
-    live = freq[freq > 0]
-    edges = torch.linspace(-math.log10(n_tok), 0.0, cfg.histogram_bins + 1)
-    hist = torch.histogram(live.log10().float(), bins=edges)[0] if live.numel() else torch.zeros(cfg.histogram_bins)
-    ce_clean, ce_spliced = float(st.ce_clean.mean()), float(st.ce_spliced.mean())
-    ce_zero, ce_mean = float(st.ce_zero.mean()), float(st.ce_mean.mean())
-    fvu = ratio(sq_err, var_total)
-    score_zero = ratio(ce_zero - ce_spliced, ce_zero - ce_clean)
+def M(  # noqa: N802 - a short table constructor
+    name: str,
+    meaning: str,
+    direction: str = "",
+    headline: bool = False,
+    unit: str = "",
+    title: str = "",
+    min_effect: float = 0.0,
+    est: Ratio | None = None,
+    min_rel_effect: float = 0.0,
+) -> Metric:
+    """A short constructor for the table below."""
+    return Metric(name, meaning, direction, headline, unit, title, min_effect, est, min_rel_effect)  # type: ignore[arg-type]
+
+
+# fmt: off
+METRICS = (
+    # name, meaning, better direction, headline, unit, board title, minimum effect, estimator
+    M("l0", "mean number of non-zero latents per token", "", True, "latents", "L0", 0.0, _mean("l0", "n_rec")),
+    M("fvu", "fraction of variance unexplained, pooled over all kept tokens", "down", True, "", "FVU", 0.002, FVU),
+    M("delta_ce", "CE increase with x̂ spliced in", "down", True, "nats", "ΔCE", 0.005,
+      _r({"ce_spliced": 1.0, "ce_clean": -1.0}, {"n_ce": 1.0})),
+    M("ce_loss_score", "fraction of the zero-ablation CE increase recovered (SAEBench, SAELens)", "up", True, "",
+      "CE score", 0.001, _score("ce_zero_all")),
+    M("kl_div_score", "fraction of the zero-ablation KL recovered (SAEBench)", "up", True, "", "KL score", 0.001,
+      _r({"kl_zero_all": 1.0, "kl_spliced": -1.0}, {"kl_zero_all": 1.0})),
+    M("mse", "mean squared error per element", "down", True, "", "MSE", 0.0, _r({"sq_err": 1.0}, {"n_elem": 1.0}),
+      min_rel_effect=0.01),
+    M("cossim", "mean cosine similarity of x and x̂ (SAEBench)", "up", True, "", "cos", 0.001, _mean("cos", "n_rec")),
+    M("kl", "mean KL(clean ‖ spliced), = kl_div_with_sae", "down", True, "nats", "KL", 0.005,
+      _mean("kl_spliced", "n_kl")),
+    M("dead_frac", "fraction of latents never non-zero on the sample (= 1 - frac_alive)", "down", True, "", "dead",
+      0.002),
+    M("dense_frac", "fraction of latents non-zero on more than 10% of tokens (= freq_over_10_percent)", "down", True,
+      "", "dense", 0.002),
+    M("explained_variance", "1 - fvu (SAELens 6.54)", "up", False, "", "", 0.002,
+      _r({"sq_err": 1.0}, {"var": 1.0}, -1.0, 1.0)),
+    M("l1", "mean Σ_i z_i per token (SAEBench: signed)", "", False, "", "", 0.0, _mean("l1", "n_rec")),
+    M("l2_norm_in", "mean ‖x‖ (SAEBench)", "", False, "", "", 0.0, _mean("l2_in", "n_rec")),
+    M("l2_norm_out", "mean ‖x̂‖ (SAEBench)", "", False, "", "", 0.0, _mean("l2_out", "n_rec")),
+    M("l2_ratio", "mean ‖x̂‖/‖x‖ per token (SAEBench)", "", False, "", "", 0.0, _mean("l2_ratio", "n_rec")),
+    M("relative_reconstruction_bias", "E‖x̂‖² / E⟨x, x̂⟩ (Gated SAE paper, pooled)", "", False, "", "", 0.0,
+      _r({"xhat_sq": 1.0}, {"dot": 1.0})),
+    M("ce_loss_without_sae", "next-token CE of the clean model (SAEBench)", "", False, "nats", "", 0.0,
+      _mean("ce_clean", "n_ce")),
+    M("ce_loss_with_sae", "next-token CE with x̂ spliced in (SAEBench)", "down", False, "nats", "", 0.005,
+      _mean("ce_spliced", "n_ce")),
+    M("ce_loss_with_ablation", "next-token CE with the hook zeroed at every position (SAEBench)", "", False, "nats",
+      "", 0.0, _mean("ce_zero_all", "n_ce")),
+    M("kl_div_with_sae", "mean KL(clean ‖ spliced) (SAEBench)", "down", False, "nats", "", 0.005,
+      _mean("kl_spliced", "n_kl")),
+    M("kl_div_with_ablation", "mean KL(clean ‖ zero-ablated) (SAEBench)", "", False, "nats", "", 0.0,
+      _mean("kl_zero_all", "n_kl")),
+    M("ce_loss_score_bos_clean", "CE score against zero-ablation of the kept positions only", "up", False, "", "",
+      0.001, _score("ce_zero_kept")),
+    M("ce_loss_score_mean", "CE score against mean-ablation of the kept positions", "up", False, "", "", 0.001,
+      _score("ce_mean_kept")),
+    M("ce_loss_with_ablation_bos_clean", "CE with the kept positions zeroed", "", False, "nats", "", 0.0,
+      _mean("ce_zero_kept", "n_ce")),
+    M("ce_loss_with_mean_ablation", "CE with the kept positions mean-ablated", "", False, "nats", "", 0.0,
+      _mean("ce_mean_kept", "n_ce")),
+    M("frac_alive", "fraction of latents non-zero somewhere in the sample (SAEBench)", "up", False, "", "", 0.002),
+    M("freq_over_1_percent", "fraction of latents non-zero on more than 1% of tokens (SAEBench)"),
+    M("freq_over_10_percent", "fraction of latents non-zero on more than 10% of tokens (SAEBench)", "down", False, "",
+      "", 0.002),
+    M("normalized_freq_over_1_percent", "share of all firing by latents above 1% density (SAEBench)"),
+    M("normalized_freq_over_10_percent", "share of all firing by latents above 10% density (SAEBench)"),
+    M("n_tokens_reconstruction", "kept tokens in the reconstruction averages"),
+    M("n_tokens_loss", "kept predictions in the CE averages"),
+    M("d_sae_live", "latents non-zero somewhere in the sample"),
+)
+# fmt: on
+METRIC_BY_NAME = {m.name: m for m in METRICS}
+
+
+def core_samples(st: SpliceStats, d_in: int) -> Samples:
+    """The per-context columns every core estimator reads (``var`` and ``n_elem`` derived)."""
+    cols = {k: v.tolist() for k, v in st.cols.items()}
+    cols["var"] = st.var().tolist()
+    cols["n_elem"] = (st.cols["n_rec"] * d_in).tolist()
+    return Samples(U, list(st.seq_ids), cols)
+
+
+def _density_metrics(fire: torch.Tensor, n_tok: float, dense: float) -> dict[str, float]:
+    freq = fire.double() / max(n_tok, 1.0)
+    total = float(freq.sum())
     return {
-        "l0": float(st.l0.mean()),
-        "l1": float(st.l1.mean()),
-        "dead_frac": float((st.fire_count == 0).double().mean()),
-        "dense_frac": float((freq > cfg.dense_threshold).double().mean()),
-        "mse": sq_err / (n_tok * d),
-        "fvu": fvu,
-        "explained_variance": None if fvu is None else 1.0 - fvu,
-        "cossim": float(cos.mean()),
-        "l2_ratio": ratio(float(xhat_norm.mean()), float(x_norm.mean())),
-        "relative_reconstruction_bias": ratio(float(st.xhat_sq.mean()), float(st.dot.mean())),
-        "ce_clean": ce_clean,
-        "ce_spliced": ce_spliced,
-        "delta_ce": ce_spliced - ce_clean,
-        "kl": float(st.kl.mean()),
-        "ce_zero_ablation": ce_zero,
-        "ce_mean_ablation": ce_mean,
-        "ce_loss_score": score_zero,
-        "ce_loss_score_zero": score_zero,
-        "ce_loss_score_mean": ratio(ce_mean - ce_spliced, ce_mean - ce_clean),
-        "n_tokens_reconstruction": n_tok,
-        "n_tokens_loss": int(st.ce_clean.numel()),
-        "d_sae_live": int((st.fire_count > 0).sum()),
-        "density_histogram": {
-            "log10_freq_edges": [round(float(e), 6) for e in edges],
-            "counts": [int(c) for c in hist],
-            "dead": int((st.fire_count == 0).sum()),
-        },
+        "frac_alive": float((freq > 0).double().mean()),
+        "dead_frac": float((freq == 0).double().mean()),
+        "dense_frac": float((freq > dense).double().mean()),
+        "freq_over_1_percent": float((freq > 0.01).double().mean()),
+        "freq_over_10_percent": float((freq > 0.1).double().mean()),
+        "normalized_freq_over_1_percent": float(freq[freq > 0.01].sum()) / total if total > 0 else 0.0,
+        "normalized_freq_over_10_percent": float(freq[freq > 0.1].sum()) / total if total > 0 else 0.0,
     }
 
 
-METRICS = (
-    Metric("l0", "mean number of non-zero latents per token", "", True, "latents", "L0"),
-    Metric("fvu", "fraction of variance unexplained, pooled over all tokens", "down", True, "", "FVU"),
-    Metric("mse", "mean squared error per element", "down", True, "", "MSE"),
-    Metric("cossim", "mean cosine similarity of x and its reconstruction", "up", True, "", "cos"),
-    Metric("delta_ce", "next-token CE increase with the reconstruction spliced in", "down", True, "nats", "ΔCE"),
-    Metric("kl", "mean KL(clean ‖ spliced) of the next-token distribution", "down", True, "nats", "KL"),
-    Metric("ce_loss_score", "fraction of the zero-ablation CE increase the SAE recovers", "up", True, "", "CE score"),
-    Metric("dead_frac", "fraction of latents that never fire on the sample", "down", True, "", "dead"),
-    Metric("dense_frac", "fraction of latents firing on more than 10% of tokens", "down", True, "", "dense"),
-    Metric("l1", "mean sum of |latent| per token"),
-    Metric("explained_variance", "1 - fvu", "up"),
-    Metric("l2_ratio", "E‖x̂‖ / E‖x‖"),
-    Metric("relative_reconstruction_bias", "E‖x̂‖² / E⟨x, x̂⟩ (Gated SAE paper)"),
-    Metric("ce_clean", "next-token CE of the clean model", "", False, "nats"),
-    Metric("ce_spliced", "next-token CE with the reconstruction spliced in", "down", False, "nats"),
-    Metric("ce_zero_ablation", "next-token CE with the hook zero-ablated", "", False, "nats"),
-    Metric("ce_mean_ablation", "next-token CE with the hook mean-ablated", "", False, "nats"),
-    Metric("ce_loss_score_zero", "CE score against zero-ablation", "up"),
-    Metric("ce_loss_score_mean", "CE score against mean-ablation", "up"),
-    Metric("n_tokens_reconstruction", "tokens in the reconstruction averages"),
-    Metric("n_tokens_loss", "predictions in the loss averages"),
-    Metric("d_sae_live", "latents that fire on the sample", "up"),
-)
+def density_intervals(st: SpliceStats, dense: float) -> dict[str, stats.Interval]:
+    """Bootstrap over contexts of the density metrics (from per-context firing counts), when kept."""
+    if st.fire_by_seq is None or len(st.seq_ids) < 2:
+        return {}
+    rng = np.random.default_rng(stats.SEED)
+    n = len(st.seq_ids)
+    counts = st.fire_by_seq.double().numpy()
+    n_rec = st.cols["n_rec"].numpy()
+    draws: dict[str, list[float]] = {}
+    for start in range(0, stats.N_BOOT, 100):  # chunks of 100 resamples: [100, d_sae] at a time
+        w = stats.resample_weights(n, min(100, stats.N_BOOT - start), rng)
+        fire_b, tok_b = w @ counts, w @ n_rec
+        for fb, tb in zip(fire_b, tok_b, strict=True):
+            for k, v in _density_metrics(torch.from_numpy(fb), float(tb), dense).items():
+                draws.setdefault(k, []).append(v)
+    point = _density_metrics(st.fire_count, float(st.cols["n_rec"].sum()), dense)
+    out = {}
+    for k, vals in draws.items():
+        a = np.asarray(vals)
+        lo, hi = np.quantile(a, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
+        out[k] = stats.Interval(point[k], float(a.std(ddof=1)), float(lo), float(hi), n, U)
+    return out
 
 
-def split_output(flat: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
-    """Numbers (and None) to metrics, everything else (lists, dicts, strings) to details."""
-    metrics = {k: v for k, v in flat.items() if v is None or isinstance(v, (int, float))}
-    return metrics, {k: v for k, v in flat.items() if k not in metrics}
+def core_metrics(st: SpliceStats, cfg: CoreConfig, d_in: int) -> dict[str, Any]:
+    """Every core metric from one SAE's splice statistics (values of the declared estimators, the
+    density metrics, and the histogram under ``density_histogram``)."""
+    samples = {U: core_samples(st, d_in)}
+    out: dict[str, Any] = {m.name: stats.estimate(m.estimator, samples) for m in METRICS if m.estimator}
+    n_tok = float(st.cols["n_rec"].sum())
+    out.update(_density_metrics(st.fire_count, n_tok, cfg.dense_threshold))
+    out["n_tokens_reconstruction"] = int(n_tok)
+    out["n_tokens_loss"] = int(st.cols["n_ce"].sum())
+    out["d_sae_live"] = int((st.fire_count > 0).sum())
+    freq = st.fire_count.double() / max(n_tok, 1.0)
+    live = freq[freq > 0]
+    edges = torch.linspace(-math.log10(max(n_tok, 10.0)), 0.0, cfg.histogram_bins + 1)
+    hist = torch.histogram(live.log10().float(), bins=edges)[0] if live.numel() else torch.zeros(cfg.histogram_bins)
+    out["density_histogram"] = {
+        "log10_freq_edges": [round(float(e), 6) for e in edges],
+        "counts": [int(c) for c in hist],
+        "dead": int((st.fire_count == 0).sum()),
+    }
+    return out
 
 
 class CoreEvaluator:
-    """``--evals core``: sparsity, reconstruction and spliced-loss metrics."""
+    """``--evals core``: sparsity, reconstruction and spliced-loss metrics (see module doc)."""
 
     name = "core"
     needs = frozenset({"splice"})
@@ -130,5 +233,17 @@ class CoreEvaluator:
 
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, CoreConfig) and ctx.splice is not None
-        metrics, details = split_output(core_metrics(ctx.splice, cfg))
-        return EvalOutput(metrics, details, timing=dict(ctx.splice.timing))
+        flat = core_metrics(ctx.splice, cfg, int(ctx.sae.d_in))
+        hist = flat.pop("density_histogram")
+        details = {
+            "density_histogram": hist,
+            "special_positions": "tokens equal to the BOS id (kept clean, not averaged)",
+            "dense_threshold": cfg.dense_threshold,
+        }
+        return EvalOutput(
+            flat,
+            details,
+            samples={U: core_samples(ctx.splice, int(ctx.sae.d_in))},
+            uncertainty=density_intervals(ctx.splice, cfg.dense_threshold),
+            timing=dict(ctx.splice.timing),
+        )

@@ -20,7 +20,7 @@ from saebench.pipeline.states import ActivationPipeline, padded_batches
 
 @dataclass
 class ExampleSet:
-    """``k`` examples per latent for ``L`` latents (see ``ActivationPipeline.latent_examples``).
+    """``k`` examples per latent for ``L`` latents (see :func:`latent_examples`).
 
     ``seq``/``pos`` index the token set (``pipeline.tokens.tokens[seq, pos]`` is the example's
     activating token), ``act`` is the latent's activation there; all ``[L, k]``, sorted by

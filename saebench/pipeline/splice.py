@@ -1,15 +1,30 @@
 """Clean, spliced and ablated passes from the hook's block: the inputs of the core metrics.
 
-Cost model (N layers, the hook restarting at block L): the prefix (``states``) is shared and
-cached; ``ablation_losses`` (hook zero- and mean-ablated, independent of the SAE) run once per
-(model, hook, token set) and are cached on disk; ``splice_stats`` is one loop over batches in
-which the clean suffix runs once per batch and each SAE's spliced suffix beside it, so
-KL(clean ‖ spliced) never needs clean logits stored. A cold core evaluation costs one full pass
-plus (1 + 2) suffixes of (N-L)/N each; a warm one one clean and one spliced suffix.
+Special positions. Every position holding the BOS id (position 0 of every context, and the same
+id where it separates documents inside a context) is *special*: it is kept clean in every
+spliced run, and left out of every average (SAEBench's ``exclude_special_tokens_from_
+reconstruction`` with ``ignore_tokens = {BOS}``). The other positions are *kept*:
 
-Position 0 (the BOS) is kept clean in every spliced/ablated run and left out of every average:
-reconstruction statistics use positions 1..T-1, loss statistics the predictions made at
-positions 1..T-2 (the prediction made at position 0 does not depend on the splice).
+- reconstruction statistics use the kept positions;
+- CE uses the predictions made at kept positions p = 0..T-2 (of token p+1, whatever it is);
+- KL(clean ‖ other) uses every kept position p = 0..T-1 (the last position has no CE target but
+  has a distribution).
+
+Ablation baselines (independent of the SAE, cached on disk per model, hook and token set):
+``zero_all`` zeroes the hook at *every* position, BOS included (SAEBench's and SAELens's zero
+ablation: CE = ln V on the embedded model); ``zero_kept`` and ``mean_kept`` replace only the kept
+positions (special positions clean) by zero or by the token set's mean activation (our variants).
+They are computed in the same loop as the clean pass the first time (three extra suffixes per
+batch, once), then read from the cache.
+
+Cost model (N layers, hook restarting at block L): the prefix is shared and cached; per batch one
+clean suffix for all SAEs and one spliced suffix per SAE, from block L. KL never needs clean
+logits stored: KL(p ‖ q) = Σ_v p_v (l_v - lse_l) - Σ_v p_v (m_v - lse_m) needs the clean term
+once per batch and, per SAE, one logsumexp and one dot.
+
+Everything is accumulated per context in float64 (:class:`SpliceStats`), so the core metrics
+and their bootstrap intervals over contexts follow from the same sums, and no number depends on
+the batch size.
 """
 
 from __future__ import annotations
@@ -23,153 +38,213 @@ import torch
 from saebench.errors import SaebenchError
 from saebench.pipeline.states import ActivationPipeline
 
+#: per-context float64 sums for reconstruction (kept positions)
+REC_COLUMNS = ("n_rec", "sq_err", "x_sq", "cos", "l2_in", "l2_out", "l2_ratio", "xhat_sq", "dot", "l0", "l1")
+#: per-context float64 sums for losses (CE over kept predictions, KL over kept positions)
+LOSS_COLUMNS = ("n_ce", "ce_clean", "ce_spliced", "n_kl", "kl_spliced")
+ABLATIONS = ("zero_all", "zero_kept", "mean_kept")
+#: densities are bootstrapped over contexts from per-context firing counts up to this many entries
+FIRE_BY_SEQ_MAX = 2**23
+
 
 @dataclass
 class SpliceStats:
-    """Per-token and per-latent sums for one SAE over the token set (float64).
+    """Per-context sums (float64 ``[n_seq]`` each) for one SAE over the token set.
 
-    Reconstruction arrays are ``[n_seq, T-1]`` (positions 1..T-1), loss arrays ``[n_seq, T-2]``.
-    ``sum_x``/``sum_x2`` are per-dimension sums over the same positions (pooled variance).
+    ``cols`` holds :data:`REC_COLUMNS`, :data:`LOSS_COLUMNS` and, from the ablation baselines,
+    ``ce_<ablation>`` and ``kl_zero_all``. ``sum_x`` ``[n_seq, d]`` are per-context sums of x
+    (for the pooled variance about the global mean), ``fire_count`` ``[d_sae]`` counts the kept
+    positions where each latent is non-zero (SAEBench counts z > 0: the same for every
+    non-negative latent), ``fire_by_seq`` ``[n_seq, d_sae]`` the same per context
+    (None when ``n_seq x d_sae`` exceeds :data:`FIRE_BY_SEQ_MAX`).
     """
 
-    sq_err: torch.Tensor
-    x_sq: torch.Tensor
-    xhat_sq: torch.Tensor
-    dot: torch.Tensor
-    l0: torch.Tensor
-    l1: torch.Tensor
+    cols: dict[str, torch.Tensor]
     sum_x: torch.Tensor
-    sum_x2: torch.Tensor
     fire_count: torch.Tensor
-    ce_clean: torch.Tensor
-    ce_spliced: torch.Tensor
-    kl: torch.Tensor
-    ce_zero: torch.Tensor
-    ce_mean: torch.Tensor
+    fire_by_seq: torch.Tensor | None
+    seq_ids: list[str]
     timing: dict[str, float] = field(default_factory=dict)
 
+    def var(self) -> torch.Tensor:
+        """Per-context Σ_t ‖x_t − μ‖² about the global mean μ of the kept positions (float64)."""
+        n = self.cols["n_rec"]
+        mu = self.sum_x.sum(0) / n.sum().clamp_min(1)
+        return self.cols["x_sq"] - 2 * (self.sum_x @ mu) + n * (mu @ mu)
 
-def loss_logits(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The logits of the predictions we average (positions 1..T-2), their log-sum-exp, and the
-    per-token next-token CE = lse - logit[target] (float64, CPU).
 
-    Only reductions over the vocabulary: no [B, T, V] log-softmax is materialised.
-    """
-    lg = logits[:, 1:-1].float()
+def special_mask(tokens: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """True where a position holds the BOS id (kept clean and out of every average)."""
+    return tokens == bos_id
+
+
+def _logit_stats(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float32 logits, their log-sum-exp ``[B, T]`` and the next-token CE of predictions at
+    p = 0..T-2 (float64 ``[B, T-1]``), by reductions only (no ``[B, T, V]`` log-softmax)."""
+    lg = logits.float()
     lse = torch.logsumexp(lg, -1)
-    target = lg.gather(-1, tokens[:, 2:].to(lg.device).unsqueeze(-1)).squeeze(-1)
-    return lg, lse, (lse - target).double().cpu()
+    target = lg[:, :-1].gather(-1, tokens[:, 1:].to(lg.device).unsqueeze(-1)).squeeze(-1)
+    return lg, lse, (lse[:, :-1] - target).double()
 
 
-def token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token CE of predictions at positions 1..T-2, float64 ``[B, T-2]``."""
-    return loss_logits(logits, tokens)[2]
+def _kl_ce(
+    logits: torch.Tensor, tokens: torch.Tensor, clean_p: torch.Tensor, clean_term: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(clean ‖ these logits) per position ``[B, T]`` (from the clean probabilities and the clean
+    term Σ p (l - lse), computed once per batch) and the per-prediction CE ``[B, T-1]``."""
+    lg, lse, ce = _logit_stats(logits, tokens)
+    kl = (clean_term - (torch.linalg.vecdot(clean_p, lg) - lse)).clamp_min(0.0)  # >= 0 up to float noise
+    return kl, ce
 
 
-def ablation_losses(pipe: ActivationPipeline) -> dict[str, torch.Tensor]:
-    """Per-token CE with the hook zeroed / mean-ablated at positions >= 1 (cached on disk)."""
-    return pipe.shared("ablation", lambda: _ablation_losses(pipe))
-
-
-def _ablation_losses(pipe: ActivationPipeline) -> dict[str, torch.Tensor]:
-    t0 = time.perf_counter()
-    key = pipe.cache_key("ablation", pipe.tokens.fingerprint())
-
-    def compute() -> dict[str, torch.Tensor]:
-        states, toks = pipe.states(), pipe.tokens.tokens
-        mean = pipe.mean_act()
-        zero_ce, mean_ce = [], []
-        for s in pipe.batch_starts("ablation baselines"):
-            st = states[s : s + pipe.batch_size].to(pipe.model.device)
-            tok = toks[s : s + pipe.batch_size]
-            acts = pipe.acts_batch(st)
-            zeroed = acts.clone()
-            zeroed[:, 1:] = 0
-            zero_ce.append(token_ce(pipe.model.suffix(st, pipe.site, zeroed), tok))
-            meaned = acts.clone()
-            meaned[:, 1:] = mean.to(acts.dtype).to(acts.device)
-            mean_ce.append(token_ce(pipe.model.suffix(st, pipe.site, meaned), tok))
-            pipe.counters.ablation_batches += 1
-        return {"zero": torch.cat(zero_ce), "mean": torch.cat(mean_ce)}
-
-    found, cached = pipe.cached_tensors("ablation", key, compute)
-    pipe._time("ablation_cached_s" if cached else "ablation_s", t0)
-    return found
+def _seq_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values.double() * mask.double()).sum(-1).cpu()
 
 
 def splice_stats(pipe: ActivationPipeline, saes: dict[str, Any]) -> dict[str, SpliceStats]:
-    """Reconstruction, sparsity and spliced-loss sums for every SAE in one batched loop."""
+    """Reconstruction, sparsity and spliced-loss sums per context for every SAE in one batched loop."""
     for label, sae in saes.items():
         pipe.check_sae(sae, label)
-    ablation = ablation_losses(pipe)
     states, toks = pipe.states(), pipe.tokens.tokens
-    acc: dict[str, dict[str, list[torch.Tensor]]] = {k: {} for k in saes}
+    n_seq, d = toks.shape[0], pipe.hook_width()
+    dev = pipe.model.device
+    ablation = pipe.memo.get("ablation_stats") or _cached_ablation(pipe)
+    mean = pipe.mean_act() if ablation is None else None
+    new_ablation: dict[str, list[torch.Tensor]] = {}
+    cols = {k: {c: torch.zeros(n_seq, dtype=torch.float64) for c in REC_COLUMNS + LOSS_COLUMNS} for k in saes}
+    sum_x = torch.zeros(n_seq, d, dtype=torch.float64)
     fire = {k: torch.zeros(int(s.d_sae), dtype=torch.int64) for k, s in saes.items()}
-    sum_x = torch.zeros(pipe.hook_width(), dtype=torch.float64)
-    sum_x2 = torch.zeros_like(sum_x)
-    clean_s, sae_s = 0.0, dict.fromkeys(saes, 0.0)
+    by_seq = {
+        k: torch.zeros(n_seq, int(s.d_sae), dtype=torch.int32)
+        for k, s in saes.items()
+        if n_seq * int(s.d_sae) <= FIRE_BY_SEQ_MAX
+    }
+    clean_s, abl_s, sae_s = 0.0, 0.0, dict.fromkeys(saes, 0.0)
     for s in pipe.batch_starts(f"clean + spliced ({len(saes)} SAE)"):
         t0 = time.perf_counter()
-        st = states[s : s + pipe.batch_size].to(pipe.model.device)
-        tok = toks[s : s + pipe.batch_size]
+        sl = slice(s, s + pipe.batch_size)
+        st = states[sl].to(dev)
+        tok = toks[sl]
+        special = special_mask(tok, pipe.model.bos_id).to(dev)
+        keep = ~special
+        keep_ce = keep[:, :-1]
         acts = pipe.acts_batch(st)
-        clean_logits = pipe.model.suffix(st, pipe.site)
+        clean_lg, clean_lse, ce_clean = _logit_stats(pipe.model.suffix(st, pipe.site), tok)
         pipe.counters.clean_suffix_batches += 1
-        # KL(p || q) = Σ_v p_v (l_v - lse) - Σ_v p_v (m_v - lse_m) for clean logits l and
-        # spliced logits m: the clean term once per batch, per SAE one logsumexp and one dot.
-        clean_lg, clean_lse, ce_clean = loss_logits(clean_logits, tok)
         clean_p = (clean_lg - clean_lse.unsqueeze(-1)).exp()
         clean_term = torch.linalg.vecdot(clean_p, clean_lg) - clean_lse
-        del clean_logits, clean_lg
-        x = acts[:, 1:].double()
-        sum_x += x.sum((0, 1)).cpu()
-        sum_x2 += (x * x).sum((0, 1)).cpu()
+
+        x_kept = acts[keep]  # [N, d] in row-major (context, position) order
+        rows = keep.nonzero()[:, 0].cpu()
+        xd = x_kept.double()
+        sum_x[sl].index_add_(0, rows, xd.cpu())
+        x_norm = xd.norm(dim=-1)
         clean_s += time.perf_counter() - t0
+        if ablation is None:
+            t1 = time.perf_counter()
+            for name in ABLATIONS:
+                rep = torch.zeros_like(acts)
+                if name != "zero_all":
+                    rep[special] = acts[special]
+                    if name == "mean_kept":
+                        rep[keep] = mean.to(acts.dtype).to(dev)
+                kl, ce = _kl_ce(pipe.model.suffix(st, pipe.site, rep), tok, clean_p, clean_term)
+                new_ablation.setdefault(f"ce_{name}", []).append(ce.cpu())
+                if name == "zero_all":
+                    new_ablation.setdefault("kl_zero_all", []).append(kl.double().cpu())
+            pipe.counters.ablation_batches += 1
+            abl_s += time.perf_counter() - t1
         for label, sae in saes.items():
             t1 = time.perf_counter()
             with torch.no_grad():
-                z = sae.encode(acts[:, 1:])
+                z = sae.encode(x_kept)
                 xhat = sae.decode(z)
-            if tuple(xhat.shape) != tuple(acts[:, 1:].shape) or z.shape[-1] != sae.d_sae:
+            if tuple(xhat.shape) != tuple(x_kept.shape) or z.shape[-1] != int(sae.d_sae):
                 raise SaebenchError(
                     f"SAE {label}: encode/decode gave shapes {list(z.shape)} / {list(xhat.shape)} "
-                    f"for input {list(acts[:, 1:].shape)}; decode(encode(x)) must have x's shape"
+                    f"for input {list(x_kept.shape)}; decode(encode(x)) must have x's shape"
                 )
             if not bool(torch.isfinite(xhat).all()):
                 raise SaebenchError(f"SAE {label} produced NaN/Inf reconstructions; check its weights")
             spliced = acts.clone()
-            spliced[:, 1:] = xhat.to(acts.dtype)
-            logits = pipe.model.suffix(st, pipe.site, spliced)
+            spliced[keep] = xhat.to(acts.dtype)
+            kl, ce_spliced = _kl_ce(pipe.model.suffix(st, pipe.site, spliced), tok, clean_p, clean_term)
             pipe.counters.spliced_suffix_batches += 1
-            lg, lse, ce_spliced = loss_logits(logits, tok)
-            a = acc[label]
             xh = xhat.double()
-            err = x - xh
-            a.setdefault("sq_err", []).append((err * err).sum(-1).cpu())
-            a.setdefault("x_sq", []).append((x * x).sum(-1).cpu())
-            a.setdefault("xhat_sq", []).append((xh * xh).sum(-1).cpu())
-            a.setdefault("dot", []).append((x * xh).sum(-1).cpu())
+            xh_norm = xh.norm(dim=-1)
+            dot = (xd * xh).sum(-1)
+            denom = x_norm * xh_norm
+            ratio_in = torch.where(x_norm < 1e-4, torch.ones_like(x_norm), x_norm)  # SAEBench's guard
             active = z != 0
-            a.setdefault("l0", []).append(active.sum(-1).double().cpu())
-            a.setdefault("l1", []).append(z.double().abs().sum(-1).cpu())
-            fire[label] += active.reshape(-1, z.shape[-1]).sum(0).cpu()
-            a.setdefault("ce_spliced", []).append(ce_spliced)
-            kl = (clean_term - (torch.linalg.vecdot(clean_p, lg) - lse)).clamp_min(0.0)  # >= 0; clamp float noise
-            a.setdefault("kl", []).append(kl.double().cpu())
-            a.setdefault("ce_clean", []).append(ce_clean)
-            del logits, lg, z, xhat
+            per_token = {
+                "n_rec": torch.ones_like(x_norm),
+                "sq_err": ((xd - xh) ** 2).sum(-1),
+                "x_sq": x_norm**2,
+                "cos": torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot)),
+                "l2_in": x_norm,
+                "l2_out": xh_norm,
+                "l2_ratio": xh_norm / ratio_in,
+                "xhat_sq": xh_norm**2,
+                "dot": dot,
+                "l0": (z != 0).sum(-1).double(),
+                "l1": z.double().sum(-1),
+            }
+            c = cols[label]
+            for name, v in per_token.items():
+                c[name][sl].index_add_(0, rows, v.cpu())
+            c["n_ce"][sl] += _seq_sum(torch.ones_like(ce_clean), keep_ce)
+            c["ce_clean"][sl] += _seq_sum(ce_clean, keep_ce)
+            c["ce_spliced"][sl] += _seq_sum(ce_spliced, keep_ce)
+            c["n_kl"][sl] += _seq_sum(torch.ones_like(kl), keep)
+            c["kl_spliced"][sl] += _seq_sum(kl, keep)
+            fire[label] += active.sum(0).cpu()
+            if label in by_seq:
+                by_seq[label][sl].index_add_(0, rows, active.to(torch.int32).cpu())
+            del z, xhat, spliced
             sae_s[label] += time.perf_counter() - t1
     pipe.timing["clean_suffix_s"] = pipe.timing.get("clean_suffix_s", 0.0) + clean_s
-    out = {}
-    for label in saes:
-        cat = {k: torch.cat(v) for k, v in acc[label].items()}
-        out[label] = SpliceStats(
-            sum_x=sum_x,
-            sum_x2=sum_x2,
-            fire_count=fire[label],
-            ce_zero=ablation["zero"],
-            ce_mean=ablation["mean"],
+    if ablation is None:
+        ablation = _store_ablation(pipe, {k: torch.cat(v) for k, v in new_ablation.items()})
+        pipe.timing["ablation_s"] = pipe.timing.get("ablation_s", 0.0) + abl_s
+    keep_ce_all = ~special_mask(toks, pipe.model.bos_id)[:, :-1]
+    keep_all = ~special_mask(toks, pipe.model.bos_id)
+    abl_cols = {f"ce_{n}": _seq_sum(ablation[f"ce_{n}"], keep_ce_all) for n in ABLATIONS}
+    abl_cols["kl_zero_all"] = _seq_sum(ablation["kl_zero_all"], keep_all)
+    seq_ids = pipe.tokens.seq_ids()
+    return {
+        label: SpliceStats(
+            {**cols[label], **abl_cols},
+            sum_x,
+            fire[label],
+            by_seq.get(label),
+            seq_ids,
             timing={"spliced_s": sae_s[label]},
-            **cat,
         )
-    return out
+        for label in saes
+    }
+
+
+def _cached_ablation(pipe: ActivationPipeline) -> dict[str, torch.Tensor] | None:
+    """The ablation baselines from the disk cache, or None when they still have to be computed."""
+    if not pipe.use_cache:
+        return None
+    t0 = time.perf_counter()
+    key = pipe.cache_key("ablation", pipe.tokens.fingerprint())
+    found = pipe.load_cached("ablation", key)
+    n = pipe.tokens.tokens.shape[0]
+    if (
+        found is None
+        or set(found) != {*(f"ce_{a}" for a in ABLATIONS), "kl_zero_all"}
+        or found["kl_zero_all"].shape[0] != n
+    ):
+        return None
+    pipe.add_time("ablation_cached_s", t0)
+    pipe.memo["ablation_stats"] = found
+    return found
+
+
+def _store_ablation(pipe: ActivationPipeline, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    pipe.memo["ablation_stats"] = tensors
+    if pipe.use_cache:
+        pipe.save_cached("ablation", pipe.cache_key("ablation", pipe.tokens.fingerprint()), tensors)
+    return tensors

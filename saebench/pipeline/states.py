@@ -107,14 +107,14 @@ class ActivationPipeline:
         self.batch_size, self.use_cache, self.progress = batch_size, use_cache, progress
         self.timing: dict[str, float] = {}
         self.counters = PassCounters()
-        self._memo: dict[str, Any] = {}
+        self.memo: dict[str, Any] = {}  # shared inputs computed in this process, by key (see ``shared``)
 
     # -- memo and disk cache -------------------------------------------------------------------
     def shared(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()`` once per pipeline: every later call (any SAE, any evaluator) reuses it."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     def cache_key(self, what: str, *parts: str) -> str:
         """Content key of a cache entry: version, kind, model, hook site, dtype and ``parts``."""
@@ -126,6 +126,15 @@ class ActivationPipeline:
     def cache_path(self, what: str, key: str, label: str = "") -> Path:
         name = f"{what}-{slug(label) + '-' if label else ''}{slug(self.hook)}-{key}.safetensors"
         return cache_dir() / "activations" / slug(self.model.name) / name
+
+    def load_cached(self, what: str, key: str, label: str = "") -> dict[str, torch.Tensor] | None:
+        """The tensors of cache entry (``what``, ``key``), or None (absent, unreadable, or caching off)."""
+        return _try_load(self.cache_path(what, key, label)) if self.use_cache else None
+
+    def save_cached(self, what: str, key: str, tensors: dict[str, torch.Tensor], label: str = "") -> None:
+        """Write cache entry (``what``, ``key``) atomically (nothing when caching is off)."""
+        if self.use_cache:
+            atomic_save_tensors(self.cache_path(what, key, label), tensors)
 
     def cached_tensors(
         self,
@@ -140,17 +149,15 @@ class ActivationPipeline:
         Returns ``(tensors, from_cache)``. An unreadable entry, or one ``valid`` rejects, is
         recomputed. With ``use_cache`` off the cache is neither read nor written.
         """
-        path = self.cache_path(what, key, label)
-        if self.use_cache:
-            found = _try_load(path)
-            if found is not None and valid(found):
-                return found, True
+        found = self.load_cached(what, key, label)
+        if found is not None and valid(found):
+            return found, True
         tensors = compute()
-        if self.use_cache:
-            atomic_save_tensors(path, tensors)
+        self.save_cached(what, key, tensors, label)
         return tensors, False
 
-    def _time(self, stage: str, t0: float) -> None:
+    def add_time(self, stage: str, t0: float) -> None:
+        """Add the seconds since ``t0`` to ``timing[stage]``."""
         self.timing[stage] = self.timing.get(stage, 0.0) + time.perf_counter() - t0
 
     def batch_starts(self, desc: str) -> Any:
@@ -177,7 +184,7 @@ class ActivationPipeline:
         found, cached = self.cached_tensors(
             "states", key, compute, valid=lambda t: t["states"].shape[:2] == self.tokens.tokens.shape
         )
-        self._time("prefix_cached_s" if cached else "prefix_s", t0)
+        self.add_time("prefix_cached_s" if cached else "prefix_s", t0)
         return found["states"]
 
     def acts_batch(self, state: torch.Tensor) -> torch.Tensor:
@@ -200,15 +207,19 @@ class ActivationPipeline:
             )
 
     def mean_act(self) -> torch.Tensor:
-        """Mean hook activation over positions 1..T-1 of the token set (float64)."""
+        """Mean hook activation over the token set's kept positions (not holding the BOS id), float64."""
         return self.shared("mean_act", self._mean_act)
 
     def _mean_act(self) -> torch.Tensor:
-        states = self.states()
+        states, toks = self.states(), self.tokens.tokens
         total = torch.zeros(self.hook_width(), dtype=torch.float64)
+        n = 0
         for s in range(0, states.shape[0], self.batch_size):
-            total += self.acts_batch(states[s : s + self.batch_size])[:, 1:].double().sum((0, 1)).cpu()
-        return total / (states.shape[0] * (states.shape[1] - 1))
+            keep = toks[s : s + self.batch_size] != self.model.bos_id
+            acts = self.acts_batch(states[s : s + self.batch_size])
+            total += acts[keep.to(acts.device)].double().sum(0).cpu()
+            n += int(keep.sum())
+        return total / max(n, 1)
 
     # -- SAE encodes over contexts -------------------------------------------------------------
     def seq_index(self, seqs: Any) -> torch.Tensor:
@@ -222,8 +233,9 @@ class ActivationPipeline:
         return idx
 
     def encode_seqs(self, sae: Any, seqs: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(seq ids [b], z [b, T-1, d_sae])``: latents at positions 1..T-1 (BOS never encoded),
-        ``batch_size`` contexts at a time; never more than ``batch_size x T x d_sae`` floats."""
+        """Yield ``(seq ids [b], z [b, T-1, d_sae])``: latents at positions 1..T-1 (BOS never encoded;
+        positions holding the BOS id as a document separator read 0: special positions are never
+        examples), ``batch_size`` contexts at a time; never more than ``batch_size x T x d_sae`` floats."""
         states = self.states()
         idx_all = self.seq_index(seqs)
         for s in range(0, idx_all.numel(), self.batch_size):
@@ -235,4 +247,7 @@ class ActivationPipeline:
                 raise SaebenchError(
                     f"SAE encode gave {z.shape[-1]} latents but d_sae is {sae.d_sae}; fix the SAE's d_sae"
                 )
+            special = (self.tokens.tokens[idx, 1:] == self.model.bos_id).to(z.device)
+            if bool(special.any()):
+                z = z.masked_fill(special.unsqueeze(-1), 0)
             yield idx, z

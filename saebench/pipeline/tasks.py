@@ -60,7 +60,7 @@ def _one_task(pipe: ActivationPipeline, texts: list[str], max_tokens: int, key: 
     found, cached = pipe.cached_tensors(
         "task", key, compute, valid=lambda t: t["lengths"].numel() == len(texts), label=name
     )
-    pipe._time("task_cached_s" if cached else "task_forward_s", t0)
+    pipe.add_time("task_cached_s" if cached else "task_forward_s", t0)
     return TaskActs(found["acts"], found["lengths"], key, cached=cached)
 
 
