@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,13 +32,28 @@ import torch.nn.functional as F
 
 @dataclass
 class OneDResult:
-    """Test CE per column (NaN where skipped), and the fitted, de-standardized-free parameters."""
+    """Test CE per column (NaN where skipped), and the fitted probes on standardized columns."""
 
     test_loss: torch.Tensor  # [c] float64, NaN for skipped (constant-on-train) columns
     train_loss: torch.Tensor  # [c] float64, NaN for skipped columns
     live: torch.Tensor  # [c] bool
     prior_loss: float  # test CE of the intercept-only probe (what a dead column gives)
     iterations: int  # Newton iterations used by the slowest chunk
+    w: torch.Tensor  # [c] float64 slope on the standardized column (NaN where skipped)
+    b: torch.Tensor  # [c] float64 intercept
+    mu: torch.Tensor  # [c] train mean used to standardize
+    sd: torch.Tensor  # [c] train std used to standardize
+    prior_b: float  # intercept of the intercept-only probe
+
+    def example_losses(self, i: int | None, x_test: torch.Tensor, y_test: torch.Tensor) -> torch.Tensor:
+        """Per-example test CE (float64 ``[n_test]``) of column ``i``'s probe on ``x_test [n_test, c]``;
+        of the intercept-only probe when ``i`` is None. Their mean is ``test_loss[i]`` (or ``prior_loss``)."""
+        y = y_test.double()
+        if i is None:
+            m = torch.full_like(y, self.prior_b)
+        else:
+            m = (x_test[:, i].double() - self.mu[i]) / self.sd[i] * self.w[i] + self.b[i]
+        return F.softplus(m) - y * m
 
     def best(self) -> tuple[int | None, float]:
         """(index, loss) of the lowest test loss; (None, prior) when no column was live."""
@@ -123,6 +139,7 @@ def best_single_column(
     prior = float((F.softplus(torch.tensor(b0)) - ye * b0).mean())
     test_loss = torch.full((c,), math.nan, dtype=torch.float64)
     train_loss = torch.full((c,), math.nan, dtype=torch.float64)
+    ws, bs, mus, sds = (torch.full((c,), math.nan, dtype=torch.float64) for _ in range(4))
     live = torch.zeros(c, dtype=torch.bool)
     iters = 0
     for s in range(0, c, chunk):
@@ -140,8 +157,9 @@ def best_single_column(
         iters = max(iters, it)
         test_loss[s + idx] = ce(zte, ye, w, b)
         train_loss[s + idx] = ce(ztr, yt, w, b)
+        ws[s + idx], bs[s + idx], mus[s + idx], sds[s + idx] = w, b, mu, sd
         live[s + idx] = True
-    return OneDResult(test_loss, train_loss, live, prior, iters)
+    return OneDResult(test_loss, train_loss, live, prior, iters, ws, bs, mus, sds, b0)
 
 
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +182,8 @@ def topk_accuracy(
     ks: list[int] | tuple[int, ...] = (1, 2, 5),
 ) -> dict[int, dict[str, object]]:
     """SAEBench-style top-k probing: the k latents with the largest |mean_pos - mean_neg| on train,
-    a logistic probe on them (standardized, sklearn, C=1), test accuracy and CE per k."""
+    a logistic probe on them (standardized, sklearn, C=1), test accuracy and CE per k, and which
+    test examples it got right (``correct``: a 0/1 list)."""
     from sklearn.linear_model import LogisticRegression
 
     yt = y_train.bool()
@@ -176,15 +195,17 @@ def topk_accuracy(
     for k in ks:
         idx = order[:k]
         if float(diff[idx].max()) == 0.0:  # no latent separates the class means at all
-            out[k] = {"accuracy": None, "loss": None, "latents": []}
+            out[k] = {"accuracy": None, "loss": None, "latents": [], "correct": None}
             continue
         xtr, xte = _standardize(z_train[:, idx].double().numpy(), z_test[:, idx].double().numpy())
         clf = LogisticRegression(C=1.0, max_iter=1000).fit(xtr, ytr)
         p = clf.predict_proba(xte)[:, 1]
+        correct = ((p > 0.5).astype(int) == yte).astype(float)
         out[k] = {
-            "accuracy": float(((p > 0.5).astype(int) == yte).mean()),
+            "accuracy": float(correct.mean()),
             "loss": _log_loss(yte, p),
             "latents": [int(i) for i in idx],
+            "correct": correct.tolist(),
         }
     return out
 
@@ -197,7 +218,7 @@ def full_probe(
     seed: int = 0,
     n_cs: int = 7,
     max_folds: int = 5,
-) -> dict[str, float | None]:
+) -> dict[str, Any]:
     """Full-width logistic probe (sklearn, standardized inputs): the inverse L2 strength C is
     chosen from ``logspace(-4, 2, n_cs)`` by stratified k-fold CV log-loss on train only, then
     refit on all of train; test CE and accuracy. Never selects anything on test."""
@@ -207,7 +228,7 @@ def full_probe(
     ytr, yte = y_train.numpy().astype(int), y_test.numpy().astype(int)
     folds = min(max_folds, int(np.bincount(ytr, minlength=2).min()))
     if folds < 2:
-        return {"loss": None, "accuracy": None, "C": None}
+        return {"loss": None, "accuracy": None, "C": None, "losses": None, "correct": None}
     xtr_raw, xte_raw = x_train.double().numpy(), x_test.double().numpy()
     cs = np.logspace(-4, 2, n_cs)
     cv_loss = np.zeros(n_cs)
@@ -219,4 +240,13 @@ def full_probe(
     best_c = float(cs[int(cv_loss.argmin())])
     xtr, xte = _standardize(xtr_raw, xte_raw)
     p = LogisticRegression(C=best_c, max_iter=2000).fit(xtr, ytr).predict_proba(xte)[:, 1]
-    return {"loss": _log_loss(yte, p), "accuracy": float(((p > 0.5).astype(int) == yte).mean()), "C": best_c}
+    pc = np.clip(p, 1e-15, 1 - 1e-15)
+    losses = -(yte * np.log(pc) + (1 - yte) * np.log(1 - pc))
+    correct = ((p > 0.5).astype(int) == yte).astype(float)
+    return {
+        "loss": float(losses.mean()),
+        "accuracy": float(correct.mean()),
+        "C": best_c,
+        "losses": losses.tolist(),
+        "correct": correct.tolist(),
+    }

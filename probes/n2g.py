@@ -4,7 +4,7 @@ An explanation is a set of token patterns stored in a trie; a pattern predicts t
 activation at a token when the text ending at that token matches it. The engine is model-free:
 the caller passes ``act_fn(rows, latents) -> activations`` (the activation of ``latents[r]`` at
 the last token of token row ``rows[r]``; saebench's is
-``ActivationPipeline.latent_acts_at``, a batched pass up to the hook only). All pruning rows of
+``saebench.pipeline.examples.latent_acts_at``, a batched pass up to the hook only). All pruning rows of
 all examples go to ``act_fn`` in one call, then all saliency rows in a second call, so the
 caller can batch them into few model calls (N2G runs one forward per pruning step).
 

@@ -90,48 +90,69 @@ def baselines(
     l2: float,
     chunk: int,
     seed: int,
-) -> dict[str, Any]:
-    """Residual baselines for one task (memoised by ``key``: they do not depend on the SAE)."""
-    if key in _BASELINES:
-        return dict(_BASELINES[key])
-    one = best_single_column(x_tr, y_tr, x_te, y_te, l2=l2, chunk=chunk)
-    ch, loss = one.best()
-    full = full_probe(x_tr, y_tr, x_te, y_te, seed=seed)
-    out = {
-        "resid_1d_loss": loss,
-        "resid_1d_channel": ch,
-        "resid_full_loss": full["loss"],
-        "resid_full_accuracy": full["accuracy"],
-        "resid_full_C": full["C"],
-    }
-    _BASELINES[key] = out
-    return dict(out)
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Residual baselines for one task (memoised by ``key``: they do not depend on the SAE): the
+    summary row, and per-test-example losses / correctness (lists; None where undefined)."""
+    if key not in _BASELINES:
+        one = best_single_column(x_tr, y_tr, x_te, y_te, l2=l2, chunk=chunk)
+        ch, _ = one.best()
+        full = full_probe(x_tr, y_tr, x_te, y_te, seed=seed)
+        per = {
+            "resid_1d_loss": one.example_losses(ch, x_te, y_te).tolist(),
+            "resid_full_loss": full["losses"],
+            "resid_full_accuracy": full["correct"],
+        }
+        row = {
+            "resid_1d_loss": _mean(per["resid_1d_loss"]),
+            "resid_1d_channel": ch,
+            "resid_full_loss": full["loss"],
+            "resid_full_accuracy": full["accuracy"],
+            "resid_full_C": full["C"],
+        }
+        _BASELINES[key] = (row, per)
+    row, per = _BASELINES[key]
+    return dict(row), dict(per)
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return float(sum(values) / len(values)) if values else None
 
 
 def score_task(
     z: torch.Tensor, y: torch.Tensor, n_train: int, l2: float, chunk: int, ks: list[int], max_iter: int = 50
-) -> tuple[dict[str, Any], dict[str, float]]:
+) -> tuple[dict[str, Any], dict[str, list[float] | None], dict[str, float]]:
     """Best 1-D latent probe, top-k accuracy, latents scored, for pooled latents ``z [n, d_sae]``;
-    and the seconds spent on the 1-D and top-k fits."""
+    per-test-example values behind them (CE of the best probe and of the prior, 0/1 correctness of
+    each top-k probe; None where undefined); and the seconds spent on the 1-D and top-k fits.
+    A task with no live latent scores its prior (intercept-only) loss."""
     z_tr, z_te, y_tr, y_te = z[:n_train], z[n_train:], y[:n_train], y[n_train:]
     t0 = time.perf_counter()
     one = best_single_column(z_tr, y_tr, z_te, y_te, l2=l2, chunk=chunk, max_iter=max_iter)
     t_1d = time.perf_counter() - t0
-    best, loss = one.best()
+    best, _ = one.best()
     t0 = time.perf_counter()
     top = (
         topk_accuracy(z_tr, y_tr, z_te, y_te, ks)
         if best is not None
-        else {k: {"accuracy": None, "loss": None, "latents": []} for k in ks}
+        else {k: {"accuracy": None, "loss": None, "latents": [], "correct": None} for k in ks}
     )
     t_topk = time.perf_counter() - t0
-    return {
-        "probe_loss": loss,
-        "best_latent": best,
-        "best_latent_train_loss": _none_if_nan(float(one.train_loss[best])) if best is not None else None,
-        "prior_loss": one.prior_loss,
-        "n_latents_scored": int(one.live.sum()),
-        "newton_iterations": one.iterations,
-        **{f"top_{k}_accuracy": top[k]["accuracy"] for k in ks},
-        **{f"top_{k}_latents": top[k]["latents"] for k in ks},
-    }, {"probe_1d_s": t_1d, "probe_topk_s": t_topk}
+    per = {
+        "probe_loss": one.example_losses(best, z_te, y_te).tolist(),
+        "prior_loss": one.example_losses(None, z_te, y_te).tolist(),
+        **{f"top_{k}_accuracy": top[k]["correct"] for k in ks},
+    }
+    return (
+        {
+            "probe_loss": _mean(per["probe_loss"]),
+            "best_latent": best,
+            "best_latent_train_loss": _none_if_nan(float(one.train_loss[best])) if best is not None else None,
+            "prior_loss": _mean(per["prior_loss"]),
+            "n_latents_scored": int(one.live.sum()),
+            "newton_iterations": one.iterations,
+            **{f"top_{k}_accuracy": top[k]["accuracy"] for k in ks},
+            **{f"top_{k}_latents": top[k]["latents"] for k in ks},
+        },
+        per,
+        {"probe_1d_s": t_1d, "probe_topk_s": t_topk},
+    )

@@ -41,6 +41,7 @@ import torch
 from saebench.errors import SaebenchError
 from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
 from saebench.pipeline import ActivationPipeline, examples
+from saebench.stats import Ratio, Samples
 
 
 class AblationConfig(EvalConfig):
@@ -81,7 +82,7 @@ def ablation_effects(
 
     ``pairs`` is ``[R, 3]`` int64 rows ``(seq, pos, latent)`` with ``1 <= pos`` and
     ``pos + window <= T``. Each context's spliced run (hook replaced by
-    ``decode(encode(x))`` at positions >= 1; BOS clean, as in the core splice) is one row,
+    ``decode(encode(x))`` at kept positions; positions holding the BOS id clean, as in the core splice) is one row,
     computed once however many pairs use the context; an ablated row replaces position
     ``pos`` of that reconstruction by the reconstruction without the latent, i.e. subtracts
     ``decode(z) - decode(z with z_i = 0)`` computed at the encode's own shape (exact for any
@@ -123,7 +124,8 @@ def ablation_effects(
                 "keep x's shape"
             )
         sp = acts.clone()
-        sp[:, 1:] = xhat.to(acts.dtype)
+        kept = (pipe.tokens.tokens[uniq[s : s + pipe.batch_size], 1:] != pipe.model.bos_id).to(acts.device)
+        sp[:, 1:] = torch.where(kept.unsqueeze(-1), xhat.to(acts.dtype), acts[:, 1:])  # special positions clean
         spliced[s : s + acts.shape[0]] = sp.cpu()
         in_chunk = (ctx_of >= s) & (ctx_of < s + acts.shape[0])
         for lat in torch.unique(pairs[in_chunk, 2]).tolist():
@@ -184,6 +186,8 @@ METRICS = (
         True,
         "",
         "ablation sparsity",
+        0.01,
+        Ratio("latent", {"sum": 1.0}, {"n": 1.0}),
     ),
     Metric("ablation_sparsity_median", "median of the same over (latent, position) pairs", "down"),
     Metric("ablation_sparsity_min", "smallest pair score"),
@@ -256,8 +260,18 @@ class AblationEvaluator:
                 f"ablation: {int(no_effect.sum())} (latent, position) pair(s) had no effect on the logits; left out "
                 "of the score"
             )
+        # ablation_sparsity = Σ sum / Σ n over latents: the mean over scored pairs, bootstrapped by latent
+        samples = {
+            "latent": Samples(
+                "latent",
+                [ctx.latent_id(r["latent"]) for r in per_latent],
+                {
+                    "sum": [float(values[(pairs[:, 2] == r["latent"]) & ~no_effect].sum()) for r in per_latent],
+                    "n": [r["n_pairs"] - r["n_no_effect"] for r in per_latent],
+                },
+            )
+        }
         metrics = {
-            "ablation_sparsity": float(ok.mean()) if ok.numel() else None,
             "ablation_sparsity_median": quant[2],
             "ablation_sparsity_min": float(ok.min()) if ok.numel() else None,
             "ablation_sparsity_max": float(ok.max()) if ok.numel() else None,
@@ -280,5 +294,6 @@ class AblationEvaluator:
         return EvalOutput(
             metrics,
             details,
+            samples=samples,
             timing={"sample_s": t_sample, "ablate_s": t_run, "per_pair_s": t_run / max(1, int(pairs.shape[0]))},
         )

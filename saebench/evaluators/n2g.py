@@ -1,7 +1,7 @@
 """``--evals n2g``: Neuron2Graph explainability of SAE latents (Foote et al. 2023; Gao et al. 2024, sec. 4.5).
 
 For a seeded sample of live latents: collect top-activating and random-activating examples from
-the first part of the evaluation token set (``ActivationPipeline.latent_examples``: one streamed
+the first part of the evaluation token set (``saebench.pipeline.examples.latent_examples``: one streamed
 encode pass over the cached prefix states, a bounded top-k buffer per latent), build each latent's
 pattern trie (``saebench.probes.n2g``: prune to the minimal suffix keeping ≥ 50% of the
 activation, wildcard tokens whose replacement by a pad keeps > 50%, anchor at a BOS where the
@@ -24,8 +24,9 @@ from typing import Any, ClassVar
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, mean_defined
+from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
 from saebench.pipeline import examples
+from saebench.stats import Samples, mean_of
 
 
 class N2GConfig(EvalConfig):
@@ -58,10 +59,39 @@ METRICS = (
         True,
         "",
         "N2G F1",
+        0.02,
+        mean_of("latent", "f1"),
     ),
-    Metric("n2g_precision", "mean token-level precision of the N2G predictions", "up"),
-    Metric("n2g_recall", "mean token-level recall of the N2G predictions", "up"),
-    Metric("n2g_base_rate", "mean fraction of held-out tokens on which a scored latent fires"),
+    Metric(
+        "n2g_precision",
+        "mean token-level precision of the N2G predictions",
+        "up",
+        False,
+        "",
+        "",
+        0.02,
+        mean_of("latent", "precision"),
+    ),
+    Metric(
+        "n2g_recall",
+        "mean token-level recall of the N2G predictions",
+        "up",
+        False,
+        "",
+        "",
+        0.02,
+        mean_of("latent", "recall"),
+    ),
+    Metric(
+        "n2g_base_rate",
+        "mean fraction of held-out tokens on which a scored latent fires",
+        "",
+        False,
+        "",
+        "",
+        0.0,
+        mean_of("latent", "base_rate"),
+    ),
     Metric("n_latents", "latents sampled"),
     Metric("n_latents_scored", "latents that fire above the threshold on held-out text"),
     Metric("n_live_latents_in_examples", "latents that fire on the example contexts"),
@@ -152,11 +182,18 @@ class N2GEvaluator:
                 f"n2g: {len(rows) - len(scored)} latent(s) never fire above the threshold on held-out text; left "
                 "out of the means"
             )
+        # means over the scored latents (f1 defined): n2g_f1, _precision, _recall, _base_rate follow from these
+        samples = {
+            "latent": Samples(
+                "latent",
+                [ctx.latent_id(r["latent"]) for r in rows],
+                {
+                    col: [r[col] if r["f1"] is not None else None for r in rows]
+                    for col in ("f1", "precision", "recall", "base_rate")
+                },
+            )
+        }
         metrics = {
-            "n2g_f1": mean_defined([r["f1"] for r in scored]),
-            "n2g_precision": mean_defined([r["precision"] for r in scored]),
-            "n2g_recall": mean_defined([r["recall"] for r in scored]),
-            "n2g_base_rate": mean_defined([r["base_rate"] for r in scored]),
             "n_latents": len(rows),
             "n_latents_scored": len(scored),
             "n_live_latents_in_examples": n_live,
@@ -178,4 +215,5 @@ class N2GEvaluator:
             "rows_saliency": stats["rows_saliency"],
             "latents": rows,
         }
-        return EvalOutput(metrics, details, timing={"collect_s": t_collect, "explain_score_s": t_explain})
+        timing = {"collect_s": t_collect, "explain_score_s": t_explain}
+        return EvalOutput(metrics, details, samples=samples if rows else {}, timing=timing)

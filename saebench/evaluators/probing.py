@@ -6,6 +6,9 @@ shared pipeline (computed once per model, hook and task sample, cached on disk),
 latent over the example (``mean`` over non-BOS tokens or the ``last`` token; ``auto`` uses each
 task family's choice), then
 
+Intervals: two-level bootstrap over tasks and the test examples within each task (units are
+``task@hash-of-its-sample``: two results pair task by task when they probed the same examples).
+
 - ``probe_loss``: for every live latent a 1-D logistic probe fit on train (batched Newton, small
   L2), test cross-entropy; the task's score is the minimum over latents; ``probe_loss`` is the
   mean over tasks (lower is better; ln 2 ≈ 0.693 is chance on balanced tasks). Latents constant
@@ -33,6 +36,7 @@ from pydantic import field_validator
 from saebench.errors import SaebenchError
 from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, mean_defined
 from saebench.pipeline import ActivationPipeline
+from saebench.stats import MeanOfMeans, Samples
 
 
 class ProbingConfig(EvalConfig):
@@ -66,6 +70,10 @@ class ProbingConfig(EvalConfig):
     }
 
 
+def _mom(col: str) -> MeanOfMeans:
+    return MeanOfMeans("task", col)
+
+
 METRICS = (
     Metric(
         "probe_loss",
@@ -74,6 +82,8 @@ METRICS = (
         True,
         "nats",
         "probe loss",
+        0.01,
+        _mom("probe_loss"),
     ),
     Metric(
         "top_1_accuracy",
@@ -82,13 +92,51 @@ METRICS = (
         True,
         "",
         "top-1 acc",
+        0.01,
+        _mom("top_1_accuracy"),
     ),
-    Metric("top_2_accuracy", "the same with 2 latents", "up"),
-    Metric("top_5_accuracy", "the same with 5 latents", "up"),
-    Metric("prior_loss", "mean test CE of the intercept-only probe (chance level)", "", False, "nats"),
-    Metric("baseline_resid_1d_loss", "best single residual channel's 1-D probe loss", "", False, "nats"),
-    Metric("baseline_resid_full_loss", "full-width residual probe's test CE", "", False, "nats"),
-    Metric("baseline_resid_full_accuracy", "full-width residual probe's test accuracy"),
+    Metric("top_2_accuracy", "the same with 2 latents", "up", False, "", "", 0.01, _mom("top_2_accuracy")),
+    Metric("top_5_accuracy", "the same with 5 latents", "up", False, "", "", 0.01, _mom("top_5_accuracy")),
+    Metric(
+        "prior_loss",
+        "mean test CE of the intercept-only probe (chance level)",
+        "",
+        False,
+        "nats",
+        "",
+        0.0,
+        _mom("prior_loss"),
+    ),
+    Metric(
+        "baseline_resid_1d_loss",
+        "best single residual channel's 1-D probe loss",
+        "",
+        False,
+        "nats",
+        "",
+        0.0,
+        _mom("resid_1d_loss"),
+    ),
+    Metric(
+        "baseline_resid_full_loss",
+        "full-width residual probe's test CE",
+        "",
+        False,
+        "nats",
+        "",
+        0.0,
+        _mom("resid_full_loss"),
+    ),
+    Metric(
+        "baseline_resid_full_accuracy",
+        "full-width residual probe's test accuracy",
+        "",
+        False,
+        "",
+        "",
+        0.0,
+        _mom("resid_full_accuracy"),
+    ),
     Metric("n_tasks_requested", "tasks selected"),
     Metric("n_tasks_scored", "tasks scored"),
     Metric("n_tasks_skipped", "tasks whose data is unavailable"),
@@ -167,12 +215,15 @@ class ProbingEvaluator:
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, ProbingConfig)
         from saebench.probes.sparse_probing import baselines, encoder, pool, score_task
+        from saebench.tasks import content_hash
 
         prep = prepare_tasks(ctx.pipeline, cfg, ctx.seed)
         ctx.notes.extend(prep.notes)
         enc = encoder(ctx.sae, ctx.sae_name)
         device = ctx.model.device
         rows, t_enc, t_1d, t_topk, t_base = [], 0.0, 0.0, 0.0, 0.0
+        ids: list[str] = []
+        columns: dict[str, list[Any]] = {}
         for name, task in prep.loaded.items():
             ta = prep.acts[name]
             pooling = task.spec.pooling if cfg.pooling == "auto" else cfg.pooling
@@ -180,7 +231,7 @@ class ProbingEvaluator:
             t1 = time.perf_counter()
             z = pool(ta.acts, ta.lengths, pooling, enc, cfg.token_chunk, device)
             t_enc += time.perf_counter() - t1
-            r, times = score_task(z, y, task.n_train, cfg.l2, cfg.latent_chunk, cfg.top_k, cfg.newton_iters)
+            r, per, times = score_task(z, y, task.n_train, cfg.l2, cfg.latent_chunk, cfg.top_k, cfg.newton_iters)
             t_1d += times["probe_1d_s"]
             t_topk += times["probe_topk_s"]
             row = {
@@ -197,31 +248,34 @@ class ProbingEvaluator:
                 t1 = time.perf_counter()
                 x = pool(ta.acts, ta.lengths, pooling)
                 key = (ta.key, pooling, cfg.l2, ctx.seed, task.n_train)
-                row.update(
-                    baselines(
-                        key,
-                        x[: task.n_train],
-                        y[: task.n_train],
-                        x[task.n_train :],
-                        y[task.n_train :],
-                        cfg.l2,
-                        cfg.latent_chunk,
-                        ctx.seed,
-                    )
+                base_row, base_per = baselines(
+                    key,
+                    x[: task.n_train],
+                    y[: task.n_train],
+                    x[task.n_train :],
+                    y[task.n_train :],
+                    cfg.l2,
+                    cfg.latent_chunk,
+                    ctx.seed,
                 )
+                row.update(base_row)
+                per.update(base_per)
                 t_base += time.perf_counter() - t1
             if r["n_latents_scored"] == 0:
                 ctx.notes.append(f"probing: every latent is dead on {name}; it scores its prior loss")
             rows.append(row)
+            ids.append(f"{name}@{content_hash(task)}")
+            for col, vals in per.items():
+                columns.setdefault(col, []).append(vals)
 
+        declared = {m.name for m in METRICS if m.estimator is not None}
         ks = cfg.top_k
-        metrics: dict[str, Any] = {
-            "probe_loss": mean_defined([r["probe_loss"] for r in rows]),
-            **{f"top_{k}_accuracy": mean_defined([r[f"top_{k}_accuracy"] for r in rows]) for k in ks},
-            "prior_loss": mean_defined([r["prior_loss"] for r in rows]),
-            "baseline_resid_1d_loss": mean_defined([r.get("resid_1d_loss") for r in rows]),
-            "baseline_resid_full_loss": mean_defined([r.get("resid_full_loss") for r in rows]),
-            "baseline_resid_full_accuracy": mean_defined([r.get("resid_full_accuracy") for r in rows]),
+        metrics: dict[str, Any] = {  # the declared ones (probe_loss, top-k, baselines) follow from the samples
+            **{
+                f"top_{k}_accuracy": mean_defined([r[f"top_{k}_accuracy"] for r in rows])
+                for k in ks
+                if f"top_{k}_accuracy" not in declared
+            },
             "n_tasks_requested": prep.n_requested,
             "n_tasks_scored": len(rows),
             "n_tasks_skipped": len(prep.skipped),
@@ -251,4 +305,5 @@ class ProbingEvaluator:
         }
         if not rows:
             ctx.notes.append("probing: no task could be scored; see 'skipped' for the reasons")
-        return EvalOutput(metrics, details, timing=timing)
+        samples = {"task": Samples("task", ids, columns)} if rows else {}
+        return EvalOutput(metrics, details, samples=samples, timing=timing)
