@@ -286,15 +286,39 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from saebench.compare import compare, parse_tolerances, render
+    from saebench.compare import IncomparableError, compare, parse_min_effects, render
+
+    direct = a.baseline is None
+    if direct and len(a.new) != 2:
+        raise SaebenchError("compare needs --baseline DIR (the gate) or exactly two result paths A B (A vs B)")
+    new, base = (a.new[:1], a.new[1:]) if direct else (a.new, [a.baseline])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = compare(
+                new, base, parse_min_effects(a.min_effect), against=a.against, ignore=tuple(a.ignore), direct=direct
+            )
+        except IncomparableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(render(result, show_all=not a.only_changes, direct=direct))
+    return 1 if result.failures and not direct else 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from saebench.export import export_saebench
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = compare(a.new, [a.baseline], parse_tolerances(a.tolerance), against=a.against)
+        written, skipped = export_saebench(a.results, a.out)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    print(render(result, show_all=not a.only_changes))
-    return 1 if result.failures else 0
+    for note in skipped:
+        print(f"skipped {note}")
+    print(f"wrote {len(written)} SAEBench file(s) under {a.out}")
+    return 0
 
 
 def cmd_tasks(a: argparse.Namespace) -> int:
@@ -329,26 +353,39 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="weight dtype (default: float32)")
     cp = sub.add_parser(
         "compare",
-        help="CI regression gate: compare results with a baseline; exit 1 on a regression",
-        description="Match NEW results to --baseline results by SAE name + evaluator and print baseline, new, "
-        "difference and verdict per metric. Exit status 1 when a metric is worse than its tolerance in its bad "
-        "direction (named in the last line), 2 on bad input, 0 otherwise.",
+        help="A vs B with intervals, or the CI gate: exit 1 when a metric got worse beyond noise",
+        description="saebench compare A B: per metric, the difference A - B with its 95%% interval (paired where the "
+        "two results share token contexts / tasks / latents) and a verdict (better, worse, within noise). "
+        "saebench compare NEW --baseline OLD: the CI gate; exit 1 when a metric is worse beyond its noise and its "
+        "minimum effect (named on the last line), 2 on bad input, 3 when the configurations differ.",
     )
-    cp.add_argument("new", nargs="+", help="new result files or folders")
-    cp.add_argument("--baseline", required=True, help="folder (or file) of baseline results")
+    cp.add_argument("new", nargs="+", help="new result files or folders (or A B without --baseline)")
+    cp.add_argument("--baseline", help="folder (or file) of baseline results: the gate")
     cp.add_argument(
-        "--tolerance",
+        "--min-effect",
         action="append",
         default=[],
-        metavar="METRIC=REL",
-        help="relative tolerance for a metric, e.g. fvu=0.01 or fvu=1%%; *=REL sets the default (0.5%%)",
+        metavar="METRIC=VALUE",
+        help="smallest change that counts, absolute (fvu=0.005) or relative to the baseline (fvu=2%%); "
+        "*=VALUE for every metric (default: each metric's declared minimum effect)",
     )
+    cp.add_argument("--ignore", action="append", default=[], metavar="METRIC", help="leave a metric out (repeatable)")
     cp.add_argument(
         "--against",
         metavar="SAE",
         help="compare every new SAE with this baseline SAE (e.g. a zoo member) instead of matching by name",
     )
-    cp.add_argument("--only-changes", action="store_true", help="hide metrics that are identical or within tolerance")
+    cp.add_argument("--only-changes", action="store_true", help="hide metrics that are identical or within noise")
+    ex = sub.add_parser(
+        "export",
+        help="write results in another tool's layout (SAEBench's eval_results JSON)",
+        description="Write SAEBench 0.6.0 eval_results files (OUT/core/, OUT/sparse_probing/, OUT/autointerp/) "
+        "from saebench results, so SAEBench's graphing code and the tools that read its files accept them. "
+        "Definitions that differ are written into each file's eval_result_unstructured.",
+    )
+    ex.add_argument("--format", default="saebench", choices=["saebench"], help="output layout (default: saebench)")
+    ex.add_argument("results", nargs="+", help="result files or folders")
+    ex.add_argument("out", help="output folder")
     tr = sub.add_parser(
         "train-reference", help="regenerate the shipped reference TopK SAE (about 8 min on 2 CPU cores)"
     )
@@ -390,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": cmd_compare,
         "zoo": cmd_zoo,
         "tasks": cmd_tasks,
+        "export": cmd_export,
     }
     try:
         return handlers[args.command](args)

@@ -1,23 +1,29 @@
-"""``saebench compare NEW... --baseline DIR``: the CI regression gate.
+"""``saebench compare``: is A better than B, and did anything really get worse (the CI gate).
 
-New results are matched to baseline results by (SAE name, evaluator). For every scalar metric the
-table shows baseline, new, the difference and a verdict; the gate fails (exit status 1) when a
-metric is worse than its tolerance in its bad direction. Directions come from
-each evaluator's metric declarations (``Evaluator.metrics``); metrics without a direction are descriptive (a change is
-reported, never a failure).
+Results are matched by (SAE name, evaluator), or every new SAE is compared with one baseline SAE
+(``--against``), or two single-SAE result sets are compared directly (``saebench compare A B``).
+For every metric both sides report, the row shows both values, the difference ``new - baseline``
+with its 95% interval and a verdict:
 
-A metric is *worse* when ``new - baseline`` goes the bad way by more than
-``max(rel * |baseline|, abs)``. The default ``rel`` (0.5%) is meant to sit far above CPU
-run-to-run noise (a fixed seed and token set; different thread counts or BLAS builds only reorder
-float sums, and metrics accumulate in float64) and below a real change of an SAE; its spread
-across machines has not been measured. ``abs`` (1e-6) keeps metrics whose baseline is 0
-(``dead_frac``) from failing on rounding. Identical results compare exactly equal (verdict
-``same``).
+- the interval comes from the per-unit samples stored in both results (:mod:`saebench.stats`):
+  *paired* when the units coincide (same token contexts, same task samples, same latents of the
+  same SAE: one set of resample weights for both sides), otherwise independent; a metric with
+  only a stored standard error on each side gets a normal interval ±1.96·√(se_a² + se_b²);
+- a directional metric is ``WORSE`` when the interval excludes 0 on its bad side *and* the change
+  exceeds its minimum effect (the metric's declared ``min_effect``, absolute, or
+  ``min_rel_effect`` × |baseline|; ``--min-effect`` overrides), ``better`` symmetrically, else
+  ``within noise`` (``same`` when identical). A metric with no interval is worse only by more
+  than its minimum effect. Descriptive metrics (no direction) are ``same`` or ``changed``;
+- a directional metric missing from the new results, or undefined (null), NaN or infinite on
+  either side, is a failure naming it: a gate that cannot check a metric must not pass it
+  (``--ignore`` skips one). A metric only the new results have is reported as ``new metric``.
 
-Bad input: corrupt or foreign JSON files are skipped with a warning naming them; a metric the
-new run has but the baseline lacks is reported (``new metric``), not a failure; a result with
-no baseline is reported; no matched pair at all is an error (a CI gate that compares nothing
-must not pass).
+Results made with different configurations (model, hook, token count, context, corpus, dtype,
+evaluator settings) are not compared: that is its own error (exit 3) naming the differing keys,
+never a regression. Different seeds are comparable (different samples, compared unpaired).
+
+Exit status: 0 no regression, 1 a metric is worse (named on the last line), 2 bad input,
+3 incomparable configurations.
 """
 
 from __future__ import annotations
@@ -28,20 +34,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saebench.display import fmt as _fmt
+from saebench import stats
+from saebench.display import fmt
 from saebench.errors import SaebenchError
-from saebench.evaluators import metric_table
+from saebench.evaluators import Metric, metric_table
 from saebench.results import Result, read_result, result_files
 
-DEFAULT_REL = 0.005
-DEFAULT_ABS = 1e-6
-# config keys whose difference makes numbers incomparable (reported, so a failing gate explains itself)
-CONFIG_KEYS = ("model", "hook", "profile", "tokens", "n_tokens", "ctx_len", "seed", "corpus", "dtype")
+#: config keys whose difference makes two results measure different things
+INCOMPARABLE_KEYS = ("model", "hook", "n_tokens", "ctx_len", "corpus", "split", "dtype", "evaluator_config")
+FLOAT_NOISE = 1e-9  # relative: below this a difference is rounding, whatever the metric
+FAILING = ("WORSE", "missing", "undefined")
+
+
+class IncomparableError(SaebenchError):
+    """Two results were made with different configurations (exit status 3)."""
 
 
 @dataclass
 class Row:
-    """One metric of one (SAE, evaluator) pair."""
+    """One metric of one compared (SAE, evaluator) pair."""
 
     sae: str
     evaluator: str
@@ -50,44 +61,46 @@ class Row:
     baseline: Any
     new: Any
     diff: float | None
-    rel: float | None
+    low: float | None
+    high: float | None
+    paired: bool
+    min_effect: float | None
     verdict: str
-    tolerance: float
 
     @property
     def failed(self) -> bool:
-        return self.verdict in ("WORSE", "became undefined", "missing in new")
+        return self.verdict in FAILING
 
 
 @dataclass
 class Comparison:
-    """All rows plus what could not be compared."""
-
     rows: list[Row] = field(default_factory=list)
     unmatched_new: list[str] = field(default_factory=list)
     unmatched_baseline: list[str] = field(default_factory=list)
-    config_diffs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    labels: tuple[str, str] = ("new", "baseline")
 
     @property
     def failures(self) -> list[Row]:
         return [r for r in self.rows if r.failed]
 
 
-def parse_tolerances(items: list[str]) -> dict[str, float]:
-    """``METRIC=REL`` (``fvu=0.01`` or ``fvu=1%``); ``*=REL`` sets the default for all metrics."""
-    out: dict[str, float] = {}
+def parse_min_effects(items: list[str]) -> dict[str, tuple[float, bool]]:
+    """``METRIC=VALUE`` (absolute) or ``METRIC=VALUE%`` (relative to the baseline); ``*`` for all."""
+    out: dict[str, tuple[float, bool]] = {}
     for item in items:
         key, eq, raw = item.partition("=")
         key, raw = key.strip(), raw.strip()
         if not eq or not key or not raw:
-            raise SaebenchError(f"--tolerance {item!r} must look like METRIC=REL, e.g. fvu=0.01 or fvu=1%")
+            raise SaebenchError(f"--min-effect {item!r} must look like METRIC=VALUE or METRIC=VALUE%, e.g. fvu=0.01")
+        rel = raw.endswith("%")
         try:
-            val = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+            val = float(raw[:-1]) / 100 if rel else float(raw)
         except ValueError as exc:
-            raise SaebenchError(f"--tolerance {item!r}: {raw!r} is not a number; use e.g. fvu=0.01 or fvu=1%") from exc
+            raise SaebenchError(f"--min-effect {item!r}: {raw!r} is not a number; use e.g. fvu=0.01 or fvu=1%") from exc
         if not math.isfinite(val) or val < 0:
-            raise SaebenchError(f"--tolerance {item!r}: the tolerance must be a finite number >= 0")
-        out[key] = val
+            raise SaebenchError(f"--min-effect {item!r}: the minimum effect must be a finite number >= 0")
+        out[key] = (val, rel)
     return out
 
 
@@ -110,67 +123,118 @@ def collect(paths: list[str | Path], what: str) -> dict[tuple[str, str], Result]
     return {k: v[0] for k, v in found.items()}
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def config_differences(a: Result, b: Result) -> list[str]:
+    diffs = []
+    for k in INCOMPARABLE_KEYS:
+        va, vb = a.config.get(k), b.config.get(k)
+        if k == "n_tokens":
+            va, vb = a.config.get("n_tokens", a.config.get("tokens")), b.config.get("n_tokens", b.config.get("tokens"))
+        if va != vb:
+            diffs.append(f"{k} ({va!r} vs {vb!r})" if k != "evaluator_config" else f"{k} of {a.evaluator}")
+    return diffs
+
+
+def _threshold(decl: Metric | None, base: float, override: dict[str, tuple[float, bool]], name: str) -> float:
+    if name in override or "*" in override:
+        val, rel = override.get(name, override.get("*", (0.0, False)))
+        effect = val * abs(base) if rel else val
+    elif decl is not None:
+        effect = max(decl.min_effect, decl.min_rel_effect * abs(base))
+    else:
+        effect = 0.0
+    return max(effect, FLOAT_NOISE * max(1.0, abs(base)))
+
+
+def _interval(decl: Metric | None, name: str, new: Result, base: Result) -> tuple[float | None, float | None, bool]:
+    """95% interval of new - base: bootstrap from samples (paired when units coincide), else from
+    stored standard errors, else none."""
+    est = decl.estimator if decl is not None else None
+    if est is not None and est.unit in new.samples and est.unit in base.samples:
+        d = stats.difference(est, stats.samples_from_json(new.samples), est, stats.samples_from_json(base.samples))
+        return d.low, d.high, d.paired
+    ua, ub = new.uncertainty.get(name, {}), base.uncertainty.get(name, {})
+    if _finite(ua.get("se")) and _finite(ub.get("se")):
+        diff = float(new.metrics[name]) - float(base.metrics[name])
+        half = 1.96 * math.sqrt(float(ua["se"]) ** 2 + float(ub["se"]) ** 2)
+        return diff - half, diff + half, False
+    return None, None, False
 
 
 def compare_metric(
-    direction: str, base: Any, new: Any, rel_tol: float, abs_tol: float = DEFAULT_ABS
-) -> tuple[float | None, float | None, str]:
-    """``(diff, relative diff, verdict)`` for one metric whose better ``direction`` is up/down/""."""
-    b, n = _number(base), _number(new)
-    if base is None and new is None:
-        return None, None, "same"
-    if b is None or not math.isfinite(b):
-        return None, None, "baseline undefined" if n is not None else "same"
-    if n is None or not math.isfinite(n):
-        return None, None, "became undefined" if direction else "changed"
-    diff = n - b
-    rel = diff / abs(b) if b != 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
-    if diff == 0:
-        return 0.0, 0.0, "same"
-    allowed = max(rel_tol * abs(b), abs_tol)
-    if abs(diff) <= allowed:
-        return diff, rel, "ok"
+    name: str, decl: Metric | None, new: Result, base: Result, override: dict[str, tuple[float, bool]]
+) -> Row:
+    """One row: values, difference with interval, verdict (see module doc)."""
+    direction = decl.direction if decl is not None else ""
+    b, n = base.metrics.get(name, "absent"), new.metrics.get(name, "absent")
+    key = (new.sae.name, new.evaluator, name, direction, base.metrics.get(name), new.metrics.get(name))
+    if b == "absent" and n != "absent":
+        return Row(*key, None, None, None, False, None, "new metric")  # nothing to regress from
+    if direction and (not _finite(b) or not _finite(n)):
+        return Row(*key, None, None, None, False, None, "missing" if n == "absent" else "undefined")
+    if not _finite(b) or not _finite(n):
+        return Row(*key, None, None, None, False, None, "same" if b == n else "changed")
+    diff = float(n) - float(b)
+    effect = _threshold(decl, float(b), override, name)
     if not direction:
-        return diff, rel, "changed"
-    better = diff < 0 if direction == "down" else diff > 0
-    return diff, rel, "better" if better else "WORSE"
+        return Row(*key, diff, None, None, False, None, "same" if diff == 0 else "changed")
+    low, high, paired = _interval(decl, name, new, base)
+    if diff == 0 and (low is None or (low == 0 and high == 0)):
+        return Row(*key, diff, low, high, paired, effect, "same")
+    bad = diff > 0 if direction == "down" else diff < 0
+    outside = low is None or (low > 0 if diff > 0 else high < 0)  # no interval: only the minimum effect decides
+    if abs(diff) > effect and outside:
+        verdict = "WORSE" if bad else "better"
+    else:
+        verdict = "within noise"
+    return Row(*key, diff, low, high, paired, effect, verdict)
 
 
 def compare(
     new_paths: list[str | Path],
     baseline_paths: list[str | Path],
-    tolerances: dict[str, float] | None = None,
+    min_effects: dict[str, tuple[float, bool]] | None = None,
     against: str | None = None,
+    ignore: tuple[str, ...] = (),
+    direct: bool = False,
 ) -> Comparison:
-    """Compare results under ``new_paths`` with those under ``baseline_paths``.
+    """Compare the results under ``new_paths`` with those under ``baseline_paths``.
 
-    ``against``: compare every new SAE with this one baseline SAE (same evaluator) instead of
-    matching by name: how a new architecture is gated against a reference-zoo member.
+    ``against``: compare every new SAE with this one baseline SAE (same evaluator). ``direct``:
+    each side holds one SAE; compare them whatever their names (``saebench compare A B``).
     """
-    tolerances = dict(tolerances or {})
-    default = tolerances.pop("*", DEFAULT_REL)
+    override = dict(min_effects or {})
     new = collect(list(new_paths), "new results")
     base = collect(list(baseline_paths), "baseline")
-    if against is not None:
-        chosen = {e: r for (s, e), r in base.items() if s == against}
-        if not chosen:
-            names = sorted({s for s, _ in base})
-            raise SaebenchError(f"--against {against!r}: no baseline SAE of that name (have: {', '.join(names[:8])})")
-        base = {(s, e): chosen[e] for (s, e) in new if e in chosen}
     if not new:
         raise SaebenchError(
             f"no saebench results in {', '.join(map(str, new_paths))}; run `saebench run --out DIR` first"
         )
     if not base:
-        raise SaebenchError(f"no saebench results in baseline {', '.join(map(str, baseline_paths))}; check --baseline")
-    unknown = sorted(set(tolerances) - {m for r in list(new.values()) + list(base.values()) for m in r.metrics})
-    if unknown:
-        raise SaebenchError(f"--tolerance names metric(s) no result has: {', '.join(unknown)}; check the spelling")
+        raise SaebenchError(f"no saebench results in baseline {', '.join(map(str, baseline_paths))}; check the path")
     out = Comparison()
+    if direct:
+        names_a, names_b = sorted({s for s, _ in new}), sorted({s for s, _ in base})
+        if len(names_a) != 1 or len(names_b) != 1:
+            raise SaebenchError(
+                f"compare A B needs one SAE on each side; got {names_a} and {names_b}: "
+                "pass single-SAE result folders, or use --baseline to match by name"
+            )
+        base = {(names_a[0], e): r for (_, e), r in base.items()}
+        out.labels = (names_a[0], names_b[0])
+    elif against is not None:
+        chosen = {e: r for (s, e), r in base.items() if s == against}
+        if not chosen:
+            names = sorted({s for s, _ in base})
+            raise SaebenchError(f"--against {against!r}: no baseline SAE of that name (have: {', '.join(names[:8])})")
+        base = {(s, e): chosen[e] for (s, e) in new if e in chosen}
+    known = {m for r in list(new.values()) + list(base.values()) for m in r.metrics}
+    unknown = sorted(set(override) - known - {"*"}) + sorted(set(ignore) - known)
+    if unknown:
+        raise SaebenchError(f"--min-effect / --ignore name metric(s) no result has: {', '.join(unknown)}")
     out.unmatched_new = [f"{s}/{e}" for s, e in sorted(set(new) - set(base))]
     out.unmatched_baseline = [f"{s}/{e}" for s, e in sorted(set(base) - set(new))]
     matched = sorted(set(new) & set(base))
@@ -179,102 +243,83 @@ def compare(
             f"no new result matches a baseline by SAE name + evaluator (new: {', '.join(out.unmatched_new[:5])}; "
             f"baseline: {', '.join(out.unmatched_baseline[:5])}); name the SAE with --name when running"
         )
+    incomparable = [
+        f"{s}/{e}: {', '.join(d)}" for (s, e) in matched if (d := config_differences(new[(s, e)], base[(s, e)]))
+    ]
+    if incomparable:
+        raise IncomparableError(
+            f"results were made with different configurations and are not compared: {'; '.join(incomparable[:4])}; "
+            "rerun one side with the other's settings"
+        )
+    for s, e in matched:
+        if new[(s, e)].config.get("seed") != base[(s, e)].config.get("seed"):
+            out.notes.append(f"{s}/{e}: different seeds (different samples: compared unpaired)")
     decl = metric_table(sorted({e for _, e in matched}), list(base.values()) + list(new.values()))
     for key in matched:
         b, n = base[key], new[key]
-        directions = {m: d.direction for m, d in decl.get(key[1], {}).items()}
-        for ck in CONFIG_KEYS:
-            if b.config.get(ck) != n.config.get(ck):
-                out.config_diffs.append(
-                    f"{key[0]}/{key[1]}: {ck} {b.config.get(ck)!r} (baseline) vs {n.config.get(ck)!r} (new)"
-                )
-        names = sorted(
-            m
-            for m in set(b.metrics) | set(n.metrics)
-            if not isinstance(b.metrics.get(m), (dict, list, str))
-            and not isinstance(n.metrics.get(m), (dict, list, str))
-        )
-        for m in names:
-            tol = tolerances.get(m, default)
-            if m not in b.metrics:
-                diff, rel, verdict = None, None, "new metric"
-            elif m not in n.metrics:
-                diff, rel, verdict = None, None, "missing in new" if directions.get(m) else "dropped"
-            else:
-                diff, rel, verdict = compare_metric(directions.get(m, ""), b.metrics[m], n.metrics[m], tol)
-            out.rows.append(
-                Row(
-                    key[0],
-                    key[1],
-                    m,
-                    directions.get(m, ""),
-                    b.metrics.get(m),
-                    n.metrics.get(m),
-                    diff,
-                    rel,
-                    verdict,
-                    tol,
-                )
-            )
+        names = sorted(m for m in set(b.metrics) | set(n.metrics) if m not in ignore)
+        out.rows += [compare_metric(m, decl.get(key[1], {}).get(m), n, b, override) for m in names]
     return out
 
 
-def _pct(v: float | None) -> str:
-    if v is None:
+def _ci(r: Row) -> str:
+    if r.diff is None:
         return ""
-    if math.isinf(v):
-        return "inf"
-    return f"{v * 100:+.3g}%"
+    if r.low is None:
+        return f"{r.diff:+.4g}"
+    return f"{r.diff:+.4g} [{r.low:+.3g}, {r.high:+.3g}]{' p' if r.paired else ''}"
 
 
-def render(cmp: Comparison, show_all: bool = True) -> str:
+def render(cmp: Comparison, show_all: bool = True, direct: bool = False) -> str:
     """The per-metric table and a summary line naming every failing metric."""
     from tabulate import tabulate
 
     arrow = {"up": "↑", "down": "↓", "": ""}
+    a_label, b_label = cmp.labels
+    words = {"WORSE": f"{a_label} worse", "better": f"{a_label} better"} if direct else {}
+    quiet = ("same", "within noise", "changed")
     rows = [
         [
             r.sae,
             r.evaluator,
             f"{r.metric} {arrow[r.direction]}".rstrip(),
-            _fmt(r.baseline) if r.verdict != "new metric" else "—",
-            _fmt(r.new) if r.verdict not in ("missing in new", "dropped") else "—",
-            "" if r.diff is None else f"{r.diff:+.4g}",
-            _pct(r.rel),
-            f"{r.tolerance * 100:.3g}%" if r.direction else "",
-            r.verdict,
+            fmt(r.baseline),
+            fmt(r.new),
+            _ci(r),
+            "" if r.min_effect is None else f"{r.min_effect:.3g}",
+            words.get(r.verdict, r.verdict),
         ]
         for r in cmp.rows
-        if show_all or r.verdict not in ("same", "ok")
+        if show_all or r.verdict not in quiet
     ]
-    lines = [
-        tabulate(
-            rows,
-            headers=["SAE", "eval", "metric", "baseline", "new", "diff", "rel", "tol", "verdict"],
-            tablefmt="github",
-        )
+    heads = [
+        "SAE",
+        "eval",
+        "metric",
+        b_label if direct else "baseline",
+        a_label if direct else "new",
+        "diff [95% CI]" + (" (p: paired)"),
+        "min effect",
+        "verdict",
     ]
-    for item in cmp.unmatched_new:
-        lines.append(f"note: {item} has no baseline (not compared)")
-    for item in cmp.unmatched_baseline:
-        lines.append(f"note: baseline {item} has no new result (not compared)")
-    for item in cmp.config_diffs:
-        lines.append(f"note: configs differ: {item}")
-    new_metrics = [f"{r.sae}/{r.evaluator}/{r.metric}" for r in cmp.rows if r.verdict == "new metric"]
-    if new_metrics:
-        lines.append(
-            f"note: baseline lacks {len(new_metrics)} metric(s) the new run has: {', '.join(new_metrics[:8])} "
-            "(reported, not a failure)"
-        )
+    lines = [tabulate(rows, headers=heads, tablefmt="github")]
+    lines += [f"note: {x} has no baseline (not compared)" for x in cmp.unmatched_new]
+    lines += [f"note: baseline {x} has no new result (not compared)" for x in cmp.unmatched_baseline]
+    lines += [f"note: {x}" for x in cmp.notes]
     fails = cmp.failures
-    if fails:
+    if direct:
+        better = sum(r.verdict == "better" for r in cmp.rows)
+        worse = sum(r.verdict == "WORSE" for r in cmp.rows)
+        lines.append(f"{a_label} vs {b_label}: better on {better}, worse on {worse} metric(s) beyond noise")
+    elif fails:
         what = ", ".join(
-            f"{r.metric} of {r.sae}/{r.evaluator} ({_fmt(r.baseline)} → {_fmt(r.new)}, {_pct(r.rel) or r.verdict})"
+            f"{r.metric} of {r.sae}/{r.evaluator} ({fmt(r.baseline)} → {fmt(r.new)}, {_ci(r) or r.verdict})"
             for r in fails
         )
-        lines.append(f"FAIL: {len(fails)} metric(s) worse than tolerance: {what}")
+        lines.append(f"FAIL: {len(fails)} metric(s) worse beyond noise: {what}")
     else:
-        n = sum(r.verdict in ("same", "ok", "better", "changed") for r in cmp.rows)
+        n = len(cmp.rows)
         same = sum(r.verdict == "same" for r in cmp.rows)
-        lines.append(f"OK: {n} metric(s) compared, none worse than tolerance ({same} identical)")
+        noise = sum(r.verdict == "within noise" for r in cmp.rows)
+        lines.append(f"OK: {n} metric(s) compared, none worse beyond noise ({same} identical, {noise} within noise)")
     return "\n".join(lines)

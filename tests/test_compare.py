@@ -1,108 +1,140 @@
-"""The CI regression gate: pure JSON fixtures, no model."""
+"""Comparisons and the CI gate: pure JSON fixtures with per-context samples, no model."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from saebench.cli import main
-from saebench.compare import DEFAULT_REL, compare, compare_metric, parse_tolerances
+from saebench.compare import IncomparableError, compare, parse_min_effects
 from saebench.errors import SaebenchError
 from saebench.evaluators import metric_table
 from saebench.results import Result, SAERecord, result_path, write_result
 
-METRICS = {
-    "l0": 32.0,
-    "fvu": 0.2,
-    "mse": 0.01,
-    "cossim": 0.9,
-    "delta_ce": 0.3,
-    "kl": 0.25,
-    "ce_loss_score": 0.8,
-    "dead_frac": 0.0,
-    "dense_frac": 0.01,
-}
+N = 64  # contexts
 
 
-def _write(root, name="sae-a", evaluator="core", **metrics):
-    m = {**METRICS, **metrics}
+def _samples(seed=0, err_scale=1.0, ids_seed=None):
+    rng = np.random.default_rng(seed)
+    var = rng.uniform(90, 110, N)
+    err = var * 0.2 * rng.uniform(0.8, 1.2, N) * err_scale
+    ids = [f"{ids_seed if ids_seed is not None else 0}-{i}" for i in range(N)]
+    return {"sequence": {"unit": "sequence", "ids": ids, "columns": {"sq_err": err.tolist(), "var": var.tolist()}}}
+
+
+def _write(root, name="sae-a", evaluator="core", samples=None, config=None, **metrics):
+    s = samples if samples is not None else _samples()
+    cols = s["sequence"]["columns"]
+    fvu = sum(cols["sq_err"]) / sum(cols["var"])
+    m = {"l0": 32.0, "fvu": fvu, "explained_variance": 1 - fvu, "dead_frac": 0.0, "kl": 0.25, "n_tokens_loss": 100}
+    m.update(metrics)
     m = {k: v for k, v in m.items() if v is not ...}
+    cfg = {
+        "model": "m",
+        "hook": "blocks.6.hook_resid_post",
+        "profile": "quick",
+        "tokens": 8192,
+        "n_tokens": 8192,
+        "ctx_len": 128,
+        "seed": 0,
+        "corpus": "c",
+        "evaluator_config": {},
+    }
+    cfg.update(config or {})
     r = Result(
         evaluator=evaluator,
         run_key="k",
-        sae=SAERecord(name=name, source="x", architecture="topk", d_in=4, d_sae=8, fingerprint="f"),
-        config={
-            "model": "m",
-            "hook": "blocks.6.hook_resid_post",
-            "profile": "quick",
-            "tokens": 8192,
-            "ctx_len": 128,
-            "seed": 0,
-            "corpus": "c",
-        },
+        config=cfg,
         metrics=m,
+        samples=s,
+        sae=SAERecord(name=name, source="x", architecture="topk", d_in=4, d_sae=8, fingerprint="f"),
         details={"density_histogram": {"counts": [1, 2]}},
     )
     write_result(r, result_path(root, name, evaluator))
     return r
 
 
-def test_identical_results_compare_exactly_equal(tmp_path, capsys):
+def _verdicts(cmp):
+    return {r.metric: r.verdict for r in cmp.rows}
+
+
+def test_identical_results_are_the_same_and_pass(tmp_path, capsys):
     _write(tmp_path / "base")
     _write(tmp_path / "new")
     cmp = compare([tmp_path / "new"], [tmp_path / "base"])
-    assert cmp.rows and all(r.verdict == "same" and r.diff in (0.0, None) for r in cmp.rows)
-    assert not cmp.failures
-    assert "density_histogram" not in {r.metric for r in cmp.rows}
+    assert cmp.rows and all(r.verdict == "same" for r in cmp.rows) and not cmp.failures
+    assert "density_histogram" not in {r.metric for r in cmp.rows}  # details are never compared
     assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base")]) == 0
     out = capsys.readouterr().out
     assert "OK:" in out and "| fvu ↓" in out
 
 
-def test_regression_fails_naming_the_metric(tmp_path, capsys):
+def test_a_real_regression_fails_naming_the_metric_and_its_interval(tmp_path, capsys):
     _write(tmp_path / "base")
-    _write(tmp_path / "new", fvu=0.2 * 1.05, cossim=0.95, l0=40.0)
+    _write(tmp_path / "new", samples=_samples(err_scale=1.05))  # every context 5% worse: paired
     cmp = compare([tmp_path / "new"], [tmp_path / "base"])
-    verdicts = {r.metric: r.verdict for r in cmp.rows}
-    assert verdicts["fvu"] == "WORSE" and verdicts["cossim"] == "better" and verdicts["l0"] == "changed"
-    assert [r.metric for r in cmp.failures] == ["fvu"]
+    fvu = next(r for r in cmp.rows if r.metric == "fvu")
+    assert fvu.verdict == "WORSE" and fvu.paired and fvu.low > 0 and fvu.diff == pytest.approx(0.01, rel=0.05)
+    assert _verdicts(cmp)["explained_variance"] == "WORSE"  # the same samples, the other direction
     assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base")]) == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("FAIL: 1 metric") and "fvu of sae-a/core" in last and "+5%" in last
+    assert last.startswith("FAIL: 2 metric(s)") and "fvu of sae-a/core" in last and "[+" in last
 
 
-def test_tolerance_override_and_noise(tmp_path):
+def test_a_change_within_noise_or_below_the_minimum_effect_passes(tmp_path):
     _write(tmp_path / "base")
-    _write(tmp_path / "noise", fvu=0.2 * (1 + 1e-6), delta_ce=0.3 * (1 + DEFAULT_REL / 2))
-    assert not compare([tmp_path / "noise"], [tmp_path / "base"]).failures  # CPU-noise sized changes pass
-    _write(tmp_path / "new", fvu=0.2 * 1.05)
-    assert not compare([tmp_path / "new"], [tmp_path / "base"], {"fvu": 0.1}).failures
-    assert compare([tmp_path / "new"], [tmp_path / "base"], {"*": 0.01}).failures
-    assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base"), "--tolerance", "fvu=6%"]) == 0
+    # a different sample (other seed, other contexts): unpaired, the same truth -> within noise
+    _write(tmp_path / "seed1", samples=_samples(seed=1, ids_seed=1), config={"seed": 1})
+    cmp = compare([tmp_path / "seed1"], [tmp_path / "base"])
+    assert _verdicts(cmp)["fvu"] == "within noise" and not cmp.failures
+    assert any("different seeds" in n for n in cmp.notes)
+    # a paired, clearly detected change smaller than the declared minimum effect (0.002 for fvu)
+    _write(tmp_path / "tiny", samples=_samples(err_scale=1.005))
+    assert _verdicts(compare([tmp_path / "tiny"], [tmp_path / "base"]))["fvu"] == "within noise"
+    assert _verdicts(compare([tmp_path / "tiny"], [tmp_path / "base"], {"fvu": (0.0, False)}))["fvu"] == "WORSE"
 
 
-def test_direction_of_zero_baseline_and_undefined():
-    assert compare_metric("down", 0.0, 1e-9, DEFAULT_REL)[2] == "ok"  # absolute floor
-    assert compare_metric("down", 0.0, 0.01, DEFAULT_REL)[2] == "WORSE"
-    assert compare_metric("up", 0.8, None, DEFAULT_REL)[2] == "became undefined"
-    assert compare_metric("up", None, None, DEFAULT_REL)[2] == "same"
-    assert compare_metric("up", None, 0.5, DEFAULT_REL)[2] == "baseline undefined"
-    assert compare_metric("", 1.0, 2.0, DEFAULT_REL)[2] == "changed"
+def test_nan_missing_or_undefined_metrics_never_pass(tmp_path, capsys):
+    _write(tmp_path / "base", kl=math.nan)
+    _write(tmp_path / "new")
+    assert _verdicts(compare([tmp_path / "new"], [tmp_path / "base"]))["kl"] == "undefined"
+    assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base")]) == 1
+    assert "kl of sae-a/core" in capsys.readouterr().out
+    _write(tmp_path / "base2")
+    _write(tmp_path / "dropped", kl=...)
+    assert _verdicts(compare([tmp_path / "dropped"], [tmp_path / "base2"]))["kl"] == "missing"
+    _write(tmp_path / "inf", kl=math.inf)
+    assert compare([tmp_path / "inf"], [tmp_path / "base2"]).failures
+    assert not compare([tmp_path / "inf"], [tmp_path / "base2"], ignore=("kl",)).failures
+    # a metric only the new run has is reported, not failed
+    _write(tmp_path / "old", kl=...)
+    assert _verdicts(compare([tmp_path / "base2"], [tmp_path / "old"]))["kl"] == "new metric"
+
+
+def test_different_configurations_are_their_own_error_never_a_regression(tmp_path, capsys):
+    _write(tmp_path / "base")
+    _write(tmp_path / "new", config={"tokens": 4096, "n_tokens": 4096}, samples=_samples(err_scale=2.0))
+    with pytest.raises(IncomparableError, match="n_tokens"):
+        compare([tmp_path / "new"], [tmp_path / "base"])
+    assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: results were made with different configurations") and "n_tokens" in err
+
+
+def test_a_versus_b(tmp_path, capsys):
+    _write(tmp_path / "a", name="arch-a", samples=_samples(err_scale=0.9))
+    _write(tmp_path / "b", name="arch-b")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "arch-a better" in out and "arch-a vs arch-b: better on" in out
 
 
 def test_directions_come_from_the_evaluators_declarations():
     core = metric_table(["core"])["core"]
     assert core["fvu"].direction == "down" and core["ce_loss_score"].direction == "up" and core["l0"].direction == ""
-
-
-def test_baseline_missing_a_metric_is_reported_not_failed(tmp_path, capsys):
-    _write(tmp_path / "base", kl=...)
-    _write(tmp_path / "new")
-    cmp = compare([tmp_path / "new"], [tmp_path / "base"])
-    assert {r.metric: r.verdict for r in cmp.rows}["kl"] == "new metric" and not cmp.failures
-    assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base")]) == 0
-    assert "baseline lacks 1 metric(s) the new run has: sae-a/core/kl" in capsys.readouterr().out
 
 
 def test_corrupt_and_foreign_files_are_skipped_with_a_warning(tmp_path, capsys):
@@ -119,10 +151,10 @@ def test_corrupt_and_foreign_files_are_skipped_with_a_warning(tmp_path, capsys):
     assert "junk.json" in err and "package.json" in err
 
 
-def test_matching_by_sae_name_and_evaluator(tmp_path, capsys):
+def test_matching_by_sae_name_and_against_a_named_baseline(tmp_path, capsys):
     _write(tmp_path / "base", name="a")
-    _write(tmp_path / "base", name="b", fvu=0.1)
-    _write(tmp_path / "new", name="b", fvu=0.1)
+    _write(tmp_path / "base", name="b")
+    _write(tmp_path / "new", name="b")
     _write(tmp_path / "new", name="c")
     cmp = compare([tmp_path / "new"], [tmp_path / "base"])
     assert {r.sae for r in cmp.rows} == {"b"} and not cmp.failures
@@ -132,41 +164,26 @@ def test_matching_by_sae_name_and_evaluator(tmp_path, capsys):
         compare([tmp_path / "other"], [tmp_path / "base"])
     assert main(["compare", str(tmp_path / "other"), "--baseline", str(tmp_path / "base")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+    _write(tmp_path / "worse", name="my-arch", samples=_samples(err_scale=1.2))
+    assert main(["compare", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base"), "--against", "a"]) == 1
+    with pytest.raises(SaebenchError, match="no baseline SAE of that name"):
+        compare([tmp_path / "new"], [tmp_path / "base"], against="nope")
 
 
-def test_config_differences_are_reported(tmp_path, capsys):
-    _write(tmp_path / "base")
-    r = _write(tmp_path / "new")
-    r.config["tokens"] = 4096
-    write_result(r, result_path(tmp_path / "new", "sae-a", "core"))
-    assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base")]) == 0
-    assert "configs differ: sae-a/core: tokens 8192 (baseline) vs 4096 (new)" in capsys.readouterr().out
-
-
-def test_bad_tolerances_and_paths(tmp_path):
-    assert parse_tolerances(["fvu=1%", "kl=0.02", "*=0"]) == {"fvu": 0.01, "kl": 0.02, "*": 0.0}
+def test_bad_minimum_effects_and_paths(tmp_path):
+    assert parse_min_effects(["fvu=1%", "kl=0.02", "*=0"]) == {
+        "fvu": (0.01, True),
+        "kl": (0.02, False),
+        "*": (0.0, False),
+    }
     for bad in ("fvu", "fvu=x", "fvu=-1", "=0.1"):
-        with pytest.raises(SaebenchError, match="--tolerance"):
-            parse_tolerances([bad])
+        with pytest.raises(SaebenchError, match="--min-effect"):
+            parse_min_effects([bad])
     _write(tmp_path / "base")
     with pytest.raises(SaebenchError, match="no result has: fvuu"):
-        compare([tmp_path / "base"], [tmp_path / "base"], {"fvuu": 0.1})
+        compare([tmp_path / "base"], [tmp_path / "base"], {"fvuu": (0.1, False)})
     with pytest.raises(SaebenchError, match="does not exist"):
         compare([tmp_path / "nope"], [tmp_path / "base"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(SaebenchError, match="baseline"):
         compare([tmp_path / "base"], [tmp_path / "empty"])
-
-
-def test_against_a_named_baseline_sae(tmp_path):
-    _write(tmp_path / "base", name="topk-2304-k32", fvu=0.2)
-    _write(tmp_path / "new", name="my-arch", fvu=0.19)
-    cmp = compare([tmp_path / "new"], [tmp_path / "base"], against="topk-2304-k32")
-    assert {r.metric: r.verdict for r in cmp.rows}["fvu"] == "better" and {r.sae for r in cmp.rows} == {"my-arch"}
-    _write(tmp_path / "worse", name="my-arch", fvu=0.3)
-    assert (
-        main(["compare", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base"), "--against", "topk-2304-k32"])
-        == 1
-    )
-    with pytest.raises(SaebenchError, match="no baseline SAE of that name"):
-        compare([tmp_path / "new"], [tmp_path / "base"], against="nope")
