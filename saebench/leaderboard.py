@@ -1,14 +1,18 @@
-"""Markdown leaderboard from result JSONs: one table per (model, hook, config), one row per SAE,
-and the sparsity-fidelity frontier as PNG plots beside it.
+"""Markdown leaderboard from result JSONs: per (model, hook, run config) a summary table and one
+table per evaluator, one row per SAE, every sampled number shown as ``value ± half-width`` of its
+95% interval; and the sparsity frontier (L0 against each headline metric) as PNG plots beside it.
+
+Columns are the headline metrics each evaluator declares (``Evaluator.metrics``, see
+:mod:`saebench.evaluators.base`; a plugin's results carry their declarations), so a plugin's
+headline metrics reach the board with no change here. The summary shows the first
+:data:`SUMMARY_CORE` headline metrics of ``core`` and the first :data:`SUMMARY_OTHER` of every
+other evaluator.
 
 Rows are sorted by SAE name and numbers are formatted with fixed precision, so the same results
 always give the same bytes (the PNGs too, with one matplotlib version: no timestamps or software
 tag are written). Results from different models, hooks or run configs (profile, tokens, context,
 seed, corpus) are grouped, never merged. Corrupt or foreign JSON files are skipped with a warning
 naming them.
-
-Columns are the headline metrics each evaluator declares (``Evaluator.metrics``, see
-:mod:`saebench.evaluators.base`): a plugin's headline metrics reach the board with no change here.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from saebench.io import atomic_write_bytes, slug
 from saebench.results import Result, load_results
 
 BUILTIN_ORDER = ("core", "probing", "n2g", "ablation", "autointerp")
+SUMMARY_CORE = 5
+SUMMARY_OTHER = 1
+
+Group = tuple[str, str, str]
+Rows = dict[str, dict[str, Any]]  # sae name -> {"architecture", "d_sae", "results": {evaluator: Result}}
 
 
 def evaluator_order(names: list[str] | set[str]) -> list[str]:
@@ -37,9 +46,6 @@ def headline_columns(evaluators: list[str] | set[str], results: Any = ()) -> lis
     return [m for ev in evaluator_order(list(table)) for m in table[ev].values() if m.headline]
 
 
-PLOTS = (("fvu", "FVU", "l0-fvu"), ("delta_ce", "ΔCE (nats)", "l0-dce"))
-
-
 def _config_label(r: Result) -> str:
     c = r.config
     return (
@@ -48,25 +54,57 @@ def _config_label(r: Result) -> str:
     )
 
 
-Group = tuple[str, str, str]
-
-
-def group_results(results: list[Result]) -> dict[Group, dict[str, dict[str, Any]]]:
+def group_results(results: list[Result]) -> dict[Group, Rows]:
     """``{(model, hook, config label): {sae name: row}}``; a row holds the SAE's architecture,
-    width, the evaluators run on it with that config and their metrics."""
-    groups: dict[Group, dict[str, dict[str, Any]]] = {}
+    width and its result per evaluator."""
+    groups: dict[Group, Rows] = {}
     for r in results:
         key = (str(r.config.get("model")), str(r.config.get("hook")), _config_label(r))
         row = groups.setdefault(key, {}).setdefault(
-            r.sae.name, {"architecture": r.sae.architecture, "d_sae": r.sae.d_sae, "evaluators": set()}
+            r.sae.name, {"architecture": r.sae.architecture, "d_sae": r.sae.d_sae, "results": {}}
         )
-        row["evaluators"].add(r.evaluator)
-        row.update(r.metrics)
+        row["results"][r.evaluator] = r
     return groups
 
 
-def plot_names(groups: dict[Group, Any], stem: str) -> dict[Group, dict[str, str]]:
-    """File names of each group's plots (stable: derived from model, hook and config order)."""
+def cell(r: Result | None, name: str) -> str:
+    """``value ± half-width`` (95% interval) when the result has one, else the value; blank if absent."""
+    if r is None or name not in r.metrics:
+        return ""
+    v = r.metrics[name]
+    u = r.uncertainty.get(name) or {}
+    lo, hi = u.get("ci_low"), u.get("ci_high")
+    if isinstance(v, float) and isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+        return f"{fmt(v)} ± {fmt((hi - lo) / 2)}"
+    return fmt(v)
+
+
+def _table(rows: Rows, cols: list[tuple[str, Metric]]) -> str:
+    from tabulate import tabulate
+
+    headers = ["SAE", "arch", "d_sae"] + [m.column + ARROW[m.direction] for _, m in cols]
+    body = [
+        [name, row["architecture"], row["d_sae"]] + [cell(row["results"].get(ev), m.name) for ev, m in cols]
+        for name, row in sorted(rows.items())
+    ]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _plot_metrics(decl: dict[str, dict[str, Metric]], evaluators: list[str]) -> list[tuple[str, Metric]]:
+    """(evaluator, metric) of every headline metric but L0 itself: one frontier plot each."""
+    return [(ev, m) for ev in evaluators for m in decl.get(ev, {}).values() if m.headline and m.name != "l0"]
+
+
+def _curve_names(rows: Rows, evaluators: list[str]) -> list[tuple[str, str]]:
+    """(evaluator, curve) for every curve an evaluator returned (``details["curves"]``, e.g. ksweep)."""
+    found = {
+        (ev, c) for row in rows.values() for ev, r in row["results"].items() for c in r.details.get("curves") or {}
+    }
+    return [(ev, c) for ev in evaluators for c in sorted(c for e, c in found if e == ev)]
+
+
+def plot_names(groups: dict[Group, Rows], stem: str, results: list[Result]) -> dict[Group, dict[str, str]]:
+    """File names of each group's plots (stable: from model, hook, config order and metric name)."""
     names: dict[Group, dict[str, str]] = {}
     seen: dict[tuple[str, str], int] = {}
     for key in sorted(groups):
@@ -74,25 +112,26 @@ def plot_names(groups: dict[Group, Any], stem: str) -> dict[Group, dict[str, str
         n = seen.get((model, hook), 0)
         seen[(model, hook)] = n + 1
         base = f"{stem}-{slug(model)}-{slug(hook)}" + (f"-c{n + 1}" if n else "")
-        names[key] = {metric: f"{base}-{suffix}.png" for metric, _, suffix in PLOTS}
+        evs = evaluator_order({e for row in groups[key].values() for e in row["results"]})
+        decl = metric_table(evs, results)
+        names[key] = {f"{ev}.{m.name}": f"{base}-{slug(ev)}-{slug(m.name)}.png" for ev, m in _plot_metrics(decl, evs)}
+        names[key].update({f"{ev}.curve.{c}": f"{base}-{slug(ev)}-curve-{slug(c)}.png"
+                           for ev, c in _curve_names(groups[key], evs)})  # fmt: skip
     return names
 
 
-def render(
-    results: list[Result], title: str = "saebench leaderboard", plots: dict[Group, dict[str, str]] | None = None
-) -> str:
+def render(results: list[Result], title: str = "saebench leaderboard",
+           plots: dict[Group, dict[str, str]] | None = None) -> str:  # fmt: skip
     """The markdown text of the leaderboard (``plots``: image file names per group to link)."""
-    from tabulate import tabulate
-
     groups = group_results(results)
-    n_files = len(results)
-    evaluators = sorted({r.evaluator for r in results})
+    evaluators = evaluator_order({r.evaluator for r in results})
     lines = [
         f"# {title}",
         "",
-        f"Built by `saebench leaderboard` from {n_files} result file(s); evaluators: "
-        f"{', '.join(evaluators) or 'none'}.",
-        "Arrows mark the better direction. BOS position excluded from every average.",
+        f"Built by `saebench leaderboard` from {len(results)} result file(s); "
+        f"evaluators: {', '.join(evaluators) or 'none'}.",
+        "Arrows mark the better direction; `a ± b` is a value and the half-width of its 95% bootstrap interval "
+        "(over contexts, tasks or latents). Positions holding the BOS id are excluded from every average.",
         "",
     ]
     configs = sorted({key[2] for key in groups})
@@ -101,21 +140,26 @@ def render(
         lines += [f"- {c}" for c in configs] + [""]
     for key in sorted(groups):
         model, hook, cfg = key
+        rows = groups[key]
+        evs = evaluator_order({e for row in rows.values() for e in row["results"]})
+        decl = metric_table(evs, results)
+        heads = {ev: [m for m in decl.get(ev, {}).values() if m.headline] for ev in evs}
         lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
-        cols = headline_columns(set().union(*(row["evaluators"] for row in groups[key].values())), results)
-        headers = ["SAE", "arch", "d_sae"] + [c.column + ARROW[c.direction] for c in cols]
-        rows = [
-            [name, row["architecture"], row["d_sae"]] + [fmt(row.get(c.name)) for c in cols]
-            for name, row in sorted(groups[key].items())
-        ]
-        lines += [tabulate(rows, headers=headers, tablefmt="github"), ""]
-        if plots and key in plots:
-            lines += [
-                " ".join(
-                    f"![L0 vs {label}]({plots[key][metric]})" for metric, label, _ in PLOTS if metric in plots[key]
-                ),
-                "",
-            ]
+        if len(evs) > 1:
+            summary = [(ev, m) for ev in evs for m in heads[ev][: SUMMARY_CORE if ev == "core" else SUMMARY_OTHER]]
+            lines += ["### Summary", "", _table(rows, summary), ""]
+        for ev in evs:
+            if heads[ev]:
+                title_ev = f"### {ev}" if len(evs) > 1 else ""
+                lines += ([title_ev, ""] if title_ev else []) + [_table(rows, [(ev, m) for m in heads[ev]]), ""]
+        if plots and plots.get(key):
+            links = [f"![L0 vs {m.column}]({plots[key][f'{ev}.{m.name}']})" for ev, m in _plot_metrics(decl, evs)
+                     if f"{ev}.{m.name}" in plots[key]]  # fmt: skip
+            lines += ["### Sparsity frontier", "", " ".join(links), ""]
+            curves = [f"![{ev}: {c}]({plots[key][f'{ev}.curve.{c}']})" for ev, c in _curve_names(rows, evs)
+                      if f"{ev}.curve.{c}" in plots[key]]  # fmt: skip
+            if curves:
+                lines += ["### Curves", "", " ".join(curves), ""]
     return "\n".join(lines)
 
 
@@ -126,9 +170,40 @@ def _colour(arch: str) -> str:
     return f"C{i}"
 
 
-def plot_frontier(rows: dict[str, dict[str, Any]], metric: str, label: str, title: str) -> bytes | None:
-    """PNG bytes of L0 vs ``metric``, one series per architecture (points joined in L0 order);
-    None when no SAE has both numbers."""
+def _place_labels(ax: Any, fig: Any, points: list[tuple[float, float, str]]) -> None:
+    """Annotate each point with its name where the label overlaps no other label and no marker:
+    candidate offsets around the point, nearest first (greedy, deterministic)."""
+    renderer = fig.canvas.get_renderer()
+    trans = ax.transData
+    markers = [trans.transform((x, y)) for x, y, _ in points]
+    taken: list[Any] = []
+    offsets = [(dx * r, dy * r) for r in (4, 10, 18, 28) for dx, dy in
+               ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]  # fmt: skip
+    for (x, y, name), (px, py) in zip(points, markers, strict=True):
+        placed = None
+        for dx, dy in offsets:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+            t = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=5, ha=ha, va=va,
+                            alpha=0.8)  # fmt: skip
+            box = t.get_window_extent(renderer).expanded(1.05, 1.1)
+            clash = any(box.overlaps(b) for b in taken) or any(
+                box.contains(mx, my) for mx, my in markers if (mx, my) != (px, py)
+            )
+            if not clash:
+                placed = box
+                break
+            t.remove()
+        if placed is None:  # everything around is crowded: the nearest spot, drawn anyway
+            dx, dy = offsets[0]
+            t = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=5, alpha=0.8)
+            placed = t.get_window_extent(renderer)
+        taken.append(placed)
+
+
+def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> bytes | None:
+    """PNG bytes of L0 (from core) vs ``metric``, one series per architecture (points joined in L0
+    order, 95% intervals as error bars); None when no SAE has both numbers."""
     import io
 
     import matplotlib
@@ -137,28 +212,81 @@ def plot_frontier(rows: dict[str, dict[str, Any]], metric: str, label: str, titl
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    series: dict[str, list[tuple[float, float, str]]] = {}
+    series: dict[str, list[tuple[float, float, float, str]]] = {}
     for name, row in sorted(rows.items()):
-        x, y = row.get("l0"), row.get(metric)
+        core, res = row["results"].get("core"), row["results"].get(evaluator)
+        x = core.metrics.get("l0") if core else None
+        y = res.metrics.get(metric.name) if res else None
         if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x > 0:
-            series.setdefault(str(row["architecture"]), []).append((float(x), float(y), name))
+            u = res.uncertainty.get(metric.name) or {}
+            lo, hi = u.get("ci_low"), u.get("ci_high")
+            err = (hi - lo) / 2 if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else 0.0
+            series.setdefault(str(row["architecture"]), []).append((float(x), float(y), float(err), name))
     if not series:
         return None
+    better = {"up": "higher is better", "down": "lower is better"}.get(metric.direction, "")
     with plt.rc_context({"svg.hashsalt": "saebench", "font.size": 8}):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+        points = []
         for arch in sorted(series):
             pts = sorted(series[arch])
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=arch, color=_colour(arch))
-            for x, y, name in pts:
-                ax.annotate(name, (x, y), fontsize=5, alpha=0.7, xytext=(3, 3), textcoords="offset points")
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4,
+                        capsize=2, lw=1, label=arch, color=_colour(arch))  # fmt: skip
+            points += [(p[0], p[1], p[3]) for p in pts]
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("L0 (active latents per token)")
-        ax.set_ylabel(f"{label} (lower is better)")
+        unit = f" ({metric.unit})" if metric.unit else ""
+        ax.set_ylabel(f"{metric.column}{unit}" + (f", {better}" if better else ""))
         ax.set_title(title, fontsize=8)
         ax.grid(True, alpha=0.3)
-        ax.legend(title="architecture")
+        ax.legend(title="architecture", fontsize=6)
+        ax.margins(0.12)
+        fig.tight_layout()
+        fig.canvas.draw()
+        _place_labels(ax, fig, sorted(points))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_curve(rows: Rows, evaluator: str, curve: str, title: str) -> bytes | None:
+    """PNG bytes of one curve an evaluator returned (``details["curves"][curve]``: x, y, labels),
+    one line per SAE coloured by architecture; None when no SAE has it."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    lines = []
+    for name, row in sorted(rows.items()):
+        res = row["results"].get(evaluator)
+        c = (res.details.get("curves") or {}).get(curve) if res else None
+        if c and any(isinstance(v, (int, float)) for v in c.get("y", [])):
+            pts = [(x, y) for x, y in zip(c["x"], c["y"], strict=True) if isinstance(y, (int, float))]
+            lines.append((name, str(row["architecture"]), pts, c))
+    if not lines:
+        return None
+    spec = lines[0][3]
+    better = {"up": "higher is better", "down": "lower is better"}.get(spec.get("direction", ""), "")
+    with plt.rc_context({"svg.hashsalt": "saebench", "font.size": 8}):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+        for name, arch, pts, _ in lines:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, color=_colour(arch), label=name,
+                    alpha=0.8)  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(str(spec.get("x_label", "x")))
+        ax.set_ylabel(str(spec.get("y_label", curve)) + (f", {better}" if better else ""))
+        ax.set_title(title, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=5, ncol=2)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", metadata={"Software": None})
@@ -166,9 +294,8 @@ def plot_frontier(rows: dict[str, dict[str, Any]], metric: str, label: str, titl
     return buf.getvalue()
 
 
-def write_leaderboard(
-    paths: list[str | Path], out: str | Path, title: str = "saebench leaderboard", plots: bool = True
-) -> Path:
+def write_leaderboard(paths: list[str | Path], out: str | Path, title: str = "saebench leaderboard",
+                      plots: bool = True) -> Path:  # fmt: skip
     """Render results found under ``paths`` to ``out`` (atomically), with PNG plots beside it."""
     results = load_results(list(paths))
     if not results:
@@ -185,12 +312,19 @@ def write_leaderboard(
         except ImportError:
             warnings.warn("matplotlib is not installed: no plots written (pip install 'saebench[plots]')", stacklevel=2)
         else:
-            for key, files in plot_names(groups, out.stem).items():
+            for key, files in plot_names(groups, out.stem, results).items():
                 model, hook, cfg = key
-                for metric, label, _ in PLOTS:
-                    png = plot_frontier(groups[key], metric, label, f"{model} · {hook}\n{cfg}")
+                evs = evaluator_order({e for row in groups[key].values() for e in row["results"]})
+                decl = metric_table(evs, results)
+                for ev, m in _plot_metrics(decl, evs):
+                    png = plot_frontier(groups[key], ev, m, f"{model} · {hook} · {ev}\n{cfg}")
                     if png is not None:
-                        atomic_write_bytes(out.parent / files[metric], png)
-                        names.setdefault(key, {})[metric] = files[metric]
+                        atomic_write_bytes(out.parent / files[f"{ev}.{m.name}"], png)
+                        names.setdefault(key, {})[f"{ev}.{m.name}"] = files[f"{ev}.{m.name}"]
+                for ev, c in _curve_names(groups[key], evs):
+                    png = plot_curve(groups[key], ev, c, f"{model} · {hook} · {ev}: {c}\n{cfg}")
+                    if png is not None:
+                        atomic_write_bytes(out.parent / files[f"{ev}.curve.{c}"], png)
+                        names.setdefault(key, {})[f"{ev}.curve.{c}"] = files[f"{ev}.curve.{c}"]
     atomic_write_bytes(out, render(results, title, names).encode())
     return out

@@ -56,9 +56,9 @@ def test_plots_beside_markdown_and_byte_identical_reruns(tmp_path):
     with pytest.warns(UserWarning, match="junk.json"):
         write_leaderboard([tmp_path / "res"], out)
     pngs = sorted(p.name for p in out.parent.glob("*.png"))
-    assert pngs == [
-        "LEADERBOARD-m1-blocks.6.hook_resid_post-l0-dce.png",
-        "LEADERBOARD-m1-blocks.6.hook_resid_post-l0-fvu.png",
+    assert pngs == [  # one frontier per headline metric the results have (L0 vs FVU, L0 vs ΔCE)
+        "LEADERBOARD-m1-blocks.6.hook_resid_post-core-delta_ce.png",
+        "LEADERBOARD-m1-blocks.6.hook_resid_post-core-fvu.png",
     ]
     text = out.read_text()
     for name in pngs:
@@ -91,3 +91,36 @@ def test_cli_no_plots_and_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SaebenchError, match="no saebench results"):
         write_leaderboard([tmp_path / "empty"], tmp_path / "x.md")
+
+
+def test_intervals_per_evaluator_tables_summary_and_plugin_columns():
+    core = _result("sae-a")
+    core.uncertainty["fvu"] = {"se": 0.01, "ci_low": 0.18, "ci_high": 0.22}
+    plug = _result("sae-a")
+    plug.evaluator = "my_eval"
+    plug.metrics = {"my_score": 0.5}
+    plug.declarations = {"my_score": {"meaning": "m", "direction": "up", "headline": True, "title": "my score"}}
+    text = render([core, plug])
+    assert "0.2 ± 0.02" in text  # value ± half-width of the 95% interval
+    assert "### Summary" in text and "### core" in text and "### my_eval" in text
+    assert "my score ↑" in text.split("### Summary")[1].split("### core")[0]  # a plugin's headline reaches the board
+
+
+def test_frontier_labels_do_not_overlap():
+    mpl = pytest.importorskip("matplotlib")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from saebench.leaderboard import _place_labels
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    pts = [(16 + i * 0.5, 0.15 + 0.001 * (i % 3), f"topk-{i}-long-name") for i in range(13)]  # a crowded cluster
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o")
+    ax.set_xscale("log", base=2)
+    fig.canvas.draw()
+    _place_labels(ax, fig, pts)
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in ax.texts]
+    assert len(boxes) == 13
+    overlaps = sum(boxes[i].overlaps(boxes[j]) for i in range(13) for j in range(i + 1, 13))
+    assert overlaps == 0
+    plt.close(fig)
