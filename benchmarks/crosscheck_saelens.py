@@ -10,13 +10,12 @@ libraries measure it on the same token ids, through the same transformer-lens mo
   the per-token sum over dimensions, ours the per-element mean, so we compare ours x d_in;
 - spliced loss: SAELens's ``get_recons_loss`` (full forward passes with a replacement hook;
   ``ignore_tokens=[BOS]`` keeps position 0 clean, as we do) vs ours (split passes restarting at the
-  hook's block): CE clean, CE spliced and KL(clean || spliced) over the predictions made at
-  positions 1..T-2.
+  hook's block): CE clean, CE spliced over the predictions made at positions 1..T-2, and
+  KL(clean || spliced) over positions 1..T-1.
 
 For an exact comparison, BOS ids inside contexts (our document separator) are replaced by a
-newline token, so the only BOS is at position 0 in both protocols. SAELens's zero ablation zeroes
-every position including BOS (CE = ln V on this model) while ours keeps BOS clean, so the
-ablation CEs and ce_loss_score are not comparable and are not compared.
+newline token, so the only BOS is at position 0 in both protocols. The zero-ablation scores are
+cross-checked against SAEBench (``crosscheck_saebench.py``), whose convention SAELens shares.
 """
 
 from __future__ import annotations
@@ -87,12 +86,12 @@ def crosscheck(
         )
         ce_clean.append(m["ce_loss_without_sae"][:, 1:].double())
         ce_spliced.append(m["ce_loss_with_sae"][:, 1:].double())
-        kl.append(m["kl_div_with_sae"][:, 1:-1].double())
+        kl.append(m["kl_div_with_sae"][:, 1:].double())
     return {
         "explained_variance": (ours_metrics["explained_variance"], ev.compute()),
         "mse_per_token_sum": (ours_metrics["mse"] * sae.d_in, mse_sum / n_tok),
-        "ce_clean": (ours_metrics["ce_clean"], float(torch.cat(ce_clean).mean())),
-        "ce_spliced": (ours_metrics["ce_spliced"], float(torch.cat(ce_spliced).mean())),
+        "ce_loss_without_sae": (ours_metrics["ce_loss_without_sae"], float(torch.cat(ce_clean).mean())),
+        "ce_loss_with_sae": (ours_metrics["ce_loss_with_sae"], float(torch.cat(ce_spliced).mean())),
         "kl": (ours_metrics["kl"], float(torch.cat(kl).mean())),
     }
 
