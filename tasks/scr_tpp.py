@@ -272,7 +272,14 @@ def _read_source(src: Source) -> Any:
         keep &= out[attr].notna()
     if not src.mapped and not src.fixed:
         out["label"] = raw
-    return out[keep].drop_duplicates("text")
+    return _unique(out[keep])
+
+
+def _unique(df: Any) -> Any:
+    """One row per text; a text listed with different attribute values (two people of one name) is dropped."""
+    attrs = [c for c in df.columns if c != "text"]
+    df = df.drop_duplicates()
+    return df[~df.duplicated("text", keep=False)] if attrs else df
 
 
 def _load_hub(hub: HubSource, hub_paths: dict[str, str] | None) -> dict[str, Any]:
@@ -306,7 +313,7 @@ def _load_hub(hub: HubSource, hub_paths: dict[str, str] | None) -> dict[str, Any
                 keep &= frame[attr].notna()
             else:
                 frame[attr] = raw
-        out[split] = frame[keep].drop_duplicates("text")
+        out[split] = _unique(frame[keep])
     return out
 
 
@@ -398,7 +405,9 @@ def load_scr(
                 raise TaskUnavailable(f"{pair.name}: the {split} split has a quadrant with {cap} usable examples")
             per_split[split] = {k: v[: (2 if k[0] == k[1] else 1) * sizes[split]] for k, v in q.items()}
         tr, te = sizes["train"], sizes["test"]
-        origin = f"hf:{pair.hub.dataset}"
+        origin = f"hf:{pair.hub.dataset}" + (
+            f" (local {hub_paths[pair.hub.dataset]})" if pair.hub.dataset in (hub_paths or {}) else ""
+        )
     else:
         hint = "; with network pass use_hub=true" if pair.hub else ""
         raise TaskUnavailable(f"{pair.name} has no offline data{hint}")
@@ -506,7 +515,9 @@ def load_tpp(
             sizes[split] = min(len(v) for v in got.values())
             per_split[split] = {c: v[: sizes[split]] for c, v in got.items()}
         tr, te = sizes["train"], sizes["test"]
-        origin = f"hf:{ds.hub.dataset}"
+        origin = f"hf:{ds.hub.dataset}" + (
+            f" (local {hub_paths[ds.hub.dataset]})" if ds.hub.dataset in (hub_paths or {}) else ""
+        )
     else:
         hint = "; with network pass use_hub=true" if ds.hub else ""
         raise TaskUnavailable(f"{ds.name} has no offline data{hint}")

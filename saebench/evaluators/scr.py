@@ -142,8 +142,6 @@ def _check(cfg: ScrConfig) -> None:
 
 def _prepare(pipe: ActivationPipeline, cfg: ScrConfig, seed: int) -> Prepared:
     from saebench.pipeline.tasks import task_activations
-    from saebench.probes.scr_tpp import accuracy, fit_probe
-    from saebench.probes.sparse_probing import pool
     from saebench.tasks import TaskUnavailable
     from saebench.tasks.scr_tpp import OFFLINE_SCR, SCR_PAIRS, load_scr, select_names
 
@@ -166,25 +164,30 @@ def _prepare(pipe: ActivationPipeline, cfg: ScrConfig, seed: int) -> Prepared:
     acts = task_activations(pipe, {f"scr-{n}": d.texts for n, d in loaded.items()}, cfg.max_tokens)
     t_acts = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pairs = {}
-    for name, d in loaded.items():
-        ta = acts[f"scr-{name}"]
-        xbar = pool(ta.acts, ta.lengths, "mean")
-        probes = {}
-        for k in PROBE_KEYS:
-            pos, neg = d.sets["train"][k]
-            y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
-            probes[k] = fit_probe(xbar[pos + neg], y, seed, tuple(cfg.probe_cs))
-
-        def acc(probe: str, data: str, d: Any = d, xbar: torch.Tensor = xbar, probes: dict = probes) -> float:
-            pos, neg = d.sets["test"][data]
-            y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
-            return accuracy(probes[probe].logits(xbar[pos + neg]), y)
-
-        clean = {f"{p}_on_{q}": acc(p, q) for p in PROBE_KEYS for q in PROBE_KEYS}
-        pairs[name] = PreparedPair(d, ta, xbar, probes, clean, f"{name}@{d.content_hash()}")
+    pairs = {name: prepare_pair(d, acts[f"scr-{name}"], seed, cfg) for name, d in loaded.items()}
     timing = {"scr_data_s": t_data, "scr_activations_s": t_acts, "scr_probes_s": time.perf_counter() - t0}
     return Prepared(pairs, skipped, notes, pipe.counters.task_forward_batches - before, timing)
+
+
+def prepare_pair(d: Any, ta: Any, seed: int, cfg: ScrConfig) -> PreparedPair:
+    """Probes and clean accuracies of one sampled pair (``ScrData``) on its activations (``TaskActs``)."""
+    from saebench.probes.scr_tpp import accuracy, fit_probe
+    from saebench.probes.sparse_probing import pool
+
+    xbar = pool(ta.acts, ta.lengths, "mean")
+    probes = {}
+    for k in PROBE_KEYS:
+        pos, neg = d.sets["train"][k]
+        y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+        probes[k] = fit_probe(xbar[pos + neg], y, seed, tuple(cfg.probe_cs))
+
+    def acc(probe: str, data: str) -> float:
+        pos, neg = d.sets["test"][data]
+        y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+        return accuracy(probes[probe].logits(xbar[pos + neg]), y)
+
+    clean = {f"{p}_on_{q}": acc(p, q) for p in PROBE_KEYS for q in PROBE_KEYS}
+    return PreparedPair(d, ta, xbar, probes, clean, f"{d.pair.name}@{d.content_hash()}")
 
 
 def score_pair(pp: PreparedPair, ctx: EvalContext, cfg: ScrConfig) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -141,8 +141,6 @@ def prepare_datasets(pipe: ActivationPipeline, cfg: TppConfig, seed: int) -> Pre
 
 def _prepare(pipe: ActivationPipeline, cfg: TppConfig, seed: int) -> Prepared:
     from saebench.pipeline.tasks import task_activations
-    from saebench.probes.scr_tpp import accuracy, fit_probe
-    from saebench.probes.sparse_probing import pool
     from saebench.tasks import TaskUnavailable
     from saebench.tasks.scr_tpp import OFFLINE_TPP, TPP_DATASETS, load_tpp, select_names
 
@@ -171,21 +169,26 @@ def _prepare(pipe: ActivationPipeline, cfg: TppConfig, seed: int) -> Prepared:
     acts = task_activations(pipe, {f"tpp-{n}": d.texts for n, d in loaded.items()}, cfg.max_tokens)
     t_acts = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = {}
-    for name, d in loaded.items():
-        ta = acts[f"tpp-{name}"]
-        xbar = pool(ta.acts, ta.lengths, "mean")
-        probes, clean = {}, {}
-        for c in d.dataset.classes:
-            pos, neg = d.sets["train"][c]
-            y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
-            probes[c] = fit_probe(xbar[pos + neg], y, seed, tuple(cfg.probe_cs))
-            tpos, tneg = d.sets["test"][c]
-            yt = torch.cat([torch.ones(len(tpos)), torch.zeros(len(tneg))])
-            clean[c] = accuracy(probes[c].logits(xbar[tpos + tneg]), yt)
-        out[name] = PreparedDataset(d, ta, xbar, probes, clean, d.content_hash())
+    out = {name: prepare_dataset(d, acts[f"tpp-{name}"], seed, cfg) for name, d in loaded.items()}
     timing = {"tpp_data_s": t_data, "tpp_activations_s": t_acts, "tpp_probes_s": time.perf_counter() - t0}
     return Prepared(out, skipped, notes, pipe.counters.task_forward_batches - before, timing)
+
+
+def prepare_dataset(d: Any, ta: Any, seed: int, cfg: TppConfig) -> PreparedDataset:
+    """Class probes and their clean accuracies for one sampled dataset (``TppData``) and its ``TaskActs``."""
+    from saebench.probes.scr_tpp import accuracy, fit_probe
+    from saebench.probes.sparse_probing import pool
+
+    xbar = pool(ta.acts, ta.lengths, "mean")
+    probes, clean = {}, {}
+    for c in d.dataset.classes:
+        pos, neg = d.sets["train"][c]
+        y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+        probes[c] = fit_probe(xbar[pos + neg], y, seed, tuple(cfg.probe_cs))
+        tpos, tneg = d.sets["test"][c]
+        yt = torch.cat([torch.ones(len(tpos)), torch.zeros(len(tneg))])
+        clean[c] = accuracy(probes[c].logits(xbar[tpos + tneg]), yt)
+    return PreparedDataset(d, ta, xbar, probes, clean, d.content_hash())
 
 
 def score_dataset(pd_: PreparedDataset, ctx: EvalContext, cfg: TppConfig) -> tuple[dict[str, dict[str, float]], dict]:
