@@ -184,3 +184,9 @@ def test_sae_probes_runs_on_the_model_and_a_second_sae_costs_no_model_pass(model
             assert v == pytest.approx(r.metrics[f"sae_auc_{regime}"] - r.metrics[f"baseline_auc_{regime}"])
     a, b = run.results["a"]["sae_probes"], run.results["b"]["sae_probes"]
     assert a.metrics["baseline_auc_normal"] == b.metrics["baseline_auc_normal"]  # SAE-independent, computed once
+    # mean pooling (an option for models whose last token carries little): the same protocol on token means
+    conf["sae_probes"]["pooling"] = "mean"
+    mean = evaluate(str(sae_a), model=model, hook=HOOK, evals=["sae_probes"], token_set=token_set, eval_config=conf,
+                    progress=False, name="a").results["a"]["sae_probes"]  # fmt: skip
+    assert mean.details["pooling"].startswith("mean") and math.isfinite(mean.metrics["auc_gap_normal"])
+    assert mean.metrics["baseline_auc_normal"] != a.metrics["baseline_auc_normal"]

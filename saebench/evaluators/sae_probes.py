@@ -24,9 +24,10 @@ last token and its probes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ class SaeProbesConfig(EvalConfig):
     regime_ks: list[int] = [16]  # k in the other regimes (paper: 16 and 128)
     headline_k: int = HEADLINE_K
     max_tokens: int = 32  # per text, incl. BOS; longer texts keep their end (the last token is probed)
+    pooling: Literal["last", "mean"] = "last"  # the paper probes the last token; mean: over the text's tokens
     probe_cs: list[float] = list(DEFAULT_CS)
     max_iter: int = 100  # Newton iterations per fit
     encode_chunk: int = 1024
@@ -156,9 +158,10 @@ METRICS = _declare()
 @dataclass
 class PreparedDataset:
     sample: Any  # saebench.tasks.sae_probes.Sample
-    x: torch.Tensor  # [n_texts, d_in] last-token hook activations
+    x: torch.Tensor  # [n_texts, d_in] pooled hook activations (last token, or mean over tokens)
     baseline: list[dict[str, Any]]  # per setting: AUC, accuracy, C
     content: str
+    tokens: Any = None  # TaskActs (every token) when pooling is "mean"
 
 
 @dataclass
@@ -196,7 +199,8 @@ def prepare_datasets(pipe: ActivationPipeline, cfg: SaeProbesConfig, seed: int) 
 
 def _prepare(pipe: ActivationPipeline, cfg: SaeProbesConfig, seed: int) -> Prepared:
     from saebench.pipeline.last_tokens import last_token_activations
-    from saebench.probes.ksparse import fit_cv
+    from saebench.pipeline.tasks import task_activations
+    from saebench.probes.sparse_probing import pool
     from saebench.tasks import TaskUnavailable
     from saebench.tasks.sae_probes import binary_datasets, sample, select
 
@@ -225,27 +229,49 @@ def _prepare(pipe: ActivationPipeline, cfg: SaeProbesConfig, seed: int) -> Prepa
     t_data = time.perf_counter() - t0
     before = pipe.counters.task_forward_batches
     t0 = time.perf_counter()
-    acts = last_token_activations(pipe, {f"sae_probes-{t}": s.texts for t, s in samples.items()}, cfg.max_tokens)
+    texts = {f"sae_probes-{t}": s.texts for t, s in samples.items()}
+    if cfg.pooling == "last":
+        acts, tokens = last_token_activations(pipe, texts, cfg.max_tokens), {}
+    else:
+        tokens = task_activations(pipe, texts, cfg.max_tokens)
+        acts = {k: pool(ta.acts, ta.lengths, "mean") for k, ta in tokens.items()}
     t_acts = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = {}
     for tag, s in samples.items():
         x = acts[f"sae_probes-{tag}"].float()
-        base = []
-        for st in s.settings:
-            f = fit_cv(
-                x[st.train],
-                torch.tensor(st.y_train),
-                x[st.test],
-                torch.tensor(st.y_test),
-                tuple(cfg.probe_cs),
-                seed,
-                cfg.max_iter,
-            )
-            base.append({"auc": f.test_auc, "accuracy": f.test_accuracy, "C": f.c, "val_auc": f.val_auc})
-        out[tag] = PreparedDataset(s, x, base, s.content_hash())
+        base = _baselines(pipe, s, x, cfg, seed)
+        out[tag] = PreparedDataset(s, x, base, s.content_hash(), tokens.get(f"sae_probes-{tag}"))
     timing = {"sae_probes_data_s": t_data, "sae_probes_activations_s": t_acts, "baselines_s": time.perf_counter() - t0}
     return Prepared(out, skipped, notes, pipe.counters.task_forward_batches - before, timing)
+
+
+_BASE_COLS = ("auc", "accuracy", "C", "val_auc")
+
+
+def _baselines(pipe: ActivationPipeline, s: Any, x: torch.Tensor, cfg: SaeProbesConfig, seed: int) -> list[dict]:
+    """Residual-probe results per setting of one dataset sample, cached on disk (they depend on the
+    model, hook, texts, settings, C grid and seed, never on the SAE)."""
+    from saebench.probes.ksparse import fit_cv
+
+    def compute() -> dict[str, torch.Tensor]:
+        rows = []
+        for st in s.settings:
+            f = fit_cv(x[st.train], torch.tensor(st.y_train), x[st.test], torch.tensor(st.y_test),
+                       tuple(cfg.probe_cs), seed, cfg.max_iter)  # fmt: skip
+            rows.append([f.test_auc, f.test_accuracy, f.c, f.val_auc])
+        vals = torch.tensor([[float("nan") if v is None else float(v) for v in r] for r in rows], dtype=torch.float64)
+        return {c: vals[:, j].contiguous() for j, c in enumerate(_BASE_COLS)}
+
+    parts = json.dumps([s.content_hash(), cfg.max_tokens, cfg.pooling, list(cfg.probe_cs), cfg.max_iter, seed])
+    key = pipe.cache_key("sae_probes_baseline", parts)
+    found, _ = pipe.cached_tensors(
+        "sae_probes_baseline", key, compute, valid=lambda t: t["auc"].numel() == len(s.settings), label=s.tag
+    )
+    return [
+        {c: (None if math.isnan(float(found[c][i])) else float(found[c][i])) for c in _BASE_COLS}
+        for i in range(len(s.settings))
+    ]
 
 
 def score_dataset(pd_: PreparedDataset, z: torch.Tensor, cfg: SaeProbesConfig, seed: int) -> list[dict[str, Any]]:
@@ -316,7 +342,7 @@ class SaeProbesEvaluator:
 
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, SaeProbesConfig)
-        from saebench.probes.sparse_probing import encoder
+        from saebench.probes.sparse_probing import encoder, pool
 
         prep = prepare_datasets(ctx.pipeline, cfg, ctx.seed)
         ctx.notes.extend(prep.notes)
@@ -325,10 +351,13 @@ class SaeProbesEvaluator:
         details_rows, ids, columns = [], [], {}
         for tag, pd_ in prep.datasets.items():
             t0 = time.perf_counter()
-            z = torch.cat(
-                [enc(pd_.x[s : s + cfg.encode_chunk].to(ctx.model.device)).float().cpu()
-                 for s in range(0, pd_.x.shape[0], cfg.encode_chunk)]
-            )  # fmt: skip
+            if pd_.tokens is not None:  # mean pooling: every token encoded, latents averaged per text
+                z = pool(pd_.tokens.acts, pd_.tokens.lengths, "mean", enc, cfg.encode_chunk, ctx.model.device)
+            else:
+                z = torch.cat(
+                    [enc(pd_.x[s : s + cfg.encode_chunk].to(ctx.model.device)).float().cpu()
+                     for s in range(0, pd_.x.shape[0], cfg.encode_chunk)]
+                )  # fmt: skip
             t_enc += time.perf_counter() - t0
             t0 = time.perf_counter()
             rows = score_dataset(pd_, z, cfg, ctx.seed)
@@ -349,7 +378,8 @@ class SaeProbesEvaluator:
             "datasets": details_rows,
             "skipped": prep.skipped,
             "headline_k": cfg.headline_k,
-            "pooling": "last token (texts left-truncated to max_tokens, BOS prepended)",
+            "pooling": ("last token" if cfg.pooling == "last" else "mean over tokens (BOS excluded)")
+            + " (texts left-truncated to max_tokens, BOS prepended)",
             "max_tokens": cfg.max_tokens,
             "model_forward_batches": prep.forward_batches,
         }
