@@ -17,8 +17,10 @@ eight datasets), and ``normal``. ``auc_gap_<regime>`` is the mean over datasets 
 mean gap over the regime's points at ``k = headline_k`` (16, one of their two k for the regimes);
 intervals bootstrap over datasets (unit ``dataset``, id ``tag@hash-of-its-sample``). A positive
 gap means the SAE probe beats the residual probe. Baselines, samples and activations do not
-depend on the SAE: computed once per hook in ``prepare``; an SAE costs one encode of each text's
-last token and its probes.
+depend on the SAE: computed once per hook in ``prepare`` (baselines cached on disk beside the
+activations); an SAE costs one encode of each text's last token and its probes.
+``pooling="mean"`` (not the paper's) probes the mean over each text's tokens instead.
+``docs/sae_probes.md`` lists the profiles and every difference from the paper.
 """
 
 from __future__ import annotations
