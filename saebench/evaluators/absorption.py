@@ -60,6 +60,7 @@ from saebench.pipeline import ActivationPipeline
 from saebench.stats import MeanOfMeans, Samples, mean_of
 
 LETTERS = string.ascii_lowercase
+PROBE_VERSION = "1"  # bump when the letter probe is fit differently (it is cached on disk)
 
 
 class AbsorptionConfig(EvalConfig):
@@ -206,7 +207,7 @@ def make_task(
     """Prompts, activations and letter probes for ``(train, test)`` words given as ``(token id,
     text)`` (``split``), or for ``n_words`` sampled from the vocabulary and split ``train_frac``."""
     from saebench.pipeline.positions import acts_at
-    from saebench.probes.absorption import f1, fit_letter_probes
+    from saebench.probes.absorption import LetterProbe, f1, fit_letter_probes
 
     t0 = time.perf_counter()
     model = pipe.model
@@ -240,7 +241,15 @@ def make_task(
     t_acts = time.perf_counter() - t0
     labels = torch.tensor([LETTERS.index(t.strip()[0].lower()) for _, t in words])
     t0 = time.perf_counter()
-    probe = fit_letter_probes(pa.acts[:n_train], labels[:n_train], len(LETTERS), cfg.probe_l2)
+
+    def fit() -> dict[str, torch.Tensor]:
+        p = fit_letter_probes(pa.acts[:n_train], labels[:n_train], len(LETTERS), cfg.probe_l2)
+        return {"W": p.W, "b": p.b, "trained": p.trained}
+
+    # the probe is a deterministic function of the activations, the split and the L2: cached with them
+    probe_key = pipe.cache_key("letter-probe", pa.key, str(n_train), str(cfg.probe_l2), PROBE_VERSION)
+    found, _ = pipe.cached_tensors("letter-probe", probe_key, fit, valid=lambda t: t["W"].shape[0] == len(LETTERS))
+    probe = LetterProbe(found["W"], found["b"], found["trained"].bool())
     scores = probe.scores(pa.acts[n_train:])
     y_test = labels[n_train:]
     probe_f1 = [f1(scores[:, c] > 0, y_test == c) for c in range(len(LETTERS))]
