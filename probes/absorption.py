@@ -174,6 +174,8 @@ def l1_probe(
         sq = (z * z).sum(0)
     live = (sq > 0).nonzero().squeeze(1)  # latents that fire on train
     k = live.numel()
+    if k == 0:  # no latent fires on train: every weight and gradient is 0
+        return torch.zeros(n_classes, m, dtype=torch.float64), torch.zeros(n_classes, m, dtype=torch.float64), 0
     scale = (sq[live] / n).sqrt()
     if z.is_sparse:
         col = torch.full((m,), -1, dtype=torch.long)
