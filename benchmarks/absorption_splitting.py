@@ -119,8 +119,8 @@ def main() -> None:
         tb = rb["absorption"].timing
         print(
             f"3. B alone later, warm disk cache: wall {wall_later:.1f}s = {wall_later / wall_one:.2f}x run 1; model "
-            f"calls: {calls(later.counters[hook])}; prompt activations read in {tb['activations_s']:.2f}s, letter "
-            f"probes refit {tb['letter_probe_s']:.1f}s"
+            f"calls: {calls(later.counters[hook])}; prompt activations {tb['activations_s']:.2f}s and letter probes "
+            f"{tb['letter_probe_s']:.2f}s (both from the disk cache)"
         )
         for name, r in list(both.results.items()):
             m, s = r["absorption"].metrics, r["splitting"].metrics
