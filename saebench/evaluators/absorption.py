@@ -33,10 +33,10 @@ sub-units, so the two absorption scores get a two-level bootstrap interval; two 
 are scored on the same tokens and pair exactly. Each letter's absorbed words, with the latent
 that absorbed them, are in ``details.letters``.
 
-Deliberate differences from SAEBench 0.6.0 (docs/absorption.md has the reasons): probes are
-solved to convergence (L-BFGS, FISTA) instead of 50 Adam epochs; absorption is scored on the
-same test activations the probe was judged on (SAEBench re-prompts the true positives with fresh
-in-context examples: another model pass); a latent's contribution along the probe is
+Deliberate differences from SAEBench 0.6.0 (docs/absorption.md has the reasons and measurements):
+the probes' losses are minimised deterministically (L-BFGS, FISTA) instead of by 50 Adam epochs;
+absorption is scored on the same test activations the probe was judged on (SAEBench re-prompts
+the true positives with fresh in-context examples: another model pass); a latent's contribution along the probe is
 ``a_i · (d_i · p̂)`` with ``d_i`` in model units (equal to SAEBench's ``a_i · cos(d_i, p̂)`` for
 unit-norm decoders); too few well-probed letters (< ``min_letters``) leave the scores undefined
 (SAEBench stops); latents beyond the L1 probe's positive weights are ranked in lasso entry order.
