@@ -97,21 +97,22 @@ def max_cos(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row i of unit-row matrix ``u [m, d]``: the largest ``u_i · v_j`` over rows j of
     ``v [n, d]`` and its index j (``v`` None: over the *other* rows of ``u``, self excluded, as
-    SAEBench's ``max_decoder_cosine_sim``). Blocks of ``[c, n]`` with ``c·n ≤ block_elements``."""
-    other = v if v is not None else u
+    SAEBench's ``max_decoder_cosine_sim``). Blocks of ``[c, n]`` with ``c·n ≤ block_elements``,
+    computed on ``u``'s device (``v`` is moved there); results on the CPU."""
+    other = v.to(u.device) if v is not None else u
     n = other.shape[0]
     if n == 0 or (v is None and n < 2):
         raise SaebenchError("max_cos needs at least one row to compare with (two for self-similarity)")
     chunk = max(1, block_elements // n)
-    best = torch.empty(u.shape[0])
-    arg = torch.empty(u.shape[0], dtype=torch.long)
+    best = torch.empty(u.shape[0], device=u.device)
+    arg = torch.empty(u.shape[0], dtype=torch.long, device=u.device)
     for s in range(0, u.shape[0], chunk):
         block = u[s : s + chunk] @ other.T
         if v is None:
-            rows = torch.arange(block.shape[0])
+            rows = torch.arange(block.shape[0], device=u.device)
             block[rows, rows + s] = -float("inf")
         best[s : s + chunk], arg[s : s + chunk] = block.max(1)
-    return best, arg
+    return best.cpu(), arg.cpu()
 
 
 def row_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -132,16 +132,16 @@ class SplittingEvaluator:
         if d_sae < 2:
             raise SaebenchError(f"splitting needs an SAE with at least 2 latents, {ctx.sae_name} has {d_sae}")
         dec, dec_source = decoder_directions(sae)
-        u = unit_rows(dec)
+        u = unit_rows(dec).to(ctx.model.device)  # similarity blocks run on the run's device
         cols: dict[str, list[Any]] = {}
         best, _ = max_cos(u, block_elements=cfg.block_elements)
         cols["average_max_decoder_cosine_sim"] = _round(best)
         enc = encoder_directions(sae)
         if enc is not None:
             cols["average_max_encoder_cosine_sim"] = _round(
-                max_cos(unit_rows(enc), block_elements=cfg.block_elements)[0]
+                max_cos(unit_rows(enc).to(u.device), block_elements=cfg.block_elements)[0]
             )
-            cols["average_encoder_decoder_cosine_sim"] = _round(row_cos(enc, dec))
+            cols["average_encoder_decoder_cosine_sim"] = _round(row_cos(enc, dec.cpu()))
         else:
             ctx.notes.append("splitting: the SAE has no W_enc; encoder geometry is not reported")
         t_geom = time.perf_counter() - t0
@@ -171,7 +171,7 @@ class SplittingEvaluator:
             }
         if child is not None:
             c_best, _ = max_cos(u, child["unit"], cfg.block_elements)
-            back, back_arg = max_cos(child["unit"], u, cfg.block_elements)  # each child's nearest latent here
+            back, back_arg = max_cos(child["unit"].to(u.device), u, cfg.block_elements)  # child's nearest latent
             matched = back >= cfg.threshold
             n_children = torch.bincount(back_arg[matched], minlength=d_sae)
             cols["mmcs_child"] = _round(c_best)
