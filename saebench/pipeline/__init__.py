@@ -7,7 +7,8 @@
   (the inputs of the core metrics);
 - :mod:`.examples` — examples per latent (top / random / importance-sampled positions, windows,
   activations at the end of edited contexts) for n2g, ablation and autointerp;
-- :mod:`.tasks` — hook activations of probing-task examples.
+- :mod:`.tasks` — hook activations of probing-task examples;
+- :mod:`.positions` — hook activations at chosen positions of prompt token rows (absorption).
 
 Everything downstream reaches the model through :class:`saebench.models.SubjectModel`.
 """

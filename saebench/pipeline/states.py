@@ -44,6 +44,8 @@ class PassCounters:
     example_forward_rows: int = 0  # rows those calls evaluated (= naive count: one call per row)
     suffix_row_batches: int = 0  # row-batched suffix calls (ablation effects)
     suffix_rows: int = 0  # rows those calls evaluated
+    position_forward_batches: int = 0  # prefix passes over prompt rows (positions.acts_at: absorption)
+    position_rows: int = 0  # rows those calls evaluated
 
 
 def padded_batches(
