@@ -395,20 +395,21 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-class _OneLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
+class _OneLine(logging.Handler):
+    """saebench's log records as one ``warning: ...`` line each on the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
         prefix = "warning" if record.levelno >= logging.WARNING else "note"
-        return f"{prefix}: {' '.join(record.getMessage().split())}"
+        try:
+            print(f"{prefix}: {' '.join(record.getMessage().split())}", file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
 
 
 def _setup_logging() -> None:
-    """saebench's own messages as one ``warning: ...`` line each on stderr."""
     logger = logging.getLogger("saebench")
-    if not any(getattr(h, "_saebench_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_OneLine())
-        handler._saebench_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    if not any(isinstance(h, _OneLine) for h in logger.handlers):
+        logger.addHandler(_OneLine())
         logger.setLevel(logging.INFO)
         logger.propagate = False
 

@@ -206,6 +206,58 @@ def _tensor_head(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
     return f"{name}|{dtype}|{','.join(map(str, shape))}\n".encode()
 
 
+ST_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+ST_ITEMSIZE.update({"I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1})
+MAX_HEADER = 100 << 20  # safetensors' own bound on the header length
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` from a safetensors file's header, read with plain file reads
+    (no mmap, no tensor data) and checked: the header length, every dtype, shape and data range
+    must fit the file. A malformed or truncated file (a header-length bomb, say) is a one-line
+    error before anything is allocated from it."""
+    path = Path(path)
+
+    def bad(why: str) -> SaebenchError:
+        return SaebenchError(
+            f"{path} is not a readable safetensors file ({why}); it may be truncated or another format: re-download "
+            "or re-save it"
+        )
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise bad("shorter than a header")
+            n = int.from_bytes(head, "little")
+            if n > min(MAX_HEADER, size - 8):
+                raise bad(f"header length {n} exceeds the file")
+            raw = json.loads(fh.read(n).decode("utf-8"))
+    except OSError as exc:
+        raise bad(exc.strerror or type(exc).__name__) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad("header is not JSON") from exc
+    if not isinstance(raw, dict):
+        raise bad("header is not a JSON object")
+    data_len = size - 8 - n
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, info in raw.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            ok = dtype in ST_ITEMSIZE and all(isinstance(d, int) and d >= 0 for d in (*shape, a, b))
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise bad(f"tensor {name!r} has a malformed entry")
+        if not a <= b <= data_len or b - a != math.prod(shape) * ST_ITEMSIZE[dtype]:
+            raise bad(f"tensor {name!r} claims bytes {a}..{b} for shape {list(shape)} in {data_len} bytes of data")
+        out[str(name)] = (dtype, shape)
+    return out
+
+
 _ST_DTYPES = {
     "F64": "float64",
     "F32": "float32",
@@ -277,7 +329,7 @@ def slug(text: str, max_len: int = 120) -> str:
     characters, spaces, non-ASCII) become ``_``; never empty, never ``.``/``..``, never starting
     with a dot (no hidden files, no ``..``), at most ``max_len`` characters. A longer name keeps
     its first characters and ends with a hash of the whole name, so long names stay distinct."""
-    s = _UNSAFE.sub("_", str(text)).strip("_").lstrip(".")
+    s = _UNSAFE.sub("_", str(text)).strip("_").lstrip("._")
     if len(s) > max_len:
         tag = hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).hexdigest()[:10]
         s = s[: max_len - len(tag) - 1].rstrip("._") + "-" + tag

@@ -48,7 +48,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError, model_validator
 
 from saebench.errors import SaebenchError
-from saebench.io import atomic_write_text, free_bytes, human_bytes, is_out_of_space, log, read_json, slug
+from saebench.io import (
+    WRITE_PROBE,
+    atomic_write_text,
+    free_bytes,
+    human_bytes,
+    is_out_of_space,
+    log,
+    read_json,
+    slug,
+    writing_in,
+)
 
 SCHEMA_VERSION = 2
 TRACKED_PACKAGES = ("saebench", "torch", "transformer-lens", "transformers", "numpy", "sae-lens", "sae-probes")
@@ -107,9 +117,10 @@ def check_writable(out: Path) -> None:
     """Fail before any work when the output folder cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
+        with writing_in(out):  # a concurrent run's stale-temp cleanup leaves this probe alone
+            fd, probe = tempfile.mkstemp(dir=out, prefix=WRITE_PROBE)
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
         raise SaebenchError(f"output folder {out} is not writable ({exc.strerror}); pass a writable --out") from exc
 
@@ -193,15 +204,16 @@ def read_result(path: Path) -> Result:
         raise SaebenchError(f"{path} is not a saebench result ({type(exc).__name__})") from exc
 
 
-def complete_result(path: Path, key: str) -> Result | None:
+def complete_result(path: Path, key: str, report: bool = True) -> Result | None:
     """The existing result at ``path`` when it is complete for ``key``, else None (a damaged file
-    is reported in one line and recomputed by the caller)."""
+    is reported in one line, unless ``report`` is off, and recomputed by the caller)."""
     if not path.is_file():
         return None
     try:
         res = read_result(path)
     except SaebenchError as exc:
-        log.warning(f"{str(exc).split(';')[0]}; recomputing it")
+        if report:
+            log.warning(f"{str(exc).split(';')[0]}; recomputing it")
         return None
     return res if res.schema_version == SCHEMA_VERSION and res.run_key == key else None
 

@@ -141,7 +141,7 @@ def claim(pending: list[Job], locks: ResultLocks, run: RunResults, force: bool) 
     todo: set[int] = set()
     for i, job in sorted(enumerate(pending), key=lambda ij: str(Path(ij[1].path).resolve())):
         locks.take(job.path)
-        done = None if force else complete_result(job.path, job.key)
+        done = None if force else complete_result(job.path, job.key, report=False)  # reported above
         if done is None:
             todo.add(i)
             continue

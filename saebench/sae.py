@@ -287,7 +287,7 @@ def load_native(folder: str | Path, device: str = "cpu") -> NativeSAE:
             numel *= n
         if got != shape and not (name == "threshold" and numel in (1, cfg.d_sae)):
             raise SaebenchError(f"{weights}: tensor {name} has shape {list(got)}, cfg.json implies {list(shape)}")
-    check_load_memory(weights, header, expected)
+    check_load_memory(weights, used=expected)
     tensors = read_safetensors(weights)
     check_finite(tensors, str(weights))
     params = {}
@@ -299,18 +299,18 @@ def load_native(folder: str | Path, device: str = "cpu") -> NativeSAE:
     return NativeSAE.from_tensors(cfg, params).to(device).eval()
 
 
-def check_load_memory(path: Path, header: dict[str, tuple[int, ...]], used: Any = None) -> None:
+def check_load_memory(path: Path, used: Any = None) -> None:
     """Refuse, before reading, a weights file whose tensors (as stored, plus float32 copies of
     those stored narrower) would not fit in the memory available. ``used``: the tensor names
     that are kept (default: all)."""
-    from saebench.io import human_bytes
+    from saebench.io import ST_ITEMSIZE, human_bytes, safetensors_header
 
-    dtypes = safetensors_dtypes(path)
-    stored = sum(math.prod(shape) * _DTYPE_BYTES.get(dtypes.get(n, "F32"), 4) for n, shape in header.items())
+    entries = safetensors_header(path)
+    stored = sum(math.prod(shape) * ST_ITEMSIZE[dtype] for dtype, shape in entries.values())
     widened = sum(
         math.prod(shape) * 4
-        for n, shape in header.items()
-        if (used is None or n in used) and _DTYPE_BYTES.get(dtypes.get(n, "F32"), 4) < 4
+        for n, (dtype, shape) in entries.items()
+        if (used is None or n in used) and ST_ITEMSIZE[dtype] < 4
     )
     check_memory(
         stored + widened,
@@ -319,33 +319,11 @@ def check_load_memory(path: Path, header: dict[str, tuple[int, ...]], used: Any 
     )
 
 
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def safetensors_dtypes(path: Path) -> dict[str, str]:
-    """Tensor names and stored dtypes (``F32``, ``BF16``...) from a safetensors header."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_slice(k).get_dtype() for k in fh.keys()}
-    except Exception:
-        return {}
-
-
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes from a safetensors header, without reading any tensor data."""
-    from safetensors import SafetensorError, safe_open
+    from saebench.io import safetensors_header
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SaebenchError(
-            f"{path} is not a readable safetensors file "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "it may be truncated or another format: re-download or re-save it"
-        ) from exc
+    return {name: shape for name, (_, shape) in safetensors_header(path).items()}
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

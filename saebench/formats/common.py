@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.io import read_json_object, torch_load_weights_only
+from saebench.io import read_json_object, safetensors_header, torch_load_weights_only
 from saebench.sae import ARCHITECTURES, NativeSAE, check_finite, native_shapes, parse_config
 
 LABELS = {
@@ -40,12 +40,10 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def safetensors_keys(path: Path) -> set[str]:
-    from safetensors import SafetensorError, safe_open
-
+    """Tensor names from a safetensors header (plain reads, no mmap); empty when unreadable."""
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            return set(fh.keys())
-    except (SafetensorError, OSError, ValueError):
+        return set(safetensors_header(path))
+    except SaebenchError:
         return set()
 
 

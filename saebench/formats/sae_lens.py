@@ -119,7 +119,7 @@ def load_sae_lens_dir(path: str | Path) -> Converted:
     header = safetensors_shapes(weights)
     d_in, d_sae = int_field(raw.get("d_in"), "d_in", str(p)), int_field(raw.get("d_sae"), "d_sae", str(p))
     check_header(weights, header, {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)})
-    check_load_memory(weights, header)
+    check_load_memory(weights)
     tensors = read_safetensors(weights)
     return from_sae_lens_parts(raw, tensors, str(p))
 

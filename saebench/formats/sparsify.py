@@ -39,7 +39,7 @@ def load_sparsify(path: str | Path) -> Converted:
     header = safetensors_shapes(weights)
     n_lat = int_field(raw.get("num_latents"), "num_latents", where) or None  # 0: expansion_factor x d_in
     check_header(weights, header, {"encoder.weight": (n_lat, None), "W_dec": (n_lat, None), "encoder.bias": (n_lat,)})
-    check_load_memory(weights, header)
+    check_load_memory(weights)
     t = read_safetensors(weights)
     if raw.get("transcode"):
         raise SaebenchError(

@@ -92,46 +92,63 @@ def padded_batches(
         yield take, batch, torch.tensor([len(rows[r]) for r in take])
 
 
+def _unreadable(exc: Exception) -> str:
+    return f"unreadable: {str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__}"
+
+
+def _meta_problem(path: Path, key: str) -> str | None:
+    """Why an entry's header disqualifies it (None when its format and key are right). Reading
+    errors propagate; running out of memory is never mistaken for a bad entry."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("saebench_entry") != ENTRY_FORMAT or "sha256" not in meta:
+        return "no checksum (written by an older saebench)"
+    if meta.get("key") != key:
+        return f"it holds key {meta.get('key')!r}, not {key!r}"
+    return None
+
+
+def _checksum(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return (fh.metadata() or {})["sha256"]
+
+
 def _try_load(path: Path, key: str) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """A cache entry as ``(tensors, None)``; ``(None, None)`` when absent; ``(None, why)`` when it
     is unusable (unreadable, another key, no checksum, checksum mismatch)."""
     if not path.is_file():
         return None, None
-    from safetensors import safe_open
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        why = _meta_problem(path, key)
+        if why is not None:
+            return None, why
         tensors = load_file(str(path))
-    except Exception as exc:
-        return None, f"unreadable: {str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__}"
-    if meta.get("saebench_entry") != ENTRY_FORMAT or "sha256" not in meta:
-        return None, "no checksum (written by an older saebench)"
-    if meta.get("key") != key:
-        return None, f"it holds key {meta.get('key')!r}, not {key!r}"
-    if tensors_digest(tensors) != meta["sha256"]:
-        return None, "checksum mismatch: the file was damaged or overwritten"
+        if tensors_digest(tensors) != _checksum(path):
+            return None, "checksum mismatch: the file was damaged or overwritten"
+    except (SafetensorError, OSError, ValueError) as exc:
+        return None, _unreadable(exc)
     return tensors, None
 
 
 def verify_entry(path: Path, key: str) -> str | None:
     """Check a cache entry without loading it whole (streams its tensors through the checksum):
     None when it is sound, else why not. For readers that stream an entry instead of loading it."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        if meta.get("saebench_entry") != ENTRY_FORMAT or "sha256" not in meta:
-            return "no checksum (written by an older saebench)"
-        if meta.get("key") != key:
-            return f"it holds key {meta.get('key')!r}, not {key!r}"
-        if file_tensors_digest(path) != meta["sha256"]:
-            return "checksum mismatch: the file was damaged or overwritten"
-    except Exception as exc:
-        return f"unreadable: {str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__}"
-    return None
+        why = _meta_problem(path, key)
+        if why is None and file_tensors_digest(path) != _checksum(path):
+            why = "checksum mismatch: the file was damaged or overwritten"
+    except (SafetensorError, OSError, ValueError) as exc:
+        why = _unreadable(exc)
+    return why
 
 
 def discard_entry(path: Path, why: str) -> None:
