@@ -44,14 +44,19 @@ LIMIT = 600  # seconds any one subprocess may take (2 shared cores can be slow);
 # helpers
 
 
-def _cache(root: Path) -> Path:
-    """An empty activation cache sharing the converted model with the default cache (converted
-    here first if this is a fresh machine, so no subprocess pays for it)."""
+def _models() -> Path:
+    """The default cache's converted-model folder (converted here first on a fresh machine, so
+    no subprocess pays for it)."""
     from saebench.models import _hf_folder
 
+    return _hf_folder().parent
+
+
+def _cache(root: Path) -> Path:
+    """An empty activation cache sharing the converted model with the default cache."""
     cache = root / "cache"
     cache.mkdir(parents=True)
-    (cache / "models").symlink_to(_hf_folder().parent)
+    (cache / "models").symlink_to(_models())
     return cache
 
 
@@ -264,7 +269,7 @@ def test_out_of_space_keeps_the_result_and_goes_on_without_cache(concurrent, tmp
     try:
         cache = disk / "cache"
         cache.mkdir()
-        (cache / "models").symlink_to((_cache(tmp_path) / "models").resolve())
+        (cache / "models").symlink_to(_models())
         with open(disk / "filler", "wb") as fh:  # fill the disk
             with pytest.raises(OSError) as exc:
                 while True:
