@@ -411,7 +411,6 @@ def _setup_logging() -> None:
     if not any(isinstance(h, _OneLine) for h in logger.handlers):
         logger.addHandler(_OneLine())
         logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def _resource_error(exc: BaseException) -> str | None:

@@ -152,9 +152,12 @@ def claim(pending: list[Job], locks: ResultLocks, run: RunResults, force: bool) 
     return [job for i, job in enumerate(pending) if i in todo]
 
 
-def check_batch_memory(jobs: list[Job], batch_size: int, ctx_len: int) -> None:
-    """Refuse before the model loads when one batch of latents cannot fit: encoding holds at least
-    the pre-activations and the latents, 2 x batch x ctx_len x d_sae float32 values."""
+def check_batch_memory(jobs: list[Job], batch_size: int, ctx_len: int, device: str) -> None:
+    """Refuse before the model loads when one batch of latents cannot fit in CPU memory: encoding
+    holds at least the pre-activations and the latents, 2 x batch x ctx_len x d_sae float32
+    values. (On an accelerator its own out-of-memory error is reported in one line instead.)"""
+    if device != "cpu":
+        return
     for ls in {job.sae.name: job.sae for job in jobs}.values():
         per_context = 2 * ctx_len * int(ls.sae.d_sae) * 4
         check_memory(
@@ -285,7 +288,7 @@ def evaluate(
         if hasattr(ev, "preflight"):  # optional: refuse bad settings (e.g. an unreachable LLM) before any work
             ev.preflight(cfgs[ev.name])
 
-    check_batch_memory(pending, sizes["batch_size"], sizes["ctx_len"])
+    check_batch_memory(pending, sizes["batch_size"], sizes["ctx_len"], device)
     with ResultLocks() as locks:
         if out is not None:
             pending = claim(pending, locks, run, force)

@@ -36,7 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from saebench.errors import SaebenchError
-from saebench.io import check_memory, read_json_object
+from saebench.io import TMP_MARK, as_os_error, check_memory, read_json_object, writing_in
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 
@@ -213,29 +213,36 @@ def native_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
 
 
 def save_native(sae: NativeSAE, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``cfg.json`` + ``sae.safetensors`` atomically (the folder appears whole or not)."""
+    """Write ``cfg.json`` + ``sae.safetensors`` atomically (the folder appears whole or not);
+    filesystem errors (a full disk) are raised as ``OSError``, the temp folder removed."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
-        tensors = {
-            k: (v.detach().to(dtype) if dtype else v.detach()).contiguous().cpu() for k, v in sae.state_dict().items()
-        }
-        save_file(tensors, str(tmp / "sae.safetensors"))
-        (tmp / "cfg.json").write_text(json.dumps(sae.cfg.model_dump(), indent=2, sort_keys=True) + "\n")
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        tmp.chmod(0o755)  # mkdtemp makes 0700; a saved SAE is meant to be shared
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing_in(folder.parent):
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}{TMP_MARK}"))
+        try:
+            tensors = {
+                k: (v.detach().to(dtype) if dtype else v.detach()).contiguous().cpu()
+                for k, v in sae.state_dict().items()
+            }
+            try:
+                save_file(tensors, str(tmp / "sae.safetensors"))
+            except SafetensorError as exc:
+                raise as_os_error(exc, str(tmp / "sae.safetensors")) from exc
+            (tmp / "cfg.json").write_text(json.dumps(sae.cfg.model_dump(), indent=2, sort_keys=True) + "\n")
+            for f in tmp.iterdir():
+                f.chmod(0o644)
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            tmp.chmod(0o755)  # mkdtemp makes 0700; a saved SAE is meant to be shared
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

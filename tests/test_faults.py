@@ -439,11 +439,13 @@ def test_hostile_names_end_to_end(tmp_path, model):
         "    def run(self, ctx, cfg):\n        return EvalOutput(metrics={'one': 1})\n"
     )
     names = ["..", "a/../b", "/etc/passwd", "x\x1b[31m\ny", "n" * 300]
+    own, _ = write_native(tmp_path / "..\x1b[2J\x07evil", d_sae=16)  # a name read from the SAE's own folder
     out = tmp_path / "deep" / "out"
     run = evaluate(
-        ["reference"] * len(names), model=model, evals=[f"python:{plugin}:Evil"], tokens=256, ctx_len=32,
-        batch_size=4, out=out, name=names, progress=False, use_cache=False,
+        ["reference"] * len(names) + [str(own)], model=model, evals=[f"python:{plugin}:Evil"], tokens=256,
+        ctx_len=32, batch_size=4, out=out, name=[*names, None], progress=False, use_cache=False,
     )  # fmt: skip
+    names.append(own.name)
     written = sorted(out.rglob("*.json"))
     assert len(written) == len(names) and all(p.parent.parent == out and p.name == "evil.json" for p in written)
     assert {p.parent.name for p in written} == {slug(clean_name(n)) for n in names}
