@@ -44,7 +44,10 @@ except ImportError:  # pragma: no cover - Windows
 
 TMP_MARK = ".tmp-"
 LOCK_SUFFIX = ".lock"
+LOCK_TAG = "saebench pid "  # what a lock file holds: only files saying so are ever cleaned up
 WRITE_PROBE = ".write-test-"
+# what mkstemp/mkdtemp make from our prefixes (8 random characters): only these are cleaned up
+_STALE = re.compile(r"^\.(?:.+\.)?tmp-[a-z0-9_]{8}$|^\.write-test-[a-z0-9_]{8}$")
 log = logging.getLogger("saebench")
 _WARNED: set[str] = set()
 SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -413,7 +416,7 @@ def _acquire(path: Path, what: str) -> int | None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not waited:
-                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").removeprefix(LOCK_TAG).strip() or "?"
                     log.warning(f"waiting for saebench process {holder}, which is computing {what} ({path})")
                     waited = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -424,7 +427,7 @@ def _acquire(path: Path, what: str) -> int | None:
             if same:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                    os.pwrite(fd, f"{LOCK_TAG}{os.getpid()}\n".encode(), 0)
                 return fd
             os.close(fd)  # the holder removed the file on release: lock the current one
         except OSError:  # flock unsupported here: go on unlocked
@@ -436,13 +439,15 @@ def _acquire(path: Path, what: str) -> int | None:
 
 
 def _is_stale_name(name: str) -> bool:
-    return name.startswith(".") and (TMP_MARK in name or name.startswith(WRITE_PROBE))
+    return bool(_STALE.match(name))
 
 
 def remove_stale_temps(root: Path, depth: int = 1) -> list[Path]:
-    """Delete temp files and folders left by writers that died (``.NAME.tmp-*``, write probes) and
-    unheld ``.NAME.lock`` files, in ``root`` and its subfolders down to ``depth``. A folder where a
-    write is in flight (:func:`writing_in`) is skipped this time. Returns what was removed."""
+    """Delete temp files and folders left by writers that died (``.NAME.tmp-XXXXXXXX``, write
+    probes) and unheld saebench ``.NAME.lock`` files, in ``root`` and its subfolders down to
+    ``depth`` (hidden folders such as ``.git`` are never entered; other programs' files are never
+    matched). A folder where a write is in flight (:func:`writing_in`) is skipped this time.
+    Returns what was removed."""
     removed: list[Path] = []
     level = [Path(root)]
     folders = list(level)
@@ -472,7 +477,7 @@ def remove_stale_temps(root: Path, depth: int = 1) -> list[Path]:
 
 def _subdirs(folder: Path) -> list[Path]:
     try:
-        return [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False) and e.name[0] != "."]
     except OSError:
         return []
 
@@ -486,7 +491,7 @@ def _remove_unheld_lock(path: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+        if os.stat(path).st_ino != os.fstat(fd).st_ino or not os.pread(fd, 64, 0).startswith(LOCK_TAG.encode()):
             return False
         os.unlink(path)  # held while unlinking, as file_lock's holders do
         return True

@@ -137,7 +137,7 @@ class ResultLocks:
 
 def claim(pending: list[Job], locks: ResultLocks, run: RunResults, force: bool) -> list[Job]:
     """Lock every pending result (sorted by path: one global order, no deadlock between runs) and
-    re-check it: one another process completed while we waited is reused, not recomputed."""
+    re-check it: a result another process completed while we waited is reused, not recomputed."""
     todo: set[int] = set()
     for i, job in sorted(enumerate(pending), key=lambda ij: str(Path(ij[1].path).resolve())):
         locks.take(job.path)

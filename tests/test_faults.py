@@ -200,7 +200,7 @@ def test_kill9_then_sigint_then_resume(concurrent, tmp_path):
     assert not list(out.rglob("*.json"))
 
     (out / "_").mkdir(parents=True, exist_ok=True)
-    planted = [out / "_" / ".core.json.tmp-dead1", _entry(cache, "states").parent / ".x.safetensors.tmp-dead2"]
+    planted = [out / "_" / ".core.json.tmp-dead0001", _entry(cache, "states").parent / ".x.safetensors.tmp-dead0002"]
     for f in planted:
         f.write_text("left by a writer that was killed")
     res = _cli(args, env, tmp_path / "resumed")
@@ -397,7 +397,7 @@ def test_hostile_configs_refused_before_allocating(tmp_path):
         res = SimpleNamespace(rc=got["rc"], err=got["err"])
         _one_error(res, 2, needle)
         assert "out of memory" not in res.err, (sae, res.err)
-    assert report["peak_rss"] < 1.5 * (1 << 30), report["peak_rss"]  # torch + saebench imported: ~0.4 GiB
+    assert report["peak_rss"] < 1 << 30, report["peak_rss"]  # torch + saebench imported: ~0.25 GiB seen
     assert not list(out.rglob("*.json"))
 
 
@@ -612,25 +612,25 @@ def test_result_that_cannot_be_written_is_kept(tmp_path, monkeypatch, capsys):
 
 
 def test_stale_temps_removed_only_when_their_writer_is_gone(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    b.mkdir()
-    dead = [a / ".core.json.tmp-1", a / ".write-test-2", b / ".states.safetensors.tmp-3"]
+    a, b, git = tmp_path / "a", tmp_path / "b", tmp_path / ".git"
+    for d in (a, b, git):
+        d.mkdir()
+    dead = [a / ".core.json.tmp-k2j4_9zq", a / ".write-test-0a1b2c3d", b / ".states.safetensors.tmp-abcdefgh"]
     for f in dead:
         f.write_text("x")
-    (a / ".model.tmp-4").mkdir()
-    busy = b / ".ablation.safetensors.tmp-5"
+    (a / ".model.tmp-qwertyui").mkdir()
+    busy = b / ".ablation.safetensors.tmp-12345678"
     busy.write_text("x")
-    keep = [a / "core.json", a / ".hidden"]
+    keep = [a / "core.json", a / ".hidden", a / ".notes.tmp-x", git / ".x.tmp-abcdefgh", a / ".other-tool.lock"]
     for f in keep:
         f.write_text("x")
     unheld = lock_path(a / "core.json")
-    unheld.write_text("123")
+    unheld.write_text("saebench pid 999999\n")  # its process died
     with file_lock(lock_path(a / "probing.json"), "test"):
         with writing_in(b):  # a writer is active in b: nothing there is touched
             removed = remove_stale_temps(tmp_path, depth=1)
         assert lock_path(a / "probing.json").exists()  # held: kept
-    assert set(removed) == {a / ".core.json.tmp-1", a / ".write-test-2", a / ".model.tmp-4", unheld}
+    assert set(removed) == {dead[0], dead[1], a / ".model.tmp-qwertyui", unheld}
     assert busy.exists() and dead[2].exists() and all(f.exists() for f in keep)
     assert not lock_path(a / "probing.json").exists()  # its holder removes it on release
     assert set(remove_stale_temps(tmp_path, depth=1)) == {busy, dead[2]}

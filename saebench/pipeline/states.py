@@ -96,13 +96,15 @@ def _unreadable(exc: Exception) -> str:
     return f"unreadable: {str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__}"
 
 
-def _meta_problem(path: Path, key: str) -> str | None:
-    """Why an entry's header disqualifies it (None when its format and key are right). Reading
-    errors propagate; running out of memory is never mistaken for a bad entry."""
+def _entry_meta(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+        return fh.metadata() or {}
+
+
+def _meta_problem(meta: dict[str, str], key: str) -> str | None:
+    """Why an entry's header disqualifies it (None when its format and key are right)."""
     if meta.get("saebench_entry") != ENTRY_FORMAT or "sha256" not in meta:
         return "no checksum (written by an older saebench)"
     if meta.get("key") != key:
@@ -110,31 +112,27 @@ def _meta_problem(path: Path, key: str) -> str | None:
     return None
 
 
-def _checksum(path: Path) -> str:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return (fh.metadata() or {})["sha256"]
+MISMATCH = "checksum mismatch: the file was damaged or overwritten"
 
 
 def _try_load(path: Path, key: str) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """A cache entry as ``(tensors, None)``; ``(None, None)`` when absent; ``(None, why)`` when it
-    is unusable (unreadable, another key, no checksum, checksum mismatch)."""
+    is unusable (unreadable, another key, no checksum, checksum mismatch). Running out of memory
+    while reading is raised, never mistaken for a bad entry."""
     if not path.is_file():
         return None, None
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        why = _meta_problem(path, key)
+        meta = _entry_meta(path)
+        why = _meta_problem(meta, key)
         if why is not None:
             return None, why
         tensors = load_file(str(path))
-        if tensors_digest(tensors) != _checksum(path):
-            return None, "checksum mismatch: the file was damaged or overwritten"
     except (SafetensorError, OSError, ValueError) as exc:
         return None, _unreadable(exc)
-    return tensors, None
+    return (tensors, None) if tensors_digest(tensors) == meta["sha256"] else (None, MISMATCH)
 
 
 def verify_entry(path: Path, key: str) -> str | None:
@@ -143,9 +141,10 @@ def verify_entry(path: Path, key: str) -> str | None:
     from safetensors import SafetensorError
 
     try:
-        why = _meta_problem(path, key)
-        if why is None and file_tensors_digest(path) != _checksum(path):
-            why = "checksum mismatch: the file was damaged or overwritten"
+        meta = _entry_meta(path)
+        why = _meta_problem(meta, key)
+        if why is None and file_tensors_digest(path) != meta["sha256"]:
+            why = MISMATCH
     except (SafetensorError, OSError, ValueError) as exc:
         why = _unreadable(exc)
     return why
