@@ -1,12 +1,20 @@
 """The ``saebench`` command line.
 
-Every user-fixable problem ends as one line ``error: ...`` on stderr and exit status 2.
+Every user-fixable problem ends as one line ``error: ...`` on stderr and exit status 2; so do a
+full disk and an exhausted memory, which no code path turns into a traceback. Ctrl-C exits 130
+and SIGTERM 143, each with one line; completed results are kept and a rerun resumes. Warnings
+(a damaged cache entry recomputed, a full cache skipped, waiting for another process) are one
+``warning: ...`` line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -416,6 +424,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that cleanup (temp files, locks) runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+class _OneLine(logging.Handler):
+    """saebench's log records as one ``warning: ...`` line each on the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning" if record.levelno >= logging.WARNING else "note"
+        try:
+            print(f"{prefix}: {' '.join(record.getMessage().split())}", file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("saebench")
+    if not any(isinstance(h, _OneLine) for h in logger.handlers):
+        logger.addHandler(_OneLine())
+        logger.setLevel(logging.INFO)
+
+
+def _resource_error(exc: BaseException) -> str | None:
+    """The one-line message for running out of disk or memory (None for anything else)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"no space left on device{where}; free space (or point --out / $SAEBENCH_CACHE elsewhere) and rerun"
+    text = str(exc)
+    if (
+        isinstance(exc, MemoryError)
+        or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+        or (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
+    ):
+        detail = str(exc).splitlines()[0][:160] if str(exc) else "MemoryError"
+        return f"out of memory ({detail}); lower --batch-size (or --ctx-len), or use a machine with more memory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
@@ -429,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": cmd_tasks,
         "export": cmd_export,
     }
+    _setup_logging()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (main() called from a worker): leave SIGTERM alone
+        previous = None
     try:
         return handlers[args.command](args)
     except SaebenchError as exc:
@@ -437,6 +493,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; completed results are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print(
+            "error: terminated (SIGTERM); completed results are kept, rerun the same command to resume", file=sys.stderr
+        )
+        return 143
+    except BrokenPipeError:  # output piped into a reader that went away (| head): nothing left to say
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 1
+    except (OSError, MemoryError, RuntimeError) as exc:
+        message = _resource_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,22 @@ class, see :mod:`saebench.plugins`), and other ecosystems' files, detected from 
 (native first) or named with a prefix (``sae_lens:``, ``sparsify:``, ``openai:``,
 ``dictionary_learning:``; see :mod:`saebench.formats`). An object following the SAE protocol
 is wrapped with :func:`wrap_sae`.
+
+Untrusted files: every loader checks a file's config and tensor shapes (from the header) before
+reading tensors, and the memory they need against what is available. Whatever else a malformed
+file trips over (a missing key, a wrong type, an odd shape) becomes a one-line error naming the
+file, never a traceback. Names (``--name``, or read from an SAE's own files) lose control
+characters and are bounded in length; :func:`saebench.io.slug` makes them path components.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,36 @@ from saebench.io import torch_load_weights_only
 from saebench.sae import check_finite, fingerprint_module, load_native
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
+MAX_NAME = 200
+
+
+def clean_name(name: str, fallback: str = "sae") -> str:
+    """A name fit to print and record: control and format characters become ``?`` (no terminal
+    escapes, no line breaks in tables), surrounding space is dropped, at most ``MAX_NAME``
+    characters; ``fallback`` when nothing is left. Paths use ``slug(name)`` on top of this."""
+    text = "".join("?" if unicodedata.category(c)[0] == "C" else c for c in str(name)).strip()
+    if len(text) > MAX_NAME:
+        text = text[: MAX_NAME - 3] + "..."
+    return text or fallback
+
+
+def check_name(name: str | None) -> None:
+    """An explicit ``--name`` must say something."""
+    if name is not None and not str(name).strip():
+        raise SaebenchError("--name is empty; give each --sae a non-empty name (or leave --name out)")
+
+
+@contextlib.contextmanager
+def malformed_as_error(spec: str, what: str) -> Iterator[None]:
+    """Turn what a malformed file makes a loader trip over into a one-line error naming it."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise SaebenchError(
+            f"{spec} could not be read as a {what} ({type(exc).__name__}: {detail}); the file is malformed or an "
+            "unsupported variant"
+        ) from exc
 
 
 @dataclass
@@ -43,6 +82,13 @@ class LoadedSAE:
 
 def load_sae(spec: str, device: str = "cpu", trust_pickle: bool = False, name: str | None = None) -> LoadedSAE:
     """Resolve a ``--sae`` spec (see the module docstring)."""
+    check_name(name)
+    loaded = _load_sae(spec, device, trust_pickle, name)
+    loaded.name = clean_name(loaded.name, fallback=clean_name(Path(spec).name))
+    return loaded
+
+
+def _load_sae(spec: str, device: str, trust_pickle: bool, name: str | None) -> LoadedSAE:
     if spec == "reference":
         spec = str(reference_sae_path())
     path = Path(spec)
@@ -54,7 +100,8 @@ def load_sae(spec: str, device: str = "cpu", trust_pickle: bool = False, name: s
         spec, path, prefixed = prefixed[1], Path(prefixed[1]), None
     fmt = prefixed[0] if prefixed else formats.detect_format(path)
     if fmt not in (None, "native"):
-        conv = formats.load_format(fmt, prefixed[1] if prefixed else spec)
+        with malformed_as_error(spec, formats.LABELS[fmt]):
+            conv = formats.load_format(fmt, prefixed[1] if prefixed else spec)
         sae = conv.sae.to(device)
         return LoadedSAE(
             sae,
@@ -67,7 +114,8 @@ def load_sae(spec: str, device: str = "cpu", trust_pickle: bool = False, name: s
             [f"read from a {formats.LABELS[fmt]}: found architecture {conv.architecture}", *conv.notes],
         )
     if path.is_dir():
-        sae = load_native(path, device)
+        with malformed_as_error(spec, formats.LABELS["native"]):
+            sae = load_native(path, device)
         return LoadedSAE(
             sae,
             name or path.resolve().name,
@@ -78,9 +126,10 @@ def load_sae(spec: str, device: str = "cpu", trust_pickle: bool = False, name: s
             fingerprint_module(sae),
         )
     if path.is_file() and path.suffix in (".pt", ".pth", ".bin"):
-        return _from_torch_file(path, device, trust_pickle, name)
+        with malformed_as_error(spec, "state dict with cfg.json"):
+            return _from_torch_file(path, device, trust_pickle, name)
     if path.is_file() and path.suffix == ".safetensors":
-        return load_sae(str(path.parent), device, trust_pickle, name)
+        return _load_sae(str(path.parent), device, trust_pickle, name)
     if ":" in spec and not path.exists():
         obj, label = plugins.load_object(spec)
         return wrap_sae(obj, spec, name or label, device)
@@ -125,10 +174,13 @@ def as_loaded(sae: Any, device: str = "cpu", trust_pickle: bool = False, name: s
     """A spec string/path, a :class:`LoadedSAE` or an SAE object, as a :class:`LoadedSAE`."""
     if isinstance(sae, LoadedSAE):
         return sae
+    check_name(name)
     if isinstance(sae, (str, Path)):
         return load_sae(str(sae), device=device, trust_pickle=trust_pickle, name=name)
     label = name or getattr(sae, "name", None) or type(sae).__name__
-    return wrap_sae(sae, f"object:{type(sae).__name__}", str(label), device)
+    loaded = wrap_sae(sae, f"object:{type(sae).__name__}", str(label), device)
+    loaded.name = clean_name(loaded.name, fallback=type(sae).__name__)
+    return loaded
 
 
 def _from_torch_file(path: Path, device: str, trust_pickle: bool, name: str | None) -> LoadedSAE:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.io import cache_dir
+from saebench.io import TMP_MARK, as_os_error, cache_dir, file_lock, is_out_of_space, lock_path, warn_once, writing_in
 from saebench.profiles import DTYPE_NAMES
 
 EMBEDDED_MODEL = "smollm2-135m"
@@ -239,14 +239,19 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _hf_folder() -> Path:
-    """The dequantized transformers folder of the embedded model, built once and cached."""
+def _embedded_folder() -> Path:
     import transformers
 
     major = transformers.__version__.split(".")[0]
-    folder = cache_dir() / "models" / f"smollm2-135m-instruct-fp32-tf{major}"
-    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
-        return folder
+    return cache_dir() / "models" / f"smollm2-135m-instruct-fp32-tf{major}"
+
+
+def _folder_ready(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def _convert_embedded() -> tuple[Any, Any]:
+    """Dequantize the GGUF (20-30 s): fp32 ``LlamaForCausalLM`` and its tokenizer, in memory."""
     gguf = embedded_gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -255,27 +260,74 @@ def _hf_folder() -> Path:
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
+    return hf, tok
+
+
+def _save_folder(hf: Any, tok: Any, folder: Path) -> None:
+    """Write the converted model atomically (temp folder + rename); filesystem errors (a full
+    disk above all) are raised as ``OSError``, the temp folder removed."""
+    from safetensors import SafetensorError
+
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-    try:
-        hf.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing_in(folder.parent):
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}{TMP_MARK}"))
+        try:
+            try:
+                hf.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+            except SafetensorError as exc:
+                raise as_os_error(exc, str(tmp)) from exc
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cache_failed(folder: Path, exc: Exception) -> str:
+    why = "out of space (it needs about 550 MiB)" if is_out_of_space(exc) else getattr(exc, "strerror", None) or exc
+    return f"cannot cache the converted embedded model in {folder.parent}: {why}"
+
+
+def _hf_folder() -> Path:
+    """The dequantized transformers folder of the embedded model, built once and cached (one
+    process converts while others wait for it); a cache that cannot take it is a one-line error."""
+    folder = _embedded_folder()
+    if _folder_ready(folder):
+        return folder
+    with file_lock(lock_path(folder), "the converted embedded model"):
+        if not _folder_ready(folder):
+            hf, tok = _convert_embedded()
+            try:
+                _save_folder(hf, tok, folder)
+            except OSError as exc:
+                raise SaebenchError(f"{_cache_failed(folder, exc)}; free space or set $SAEBENCH_CACHE") from exc
     return folder
 
 
 def load_embedded_hf() -> tuple[Any, Any]:
-    """The embedded model as plain transformers (``LlamaForCausalLM`` fp32) and its tokenizer."""
+    """The embedded model as plain transformers (``LlamaForCausalLM`` fp32) and its tokenizer.
+
+    Read from the model cache; the first use converts the GGUF and caches it. When the cache
+    cannot take it (out of space, read-only) the converted model is used from memory, with one
+    warning: the run goes on, and the next one converts again."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own stages have progress bars; this one is noise
-    folder = _hf_folder()
+    folder = _embedded_folder()
+    if not _folder_ready(folder):
+        with file_lock(lock_path(folder), "the converted embedded model"):
+            if not _folder_ready(folder):
+                hf, tok = _convert_embedded()
+                try:
+                    _save_folder(hf, tok, folder)
+                except OSError as exc:
+                    warn_once(
+                        "model-cache", f"{_cache_failed(folder, exc)}; using it from memory (converted again next run)"
+                    )
+                    return hf, tok
     hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(folder))
     return hf, tok

@@ -8,6 +8,17 @@ results are skipped on rerun unless ``--force``. An interrupted run resumes at t
 (SAE, evaluator) pair without a complete file; nothing partial is ever left behind
 (temp file + ``os.replace``).
 
+Integrity: every file carries ``checksum``, the SHA-256 of its canonical JSON without that field
+(:func:`content_checksum`). A file that fails it (bit-flipped, truncated, edited) is never
+"complete": the run says so in one line and recomputes it; readers (leaderboard, compare) refuse
+it by name. Files without the field (written before it existed) are read as they are; delete the
+field of a hand-edited file to accept the edit.
+
+Out of space: when ``OUT`` cannot take a result, nothing computed is lost: the result is written
+to a fallback folder (the system temp folder, else the home or working folder, else printed on
+stdout) and the one-line error names the folder, the bytes needed and the ``mv`` that puts the
+file in place (after which a rerun finds it complete).
+
 ``load_results(paths)`` reads files or folders back into a list of :class:`Result`, and
 ``results_frame`` flattens them into a pandas DataFrame (one row per result).
 
@@ -37,7 +48,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError, model_validator
 
 from saebench.errors import SaebenchError
-from saebench.io import atomic_write_json, read_json, slug
+from saebench.io import (
+    WRITE_PROBE,
+    atomic_write_text,
+    free_bytes,
+    human_bytes,
+    is_out_of_space,
+    log,
+    read_json,
+    slug,
+    writing_in,
+)
 
 SCHEMA_VERSION = 2
 TRACKED_PACKAGES = ("saebench", "torch", "transformer-lens", "transformers", "numpy", "sae-lens", "sae-probes")
@@ -96,34 +117,103 @@ def check_writable(out: Path) -> None:
     """Fail before any work when the output folder cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
+        with writing_in(out):  # a concurrent run's stale-temp cleanup leaves this probe alone
+            fd, probe = tempfile.mkstemp(dir=out, prefix=WRITE_PROBE)
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
         raise SaebenchError(f"output folder {out} is not writable ({exc.strerror}); pass a writable --out") from exc
 
 
+def content_checksum(data: dict[str, Any]) -> str:
+    """SHA-256 of a result's JSON object without its ``checksum`` field, keys sorted, compact."""
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def result_text(result: Result) -> str:
+    """The JSON text of a result file, its checksum filled in."""
+    data = json.loads(json.dumps(result.model_dump()))  # exactly what a reader will parse
+    data["checksum"] = content_checksum(data)
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
 def write_result(result: Result, path: Path) -> None:
-    """Write atomically: a reader sees the old file or the whole new one, never a part."""
-    atomic_write_json(path, result.model_dump())
+    """Write atomically: a reader sees the old file or the whole new one, never a part.
+
+    A filesystem error (a full disk above all) loses nothing: the result goes to a fallback
+    file and the one-line :class:`SaebenchError` names it (see the module docstring)."""
+    text = result_text(result)
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise _unsaved(result, path, text, exc) from exc
+
+
+def _unsaved(result: Result, path: Path, text: str, exc: OSError) -> SaebenchError:
+    """Keep a result that could not be written to ``path``; the error that says where it went."""
+    need = len(text.encode("utf-8"))
+    folder = path.parent
+    if is_out_of_space(exc):
+        free = free_bytes(folder)
+        problem = (
+            f"out of space: writing {path} needs {need} bytes ({human_bytes(need)}) but {folder} has "
+            f"{free if free is not None else 'an unknown number of'} bytes free"
+        )
+        fix = "free space there"
+    else:
+        problem = f"cannot write {path} ({exc.strerror or type(exc).__name__}; {need} bytes)"
+        fix = "fix the folder"
+    name = f"{slug(result.sae.name)}--{slug(result.evaluator)}-{result.run_key}.json"
+    for base in _fallback_folders():
+        target = base / name
+        try:
+            atomic_write_text(target, text)
+        except OSError:
+            continue
+        return SaebenchError(
+            f"{problem}; the computed result is kept in {target}: {fix}, then `mv {target} {path}` (or rerun with "
+            "another --out); the rerun skips what is complete"
+        )
+    print(json.dumps(json.loads(text), separators=(",", ":")), flush=True)
+    return SaebenchError(
+        f"{problem}, and no fallback folder could be written either; the computed result was printed on stdout "
+        f"(save it as {path}): {fix}"
+    )
+
+
+def _fallback_folders() -> list[Path]:
+    """Where an unwritable result goes: the temp folder, then the home and working folders."""
+    candidates = [Path(tempfile.gettempdir()) / "saebench-unsaved", Path.home() / "saebench-unsaved", Path.cwd()]
+    return list(dict.fromkeys(candidates))
 
 
 def read_result(path: Path) -> Result:
-    """Parse one result file; a corrupt or foreign file raises SaebenchError naming it."""
+    """Parse one result file; a corrupt, foreign or modified file raises SaebenchError naming it."""
     data = read_json(path, "result")
+    if isinstance(data, dict) and "checksum" in data:
+        if data.pop("checksum") != content_checksum(data):
+            raise SaebenchError(
+                f"{path} fails its checksum: it was damaged or edited after saebench wrote it; regenerate it (or "
+                'delete its "checksum" field to accept an edit)'
+            )
     try:
         return Result.model_validate(data)
     except (ValidationError, TypeError) as exc:
         raise SaebenchError(f"{path} is not a saebench result ({type(exc).__name__})") from exc
 
 
-def complete_result(path: Path, key: str) -> Result | None:
-    """The existing result at ``path`` when it is complete for ``key``, else None."""
+def complete_result(path: Path, key: str, report: bool = True) -> Result | None:
+    """The existing result at ``path`` when it is complete for ``key``, else None (a damaged file
+    is reported in one line, unless ``report`` is off, and recomputed by the caller)."""
     if not path.is_file():
         return None
     try:
         res = read_result(path)
-    except SaebenchError:
+    except SaebenchError as exc:
+        if report:
+            log.warning(f"{str(exc).split(';')[0]}; recomputing it")
         return None
     return res if res.schema_version == SCHEMA_VERSION and res.run_key == key else None
 

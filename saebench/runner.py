@@ -6,10 +6,16 @@ pending SAEs at that hook (``states``, ``splice``, and each evaluator's own ``pr
 as shared work, and hands every evaluator a context for one SAE. Results already complete in
 ``out`` are skipped (unless ``force``) before the model is even loaded, so an interrupted run
 resumes where it stopped.
+
+Concurrent runs: every pending result is locked (``OUT/<sae>/.<evaluator>.json.lock``, taken in
+sorted order, so runs never deadlock) before the model loads, and re-checked once locked: a second
+identical run waits for the first (one line says so) and reuses its results. Each lock is released
+as soon as its result is written. Temp files left by killed runs are removed at start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +24,7 @@ from typing import Any
 from saebench import stats
 from saebench.errors import SaebenchError
 from saebench.evaluators import EvalConfig, EvalContext, EvalOutput, Evaluator, get_evaluator
+from saebench.io import cache_dir, check_memory, file_lock, human_bytes, lock_path, remove_stale_temps
 from saebench.loading import LoadedSAE, as_loaded
 from saebench.models import EMBEDDED_MODEL, SubjectModel, load_model
 from saebench.pipeline import PassCounters
@@ -100,6 +107,64 @@ def finish_metrics(ev: Evaluator, output: EvalOutput) -> tuple[dict[str, Any], d
         metrics[m.name] = iv.value
         uncertainty[m.name] = iv.to_dict()
     return metrics, uncertainty, time.perf_counter() - t0
+
+
+class ResultLocks:
+    """Exclusive locks on result files for one run, each released as soon as its result is written
+    (all of them on exit, error or interrupt)."""
+
+    def __init__(self) -> None:
+        self._held: dict[Path, contextlib.ExitStack] = {}
+
+    def __enter__(self) -> ResultLocks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for stack in self._held.values():
+            stack.close()
+        self._held.clear()
+
+    def take(self, path: Path) -> None:
+        stack = contextlib.ExitStack()
+        stack.enter_context(file_lock(lock_path(path), f"result {path}"))
+        self._held[path] = stack
+
+    def release(self, path: Path | None) -> None:
+        stack = self._held.pop(path, None) if path is not None else None
+        if stack is not None:
+            stack.close()
+
+
+def claim(pending: list[Job], locks: ResultLocks, run: RunResults, force: bool) -> list[Job]:
+    """Lock every pending result (sorted by path: one global order, no deadlock between runs) and
+    re-check it: a result another process completed while we waited is reused, not recomputed."""
+    todo: set[int] = set()
+    for i, job in sorted(enumerate(pending), key=lambda ij: str(Path(ij[1].path).resolve())):
+        locks.take(job.path)
+        done = None if force else complete_result(job.path, job.key, report=False)  # reported above
+        if done is None:
+            todo.add(i)
+            continue
+        locks.release(job.path)
+        run.results.setdefault(job.sae.name, {})[job.evaluator.name] = done
+        run.paths.setdefault(job.sae.name, {})[job.evaluator.name] = job.path
+        run.skipped.append((job.sae.name, job.evaluator.name))
+    return [job for i, job in enumerate(pending) if i in todo]
+
+
+def check_batch_memory(jobs: list[Job], batch_size: int, ctx_len: int, device: str) -> None:
+    """Refuse before the model loads when one batch of latents cannot fit in CPU memory: encoding
+    holds at least the pre-activations and the latents, 2 x batch x ctx_len x d_sae float32
+    values. (On an accelerator its own out-of-memory error is reported in one line instead.)"""
+    if device != "cpu":
+        return
+    for ls in {job.sae.name: job.sae for job in jobs}.values():
+        per_context = 2 * ctx_len * int(ls.sae.d_sae) * 4
+        check_memory(
+            batch_size * per_context,
+            f"encoding one batch ({batch_size} x {ctx_len} tokens) with SAE {ls.name} (d_sae {ls.sae.d_sae})",
+            f"lower --batch-size (each context needs {human_bytes(per_context)}) or --ctx-len",
+        )
 
 
 def resolve_sizes(profile: str, tokens: int | None, ctx_len: int | None, batch_size: int | None) -> dict[str, int]:
@@ -193,9 +258,21 @@ def evaluate(
             path = result_path(Path(out), ls.name, ev.name) if out is not None else None
             jobs.append(Job(ls, ev, cfgs[ev.name], run_cfg, run_key(ls.fingerprint, ev.name, run_cfg), path))
 
+    by_path: dict[Path, Job] = {}
+    for job in jobs:
+        other = by_path.setdefault(job.path, job) if job.path is not None else job
+        if other is not job:
+            raise SaebenchError(
+                f"SAEs {other.sae.name!r} and {job.sae.name!r} would both write {job.path} (names become safe "
+                "folder names); give each a distinct --name"
+            )
+
     run = RunResults()
     if out is not None:
         check_writable(Path(out))
+        remove_stale_temps(Path(out), depth=1)  # temp files of runs killed mid-write
+    if use_cache:
+        remove_stale_temps(cache_dir(), depth=2)
     pending = []
     for job in jobs:
         done = complete_result(job.path, job.key) if (job.path is not None and not force) else None
@@ -211,90 +288,107 @@ def evaluate(
         if hasattr(ev, "preflight"):  # optional: refuse bad settings (e.g. an unreachable LLM) before any work
             ev.preflight(cfgs[ev.name])
 
-    model_names = {job.run_config["model"] for job in pending}
-    if len(model_names) > 1:
-        raise SaebenchError(
-            f"SAEs name different models ({', '.join(sorted(model_names))}); evaluate them in separate runs or pass "
-            "--model"
-        )
-    t0 = time.perf_counter()
-    subject = model if isinstance(model, SubjectModel) else load_model(model_names.pop(), device=device, dtype=dtype)
-    t_model = time.perf_counter() - t0
-    env = environment()
-
-    from saebench.data import build_token_set
-    from saebench.pipeline import ActivationPipeline
-    from saebench.pipeline.splice import splice_stats
-
-    t0 = time.perf_counter()
-    if token_set is None:
-        token_set = build_token_set(subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus)
-    t_tok = time.perf_counter() - t0
-
-    for h in sorted({job.hook for job in pending}):
-        group = [job for job in pending if job.hook == h]
-        pipe = ActivationPipeline(subject, token_set, h, sizes["batch_size"], use_cache=use_cache, progress=progress)
-        run.counters[h] = pipe.counters
-        for job in group:
-            pipe.check_sae(job.sae.sae, job.sae.name)
-        # shared inputs: computed once for every pending SAE at this hook
-        t0 = time.perf_counter()
-        needs = set().union(*(job.evaluator.needs for job in group))
-        if needs:
-            pipe.states()
-        splice = {}
-        if "splice" in needs:
-            splice = splice_stats(pipe, {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs})
-        for ev in {job.evaluator.name: job.evaluator for job in group}.values():
-            if hasattr(ev, "prepare"):
-                ev.prepare(pipe, cfgs[ev.name], seed)
-        t_shared = time.perf_counter() - t0
-        shared_timing = dict(pipe.timing)
-        for job in group:
-            ls, ev = job.sae, job.evaluator
-            ctx = EvalContext(pipe, ls.sae, ls.name, ls.fingerprint, seed, profile, splice.get(ls.name), list(ls.notes))
-            t0 = time.perf_counter()
-            output = ev.run(ctx, job.cfg)
-            if not isinstance(output, EvalOutput):
-                raise SaebenchError(
-                    f"evaluator {ev.name!r} returned a {type(output).__name__}, not an EvalOutput; "
-                    "see saebench.evaluators.base"
-                )
-            metrics, uncertainty, t_stats = finish_metrics(ev, output)
-            timing = {
-                "model_load_s": t_model,
-                "tokenize_s": t_tok,
-                "shared_inputs_s": t_shared,
-                **shared_timing,
-                **output.timing,
-                "intervals_s": t_stats,
-                "evaluator_s": time.perf_counter() - t0,
-                "total_s": time.perf_counter() - t_start,
-            }
-            result = Result(
-                evaluator=ev.name,
-                run_key=job.key,
-                sae=SAERecord(
-                    name=ls.name,
-                    source=ls.source,
-                    architecture=ls.architecture,
-                    d_in=int(ls.sae.d_in),
-                    d_sae=int(ls.sae.d_sae),
-                    fingerprint=ls.fingerprint,
-                ),
-                config={**job.run_config, **token_set.meta(), "bos_excluded": True},
-                metrics=metrics,
-                uncertainty=uncertainty,
-                details=output.details,
-                samples={k: v.to_dict() for k, v in output.samples.items()},
-                declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
-                notes=ctx.notes,
-                env=env,
-                timing={k: round(v, 4) for k, v in timing.items()},
-                created_at=now(),
+    check_batch_memory(pending, sizes["batch_size"], sizes["ctx_len"], device)
+    with ResultLocks() as locks:
+        if out is not None:
+            pending = claim(pending, locks, run, force)
+            if not pending:
+                return run
+        model_names = {job.run_config["model"] for job in pending}
+        if len(model_names) > 1:
+            raise SaebenchError(
+                f"SAEs name different models ({', '.join(sorted(model_names))}); evaluate them in separate runs or "
+                "pass --model"
             )
-            run.results.setdefault(ls.name, {})[ev.name] = result
-            if job.path is not None:
-                write_result(result, job.path)
-                run.paths.setdefault(ls.name, {})[ev.name] = job.path
-    return run
+        t0 = time.perf_counter()
+        subject = (
+            model if isinstance(model, SubjectModel) else load_model(model_names.pop(), device=device, dtype=dtype)
+        )
+        t_model = time.perf_counter() - t0
+        env = environment()
+
+        from saebench.data import build_token_set
+        from saebench.pipeline import ActivationPipeline
+        from saebench.pipeline.splice import splice_stats
+
+        t0 = time.perf_counter()
+        if token_set is None:
+            token_set = build_token_set(
+                subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus
+            )
+        t_tok = time.perf_counter() - t0
+
+        for h in sorted({job.hook for job in pending}):
+            group = [job for job in pending if job.hook == h]
+            pipe = ActivationPipeline(
+                subject, token_set, h, sizes["batch_size"], use_cache=use_cache, progress=progress
+            )
+            run.counters[h] = pipe.counters
+            for job in group:
+                pipe.check_sae(job.sae.sae, job.sae.name)
+            # shared inputs: computed once for every pending SAE at this hook
+            t0 = time.perf_counter()
+            needs = set().union(*(job.evaluator.needs for job in group))
+            if needs:
+                pipe.states()
+            splice = {}
+            if "splice" in needs:
+                splice = splice_stats(
+                    pipe, {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs}
+                )
+            for ev in {job.evaluator.name: job.evaluator for job in group}.values():
+                if hasattr(ev, "prepare"):
+                    ev.prepare(pipe, cfgs[ev.name], seed)
+            t_shared = time.perf_counter() - t0
+            shared_timing = dict(pipe.timing)
+            for job in group:
+                ls, ev = job.sae, job.evaluator
+                ctx = EvalContext(
+                    pipe, ls.sae, ls.name, ls.fingerprint, seed, profile, splice.get(ls.name), list(ls.notes)
+                )
+                t0 = time.perf_counter()
+                output = ev.run(ctx, job.cfg)
+                if not isinstance(output, EvalOutput):
+                    raise SaebenchError(
+                        f"evaluator {ev.name!r} returned a {type(output).__name__}, not an EvalOutput; "
+                        "see saebench.evaluators.base"
+                    )
+                metrics, uncertainty, t_stats = finish_metrics(ev, output)
+                timing = {
+                    "model_load_s": t_model,
+                    "tokenize_s": t_tok,
+                    "shared_inputs_s": t_shared,
+                    **shared_timing,
+                    **output.timing,
+                    "intervals_s": t_stats,
+                    "evaluator_s": time.perf_counter() - t0,
+                    "total_s": time.perf_counter() - t_start,
+                }
+                result = Result(
+                    evaluator=ev.name,
+                    run_key=job.key,
+                    sae=SAERecord(
+                        name=ls.name,
+                        source=ls.source,
+                        architecture=ls.architecture,
+                        d_in=int(ls.sae.d_in),
+                        d_sae=int(ls.sae.d_sae),
+                        fingerprint=ls.fingerprint,
+                    ),
+                    config={**job.run_config, **token_set.meta(), "bos_excluded": True},
+                    metrics=metrics,
+                    uncertainty=uncertainty,
+                    details=output.details,
+                    samples={k: v.to_dict() for k, v in output.samples.items()},
+                    declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
+                    notes=ctx.notes,
+                    env=env,
+                    timing={k: round(v, 4) for k, v in timing.items()},
+                    created_at=now(),
+                )
+                run.results.setdefault(ls.name, {})[ev.name] = result
+                if job.path is not None:
+                    write_result(result, job.path)
+                    locks.release(job.path)
+                    run.paths.setdefault(ls.name, {})[ev.name] = job.path
+        return run

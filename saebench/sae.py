@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from saebench.errors import SaebenchError
-from saebench.io import read_json_object
+from saebench.io import TMP_MARK, as_os_error, check_memory, read_json_object, writing_in
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 
@@ -53,22 +54,40 @@ class SAEProtocol(Protocol):
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
+Size = Annotated[int, Strict(), Field(ge=1)]  # a JSON integer: no "576", no true, no 576.0
+
+
 class SAEConfig(BaseModel):
-    """``cfg.json`` of the native format."""
+    """``cfg.json`` of the native format. Sizes must be positive JSON integers, ``k`` at most
+    ``d_sae``, ``act_scale`` a positive finite number: a config is checked whole before anything
+    is allocated from it."""
 
     model_config = ConfigDict(extra="allow")
 
     architecture: Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
-    d_in: int = Field(ge=1)
-    d_sae: int = Field(ge=1)
+    d_in: Size
+    d_sae: Size
     hook_name: str | None = None
     model_name: str | None = None
-    k: int | None = Field(default=None, ge=1)
-    apply_b_dec_to_input: bool = True
-    act_scale: float = Field(default=1.0, gt=0)
+    k: Size | None = None
+    apply_b_dec_to_input: Annotated[bool, Strict()] = True
+    act_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     # "none", or "layer_norm" (per-token LayerNorm of the input, undone on decode; OpenAI/SAELens).
     # A constant rescaling used in training is recorded as act_scale, not here.
     normalize_activations: Literal["none", "layer_norm"] = "none"
+
+    @field_validator("act_scale", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, (bool, str)):
+            raise ValueError("must be a number")
+        return v
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> SAEConfig:
+        if self.k is not None and self.k > self.d_sae:
+            raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}")
+        return self
 
 
 class NativeSAE(torch.nn.Module):
@@ -94,6 +113,19 @@ class NativeSAE(torch.nn.Module):
             self.b_gate = torch.nn.Parameter(torch.zeros(d_sae))
             self.r_mag = torch.nn.Parameter(torch.zeros(d_sae))
             self.b_mag = torch.nn.Parameter(torch.zeros(d_sae))
+
+    @classmethod
+    def from_tensors(cls, cfg: SAEConfig, tensors: dict[str, torch.Tensor]) -> NativeSAE:
+        """A module whose parameters *are* ``tensors`` (float32, shapes checked by the caller):
+        built on the meta device first, so loading never holds a second, zero-filled copy."""
+        with torch.device("meta"):
+            sae = cls(cfg)
+        for name, meta_param in list(sae.named_parameters()):
+            t = tensors.get(name)
+            if t is None:  # optional (a BatchTopK threshold never calibrated: NaN)
+                t = torch.full(meta_param.shape, float("nan") if name == "threshold" else 0.0)
+            setattr(sae, name, torch.nn.Parameter(t.detach().to(torch.float32).contiguous()))
+        return sae
 
     @property
     def architecture(self) -> str:
@@ -181,29 +213,36 @@ def native_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
 
 
 def save_native(sae: NativeSAE, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``cfg.json`` + ``sae.safetensors`` atomically (the folder appears whole or not)."""
+    """Write ``cfg.json`` + ``sae.safetensors`` atomically (the folder appears whole or not);
+    filesystem errors (a full disk) are raised as ``OSError``, the temp folder removed."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
-        tensors = {
-            k: (v.detach().to(dtype) if dtype else v.detach()).contiguous().cpu() for k, v in sae.state_dict().items()
-        }
-        save_file(tensors, str(tmp / "sae.safetensors"))
-        (tmp / "cfg.json").write_text(json.dumps(sae.cfg.model_dump(), indent=2, sort_keys=True) + "\n")
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        tmp.chmod(0o755)  # mkdtemp makes 0700; a saved SAE is meant to be shared
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing_in(folder.parent):
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}{TMP_MARK}"))
+        try:
+            tensors = {
+                k: (v.detach().to(dtype) if dtype else v.detach()).contiguous().cpu()
+                for k, v in sae.state_dict().items()
+            }
+            try:
+                save_file(tensors, str(tmp / "sae.safetensors"))
+            except SafetensorError as exc:
+                raise as_os_error(exc, str(tmp / "sae.safetensors")) from exc
+            (tmp / "cfg.json").write_text(json.dumps(sae.cfg.model_dump(), indent=2, sort_keys=True) + "\n")
+            for f in tmp.iterdir():
+                f.chmod(0o644)
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            tmp.chmod(0o755)  # mkdtemp makes 0700; a saved SAE is meant to be shared
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -255,33 +294,43 @@ def load_native(folder: str | Path, device: str = "cpu") -> NativeSAE:
             numel *= n
         if got != shape and not (name == "threshold" and numel in (1, cfg.d_sae)):
             raise SaebenchError(f"{weights}: tensor {name} has shape {list(got)}, cfg.json implies {list(shape)}")
+    check_load_memory(weights, used=expected)
     tensors = read_safetensors(weights)
     check_finite(tensors, str(weights))
-    sae = NativeSAE(cfg)
-    with torch.no_grad():
-        for name in expected:
-            t = tensors[name].to(torch.float32)
-            param = getattr(sae, name)
-            if name == "threshold" and t.shape != param.shape:
-                sae.threshold = torch.nn.Parameter(t.reshape(-1) if t.numel() > 1 else t.reshape(()))
-            else:
-                param.copy_(t)
-    return sae.to(device).eval()
+    params = {}
+    for name in expected:
+        t = tensors.pop(name)
+        if name == "threshold" and tuple(t.shape) != expected[name]:
+            t = t.reshape(-1) if t.numel() > 1 else t.reshape(())
+        params[name] = t
+    return NativeSAE.from_tensors(cfg, params).to(device).eval()
+
+
+def check_load_memory(path: Path, used: Any = None) -> None:
+    """Refuse, before reading, a weights file whose tensors (as stored, plus float32 copies of
+    those stored narrower) would not fit in the memory available. ``used``: the tensor names
+    that are kept (default: all)."""
+    from saebench.io import ST_ITEMSIZE, human_bytes, safetensors_header
+
+    entries = safetensors_header(path)
+    stored = sum(math.prod(shape) * ST_ITEMSIZE[dtype] for dtype, shape in entries.values())
+    widened = sum(
+        math.prod(shape) * 4
+        for n, (dtype, shape) in entries.items()
+        if (used is None or n in used) and ST_ITEMSIZE[dtype] < 4
+    )
+    check_memory(
+        stored + widened,
+        f"loading {path} ({human_bytes(stored)} of tensors)",
+        "load it on a machine with more memory, or free memory",
+    )
 
 
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes from a safetensors header, without reading any tensor data."""
-    from safetensors import SafetensorError, safe_open
+    from saebench.io import safetensors_header
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SaebenchError(
-            f"{path} is not a readable safetensors file "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "it may be truncated or another format: re-download or re-save it"
-        ) from exc
+    return {name: shape for name, (_, shape) in safetensors_header(path).items()}
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -314,5 +363,5 @@ def fingerprint_module(module: torch.nn.Module, extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
     for key, val in sorted(module.state_dict().items()):
         h.update(key.encode())
-        h.update(val.detach().cpu().contiguous().to(torch.float32).numpy().tobytes())
+        h.update(val.detach().cpu().contiguous().to(torch.float32).numpy())  # the buffer itself: no copy
     return h.hexdigest()[:16]

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.io import read_json_object, torch_load_weights_only
-from saebench.sae import ARCHITECTURES, NativeSAE, SAEConfig, check_finite
+from saebench.io import read_json_object, safetensors_header, torch_load_weights_only
+from saebench.sae import ARCHITECTURES, NativeSAE, check_finite, native_shapes, parse_config
 
 LABELS = {
     "native": "saebench native folder",
@@ -40,12 +40,10 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def safetensors_keys(path: Path) -> set[str]:
-    from safetensors import SafetensorError, safe_open
-
+    """Tensor names from a safetensors header (plain reads, no mmap); empty when unreadable."""
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            return set(fh.keys())
-    except (SafetensorError, OSError, ValueError):
+        return set(safetensors_header(path))
+    except SaebenchError:
         return set()
 
 
@@ -135,13 +133,17 @@ def expect_format(path: Path, want: str) -> None:
 
 
 def assemble(arch: str, tensors: dict[str, torch.Tensor], where: str, **cfg: Any) -> NativeSAE:
-    """Build a NativeSAE from SAELens-named tensors, checking shapes and finiteness."""
-    d_sae, d_in = tensors["W_dec"].shape
-    sae = NativeSAE(SAEConfig(architecture=arch, d_in=int(d_in), d_sae=int(d_sae), **cfg))
-    tensors = {k: v.detach().to(torch.float32) for k, v in tensors.items()}
-    check_finite(tensors, where)
-    state = sae.state_dict()
-    for name, target in state.items():
+    """Build a NativeSAE from SAELens-named tensors, checking the config, shapes and finiteness
+    before anything new is allocated (the module's parameters are the converted tensors)."""
+    w_dec = tensors.get("W_dec")
+    if w_dec is None or w_dec.ndim != 2:
+        shape = list(w_dec.shape) if w_dec is not None else None
+        raise SaebenchError(f"{where}: decoder weight has shape {shape}, expected [d_sae, d_in]; the file is malformed")
+    d_sae, d_in = w_dec.shape
+    conf = parse_config({"architecture": arch, "d_in": int(d_in), "d_sae": int(d_sae), **cfg}, where)
+    expected = native_shapes(conf)
+    params: dict[str, torch.Tensor] = {}
+    for name, shape in expected.items():
         if name not in tensors:
             if name == "b_enc" and arch == "gated":
                 continue  # unused by the gated encoder
@@ -151,11 +153,34 @@ def assemble(arch: str, tensors: dict[str, torch.Tensor], where: str, **cfg: Any
         t = tensors[name]
         if name == "threshold" and arch == "batchtopk":
             t = t.reshape(-1)[0].reshape(()) if t.numel() else t
-        elif tuple(t.shape) != tuple(target.shape):
-            raise SaebenchError(f"{where}: tensor {name} has shape {list(t.shape)}, expected {list(target.shape)}")
-        with torch.no_grad():
-            getattr(sae, name).copy_(t)
-    return sae.eval()
+        elif tuple(t.shape) != shape:
+            raise SaebenchError(f"{where}: tensor {name} has shape {list(t.shape)}, expected {list(shape)}")
+        params[name] = t.detach().to(torch.float32)
+    check_finite(params, where)
+    return NativeSAE.from_tensors(conf, params).eval()
+
+
+def int_field(value: Any, name: str, where: str) -> int | None:
+    """An integer setting read from a foreign config or state dict (None when absent)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise SaebenchError(f"{where}: {name} is {value!r}, not an integer; fix the file")
+    return int(value)
+
+
+def check_header(path: Path, header: dict[str, tuple[int, ...]], expect: dict[str, tuple[int | None, ...]]) -> None:
+    """Compare tensor shapes in a safetensors header with what the config says (None: any size),
+    before any tensor is read."""
+    for name, want in expect.items():
+        got = header.get(name)
+        if got is None:
+            continue  # missing tensors are named by the loader
+        if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want, strict=False)):
+            shown = [w if w is not None else "*" for w in want]
+            raise SaebenchError(f"{path}: tensor {name} has shape {list(got)}, but its config implies {shown}")
 
 
 def jump_threshold(theta: torch.Tensor, notes: list[str]) -> torch.Tensor:

@@ -9,8 +9,16 @@ from typing import Any
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.formats.common import Converted, assemble, expect_format, jump_threshold, read_config
-from saebench.sae import read_safetensors
+from saebench.formats.common import (
+    Converted,
+    assemble,
+    check_header,
+    expect_format,
+    int_field,
+    jump_threshold,
+    read_config,
+)
+from saebench.sae import check_load_memory, read_safetensors, safetensors_shapes
 
 SAE_LENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "batchtopk"}
 
@@ -89,7 +97,7 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
         ours,
         t,
         where,
-        k=int(k) if k else None,
+        k=int_field(k, "k", where) or None,
         hook_name=meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point"),
         model_name=meta.get("model_name") or cfg.get("model_name"),
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
@@ -107,7 +115,12 @@ def load_sae_lens_dir(path: str | Path) -> Converted:
         p = p.parent
     expect_format(p, "sae_lens")
     raw = read_config(p / "cfg.json")
-    tensors = read_safetensors(p / "sae_weights.safetensors")
+    weights = p / "sae_weights.safetensors"
+    header = safetensors_shapes(weights)
+    d_in, d_sae = int_field(raw.get("d_in"), "d_in", str(p)), int_field(raw.get("d_sae"), "d_sae", str(p))
+    check_header(weights, header, {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)})
+    check_load_memory(weights)
+    tensors = read_safetensors(weights)
     return from_sae_lens_parts(raw, tensors, str(p))
 
 

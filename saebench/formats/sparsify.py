@@ -6,9 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from saebench.errors import SaebenchError
-from saebench.formats.common import SPARSIFY_KEYS, Converted, assemble, expect_format, hf_hookpoint_to_hook, read_config
+from saebench.formats.common import (
+    SPARSIFY_KEYS,
+    Converted,
+    assemble,
+    check_header,
+    expect_format,
+    hf_hookpoint_to_hook,
+    int_field,
+    read_config,
+)
 from saebench.io import read_json_object
-from saebench.sae import read_safetensors
+from saebench.sae import check_load_memory, read_safetensors, safetensors_shapes
 
 
 def load_sparsify(path: str | Path) -> Converted:
@@ -25,8 +34,13 @@ def load_sparsify(path: str | Path) -> Converted:
             )
     expect_format(p, "sparsify")
     raw = read_config(p / "cfg.json")
-    t = read_safetensors(p / "sae.safetensors")
     where = str(p)
+    weights = p / "sae.safetensors"
+    header = safetensors_shapes(weights)
+    n_lat = int_field(raw.get("num_latents"), "num_latents", where) or None  # 0: expansion_factor x d_in
+    check_header(weights, header, {"encoder.weight": (n_lat, None), "W_dec": (n_lat, None), "encoder.bias": (n_lat,)})
+    check_load_memory(weights)
+    t = read_safetensors(weights)
     if raw.get("transcode"):
         raise SaebenchError(
             f"{where} is a sparsify transcoder (predicts a module's output), not an SAE; saebench evaluates SAEs"
@@ -46,7 +60,7 @@ def load_sparsify(path: str | Path) -> Converted:
         raise SaebenchError(
             f"{where}: sae.safetensors lacks {', '.join(missing)}; not a complete sparsify SAE (saved without decoder?)"
         )
-    k = raw.get("k")
+    k = int_field(raw.get("k"), "k", where)
     if not k:
         raise SaebenchError(f"{where}: sparsify cfg.json has no 'k'; add the number of active latents")
     notes = ["EleutherAI sparsify TopK (ReLU, then top-k)"]

@@ -7,6 +7,15 @@ encode over contexts (``encode_seqs``), one memo for shared inputs computed in t
 (:meth:`shared`) and one on-disk cache for tensors (:meth:`cached_tensors`). The stages that
 build on it live beside it: :mod:`.splice` (clean, spliced and ablated passes), :mod:`.examples`
 (examples per latent), :mod:`.tasks` (probing-task activations).
+
+A cache entry is one safetensors file, ``$SAEBENCH_CACHE/activations/<model>/<what>-[<label>-]
+<hook>-<key>.safetensors``, whose header metadata carries ``saebench_entry`` (format version),
+``what``, ``key`` (the content key it was computed for) and ``sha256`` (:func:`saebench.io.
+tensors_digest` of its tensors). An entry is used only when its key and checksum match; anything
+else (truncated, bit-flipped, overwritten, renamed, written by an older saebench) is reported in
+one line, deleted and recomputed. Computing an entry holds ``.NAME.lock``: a second process
+needing the same entry waits and then reads it. A cache that cannot be written (out of space,
+read-only) is skipped with one warning: the run goes on without caching.
 """
 
 from __future__ import annotations
@@ -23,10 +32,25 @@ from tqdm.auto import tqdm
 
 from saebench.data import TokenSet
 from saebench.errors import SaebenchError
-from saebench.io import atomic_save_tensors, cache_dir, slug
+from saebench.io import (
+    atomic_save_tensors,
+    cache_dir,
+    file_lock,
+    file_tensors_digest,
+    free_bytes,
+    human_bytes,
+    is_out_of_space,
+    lock_path,
+    log,
+    slug,
+    tensors_digest,
+    warn_once,
+)
 from saebench.models import SubjectModel
 
 CACHE_VERSION = "2"  # bump when a cached quantity is computed differently
+ENTRY_FORMAT = "1"  # the metadata a cache entry carries (see the module docstring)
+_UNWRITABLE: set[str] = set()  # cache folders that failed a write: skipped for the rest of the process
 T = TypeVar("T")
 
 
@@ -70,16 +94,102 @@ def padded_batches(
         yield take, batch, torch.tensor([len(rows[r]) for r in take])
 
 
-def _try_load(path: Path) -> dict[str, torch.Tensor] | None:
-    """A cache entry, or None when absent or unreadable (a corrupt entry is recomputed)."""
+def _unreadable(exc: Exception) -> str:
+    return f"unreadable: {str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__}"
+
+
+def _entry_meta(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.metadata() or {}
+
+
+def _meta_problem(meta: dict[str, str], key: str) -> str | None:
+    """Why an entry's header disqualifies it (None when its format and key are right)."""
+    if meta.get("saebench_entry") != ENTRY_FORMAT or "sha256" not in meta:
+        return "no checksum (written by an older saebench)"
+    if meta.get("key") != key:
+        return f"it holds key {meta.get('key')!r}, not {key!r}"
+    return None
+
+
+MISMATCH = "checksum mismatch: the file was damaged or overwritten"
+
+
+def _try_load(path: Path, key: str) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """A cache entry as ``(tensors, None)``; ``(None, None)`` when absent; ``(None, why)`` when it
+    is unusable (unreadable, another key, no checksum, checksum mismatch). Running out of memory
+    while reading is raised, never mistaken for a bad entry."""
     if not path.is_file():
-        return None
+        return None, None
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
-    except Exception:
-        return None
+        meta = _entry_meta(path)
+        why = _meta_problem(meta, key)
+        if why is not None:
+            return None, why
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        return None, _unreadable(exc)
+    return (tensors, None) if tensors_digest(tensors) == meta["sha256"] else (None, MISMATCH)
+
+
+def verify_entry(path: Path, key: str) -> str | None:
+    """Check a cache entry without loading it whole (streams its tensors through the checksum):
+    None when it is sound, else why not. For readers that stream an entry instead of loading it."""
+    from safetensors import SafetensorError
+
+    try:
+        meta = _entry_meta(path)
+        why = _meta_problem(meta, key)
+        if why is None and file_tensors_digest(path) != meta["sha256"]:
+            why = MISMATCH
+    except (SafetensorError, OSError, ValueError) as exc:
+        why = _unreadable(exc)
+    return why
+
+
+def discard_entry(path: Path, why: str) -> None:
+    """Report a bad cache entry in one line and delete it (the caller recomputes it)."""
+    log.warning(f"cache entry {path} is unusable ({why}); deleted, recomputing it")
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning(f"could not delete {path} ({exc.strerror}); delete it by hand")
+
+
+def save_entry(path: Path, what: str, key: str, tensors: dict[str, torch.Tensor]) -> bool:
+    """Write a cache entry with its key and checksum; False when the cache cannot take it.
+
+    The cache is an optimisation: out of space (or read-only) is one warning for the whole
+    process, after which the run goes on without writing cache entries."""
+    folder = path.parent
+    if str(folder) in _UNWRITABLE:
+        return False
+    meta = {"saebench_entry": ENTRY_FORMAT, "what": what, "key": key, "sha256": tensors_digest(tensors)}
+    try:
+        atomic_save_tensors(path, tensors, metadata=meta)
+        return True
+    except OSError as exc:
+        _UNWRITABLE.add(str(folder))
+        need = sum(t.numel() * t.element_size() for t in tensors.values())
+        if is_out_of_space(exc):
+            free = free_bytes(folder)
+            room = f", {human_bytes(free)} free" if free is not None else ""
+            why = f"out of space (an entry needs {human_bytes(need)}{room})"
+        else:
+            why = f"{exc.strerror or type(exc).__name__}"
+        warn_once(
+            f"cache-write:{folder}",
+            f"cannot write the activation cache in {folder}: {why}; going on without caching "
+            "(free space or set $SAEBENCH_CACHE to a larger disk)",
+        )
+        return False
 
 
 class ActivationPipeline:
@@ -131,12 +241,18 @@ class ActivationPipeline:
 
     def load_cached(self, what: str, key: str, label: str = "") -> dict[str, torch.Tensor] | None:
         """The tensors of cache entry (``what``, ``key``), or None (absent, unreadable, or caching off)."""
-        return _try_load(self.cache_path(what, key, label)) if self.use_cache else None
+        if not self.use_cache:
+            return None
+        path = self.cache_path(what, key, label)
+        found, why = _try_load(path, key)
+        if found is None and why is not None:
+            discard_entry(path, why)
+        return found
 
     def save_cached(self, what: str, key: str, tensors: dict[str, torch.Tensor], label: str = "") -> None:
         """Write cache entry (``what``, ``key``) atomically (nothing when caching is off)."""
         if self.use_cache:
-            atomic_save_tensors(self.cache_path(what, key, label), tensors)
+            save_entry(self.cache_path(what, key, label), what, key, tensors)
 
     def cached_tensors(
         self,
@@ -148,14 +264,28 @@ class ActivationPipeline:
     ) -> tuple[dict[str, torch.Tensor], bool]:
         """Tensors from the disk cache entry (``what``, ``key``) or from ``compute()`` (then saved).
 
-        Returns ``(tensors, from_cache)``. An unreadable entry, or one ``valid`` rejects, is
-        recomputed. With ``use_cache`` off the cache is neither read nor written.
+        Returns ``(tensors, from_cache)``. An entry whose key or checksum does not match, or one
+        ``valid`` rejects, is reported, deleted and recomputed. Computing holds the entry's lock,
+        so concurrent processes compute it once. A cache that cannot be written is skipped (one
+        warning). With ``use_cache`` off the cache is neither read nor written.
         """
-        found = self.load_cached(what, key, label)
+        path = self.cache_path(what, key, label)
+        if not self.use_cache:
+            return compute(), False
+        found, _ = _try_load(path, key)
         if found is not None and valid(found):
             return found, True
-        tensors = compute()
-        self.save_cached(what, key, tensors, label)
+        with file_lock(lock_path(path), f"cache entry {path.name}"):
+            # under the lock: another process may have written it while we waited
+            found, why = _try_load(path, key)
+            if found is not None and not valid(found):
+                found, why = None, "its shapes do not match this token set"
+            if found is not None:
+                return found, True
+            if why is not None:
+                discard_entry(path, why)
+            tensors = compute()
+            save_entry(path, what, key, tensors)
         return tensors, False
 
     def add_time(self, stage: str, t0: float) -> None:
