@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from saebench import stats
+from saebench.budget import batch_working_set, device_used, parse_size, plan_groups, sae_bytes
 from saebench.errors import SaebenchError
 from saebench.evaluators import EvalConfig, EvalContext, EvalOutput, Evaluator, get_evaluator
 from saebench.loading import LoadedSAE, as_loaded
@@ -49,6 +52,43 @@ class Job:
     @property
     def hook(self) -> str:
         return str(self.run_config["hook"])
+
+
+class _Released:
+    """Stand-in for an SAE whose weights are freed between groups (keeps what checks read)."""
+
+    def __init__(self, d_in: int, d_sae: int) -> None:
+        self.d_in, self.d_sae = d_in, d_sae
+
+
+@dataclass
+class _Handle:
+    """An SAE of the run: its weights can be freed between groups and reloaded from its spec
+    (objects passed in without a spec stay loaded); a reload must give the same fingerprint."""
+
+    ls: LoadedSAE
+    spec: str | Path | None
+    name: str | None
+    device: str
+    trust_pickle: bool
+
+    def __post_init__(self) -> None:
+        self.nbytes = sae_bytes(self.ls.sae)
+        self.d_in, self.d_sae = int(self.ls.sae.d_in), int(self.ls.sae.d_sae)
+
+    def release(self) -> None:
+        if self.spec is not None:
+            self.ls.sae = _Released(self.d_in, self.d_sae)
+
+    def load(self) -> None:
+        if not isinstance(self.ls.sae, _Released):
+            return
+        fresh = as_loaded(self.spec, self.device, self.trust_pickle, self.name)
+        if fresh.fingerprint != self.ls.fingerprint:
+            raise SaebenchError(
+                f"SAE {self.ls.name} ({self.spec}) changed on disk during the run; rerun once its files are final"
+            )
+        self.ls.sae = fresh.sae
 
 
 @dataclass
@@ -141,6 +181,8 @@ def evaluate(
     trust_pickle: bool = False,
     use_cache: bool = True,
     token_set: Any = None,
+    max_memory: int | str | None = None,
+    pipelines: dict[Any, Any] | None = None,
 ) -> RunResults:
     """Evaluate one SAE (or a list) and return its metrics; write JSON results when ``out`` is set.
 
@@ -150,6 +192,12 @@ def evaluate(
     ``hook_name``. Sizes come from ``profile`` unless given. ``token_set`` (a
     :class:`saebench.data.TokenSet`) evaluates on exactly those token ids instead of sampling
     ``corpus``; its size then overrides ``tokens``/``ctx_len``.
+
+    ``max_memory`` (bytes or a size like ``"8GB"``) bounds the run's peak memory: SAEs are loaded
+    and spliced in groups that fit (see :mod:`saebench.budget`), their weights freed in between;
+    results are identical to evaluating each SAE alone. ``pipelines`` (a dict the caller keeps)
+    reuses each hook's :class:`~saebench.pipeline.ActivationPipeline` across calls with the same
+    model and token set (a long-lived worker serving many SAE groups).
     """
     t_start = time.perf_counter()
     if token_set is not None:
@@ -159,12 +207,17 @@ def evaluate(
     names = list(name) if isinstance(name, (list, tuple)) else [name] * len(specs)
     if len(names) != len(specs):
         raise SaebenchError(f"got {len(names)} names for {len(specs)} SAEs; pass one --name per --sae")
-    loaded = [as_loaded(s, device, trust_pickle, n) for s, n in zip(specs, names, strict=True)]
-    seen: set[str] = set()
-    for ls in loaded:
-        if ls.name in seen:
+    budget = parse_size(max_memory) if max_memory is not None else None
+    loaded: list[LoadedSAE] = []
+    handles: dict[str, _Handle] = {}
+    for s, n in zip(specs, names, strict=True):
+        ls = as_loaded(s, device, trust_pickle, n)
+        if ls.name in handles:
             raise SaebenchError(f"two SAEs are both named {ls.name!r}; give each a distinct --name")
-        seen.add(ls.name)
+        handles[ls.name] = _Handle(ls, s if isinstance(s, (str, Path)) else None, n, device, trust_pickle)
+        if budget is not None:
+            handles[ls.name].release()  # reloaded when its group runs: never all SAEs in memory at once
+        loaded.append(ls)
     evaluators = [get_evaluator(e) for e in evals]
     eval_config = eval_config or {}
     cfgs = {ev.name: ev.Config.for_profile(profile, **eval_config.get(ev.name, {})) for ev in evaluators}
@@ -231,70 +284,114 @@ def evaluate(
         token_set = build_token_set(subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus)
     t_tok = time.perf_counter() - t0
 
+    bar = tqdm(total=len({job.sae.name for job in pending}), desc="SAEs", unit="SAE", disable=not progress)
     for h in sorted({job.hook for job in pending}):
-        group = [job for job in pending if job.hook == h]
-        pipe = ActivationPipeline(subject, token_set, h, sizes["batch_size"], use_cache=use_cache, progress=progress)
+        hook_jobs = [job for job in pending if job.hook == h]
+        pkey = (id(subject), h, token_set.fingerprint(), sizes["batch_size"], use_cache)
+        pipe = (pipelines or {}).get(pkey)
+        if pipe is None:
+            pipe = ActivationPipeline(
+                subject, token_set, h, sizes["batch_size"], use_cache=use_cache, progress=progress
+            )
+            if pipelines is not None:
+                pipelines[pkey] = pipe
         run.counters[h] = pipe.counters
-        for job in group:
+        for job in hook_jobs:
             pipe.check_sae(job.sae.sae, job.sae.name)
         # shared inputs: computed once for every pending SAE at this hook
         t0 = time.perf_counter()
-        needs = set().union(*(job.evaluator.needs for job in group))
+        needs = set().union(*(job.evaluator.needs for job in hook_jobs))
         if needs:
             pipe.states()
-        splice = {}
-        if "splice" in needs:
-            splice = splice_stats(pipe, {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs})
-        for ev in {job.evaluator.name: job.evaluator for job in group}.values():
+        for ev in {job.evaluator.name: job.evaluator for job in hook_jobs}.values():
             if hasattr(ev, "prepare"):
                 ev.prepare(pipe, cfgs[ev.name], seed)
-        t_shared = time.perf_counter() - t0
-        shared_timing = dict(pipe.timing)
-        for job in group:
-            ls, ev = job.sae, job.evaluator
-            ctx = EvalContext(pipe, ls.sae, ls.name, ls.fingerprint, seed, profile, splice.get(ls.name), list(ls.notes))
-            t0 = time.perf_counter()
-            output = ev.run(ctx, job.cfg)
-            if not isinstance(output, EvalOutput):
-                raise SaebenchError(
-                    f"evaluator {ev.name!r} returned a {type(output).__name__}, not an EvalOutput; "
-                    "see saebench.evaluators.base"
-                )
-            metrics, uncertainty, t_stats = finish_metrics(ev, output)
-            timing = {
-                "model_load_s": t_model,
-                "tokenize_s": t_tok,
-                "shared_inputs_s": t_shared,
-                **shared_timing,
-                **output.timing,
-                "intervals_s": t_stats,
-                "evaluator_s": time.perf_counter() - t0,
-                "total_s": time.perf_counter() - t_start,
-            }
-            result = Result(
-                evaluator=ev.name,
-                run_key=job.key,
-                sae=SAERecord(
-                    name=ls.name,
-                    source=ls.source,
-                    architecture=ls.architecture,
-                    d_in=int(ls.sae.d_in),
-                    d_sae=int(ls.sae.d_sae),
-                    fingerprint=ls.fingerprint,
-                ),
-                config={**job.run_config, **token_set.meta(), "bos_excluded": True},
-                metrics=metrics,
-                uncertainty=uncertainty,
-                details=output.details,
-                samples={k: v.to_dict() for k, v in output.samples.items()},
-                declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
-                notes=ctx.notes,
-                env=env,
-                timing={k: round(v, 4) for k, v in timing.items()},
-                created_at=now(),
+        t_prepare = time.perf_counter() - t0
+        sae_names = list(dict.fromkeys(job.sae.name for job in hook_jobs))
+        plan = plan_groups(
+            sae_names,
+            {n: handles[n].nbytes for n in sae_names},
+            {n: handles[n].d_sae for n in sae_names},
+            budget,
+            device_used(device) if budget is not None else 0,
+            batch_working_set(
+                subject,
+                sizes["batch_size"],
+                token_set.ctx_len,
+                pipe.hook_width(),
+                max(handles[n].d_sae for n in sae_names),
             )
-            run.results.setdefault(ls.name, {})[ev.name] = result
-            if job.path is not None:
-                write_result(result, job.path)
-                run.paths.setdefault(ls.name, {})[ev.name] = job.path
+            if budget is not None
+            else 0,
+            int(token_set.tokens.shape[0]),
+            token_set.ctx_len,
+        )
+        for names_in_group in plan.groups:
+            members = set(names_in_group)
+            group = [job for job in hook_jobs if job.sae.name in members]
+            for n in names_in_group:
+                handles[n].load()
+            t0 = time.perf_counter()
+            splice = {}
+            if "splice" in needs:
+                splice = splice_stats(
+                    pipe, {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs}
+                )
+            t_shared = t_prepare + time.perf_counter() - t0
+            shared_timing = dict(pipe.timing)
+            for job in group:
+                ls, ev = job.sae, job.evaluator
+                ctx = EvalContext(
+                    pipe, ls.sae, ls.name, ls.fingerprint, seed, profile, splice.get(ls.name), list(ls.notes)
+                )
+                t0 = time.perf_counter()
+                output = ev.run(ctx, job.cfg)
+                if not isinstance(output, EvalOutput):
+                    raise SaebenchError(
+                        f"evaluator {ev.name!r} returned a {type(output).__name__}, not an EvalOutput; "
+                        "see saebench.evaluators.base"
+                    )
+                metrics, uncertainty, t_stats = finish_metrics(ev, output)
+                timing = {
+                    "model_load_s": t_model,
+                    "tokenize_s": t_tok,
+                    "shared_inputs_s": t_shared,
+                    **shared_timing,
+                    **output.timing,
+                    "intervals_s": t_stats,
+                    "evaluator_s": time.perf_counter() - t0,
+                    "total_s": time.perf_counter() - t_start,
+                }
+                result = Result(
+                    evaluator=ev.name,
+                    run_key=job.key,
+                    sae=SAERecord(
+                        name=ls.name,
+                        source=ls.source,
+                        architecture=ls.architecture,
+                        d_in=int(ls.sae.d_in),
+                        d_sae=int(ls.sae.d_sae),
+                        fingerprint=ls.fingerprint,
+                    ),
+                    config={**job.run_config, **token_set.meta(), "bos_excluded": True},
+                    metrics=metrics,
+                    uncertainty=uncertainty,
+                    details=output.details,
+                    samples={k: v.to_dict() for k, v in output.samples.items()},
+                    declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
+                    notes=ctx.notes,
+                    env=env,
+                    timing={k: round(v, 4) for k, v in timing.items()},
+                    created_at=now(),
+                )
+                run.results.setdefault(ls.name, {})[ev.name] = result
+                if job.path is not None:
+                    write_result(result, job.path)
+                    run.paths.setdefault(ls.name, {})[ev.name] = job.path
+            del splice
+            if budget is not None:
+                for n in names_in_group:
+                    handles[n].release()
+            bar.update(len(names_in_group))
+    bar.close()
     return run
