@@ -90,6 +90,12 @@ def _add_run(sub: Any) -> None:
         help="allow .pt files that need arbitrary unpickling (runs code: only your own files)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="peak memory budget, e.g. 8GB or 16GiB: SAEs are loaded and spliced in groups that fit "
+        "(RAM on CPU, device memory on CUDA); results are identical to evaluating each SAE alone",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or table (for CI)")
     g = p.add_argument_group("autointerp (--evals autointerp; any OpenAI-compatible endpoint)")
     g.add_argument(
@@ -180,6 +186,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         name=a.name or None,
         trust_pickle=a.trust_pickle,
         use_cache=not a.no_cache,
+        max_memory=a.max_memory,
     )
     if not a.quiet:
         print(summary_table(run))

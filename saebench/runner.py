@@ -92,6 +92,20 @@ class _Handle:
 
 
 @dataclass
+class RunPlan:
+    """What :func:`plan_run` resolved: the jobs still to compute, the SAEs, sizes and configs."""
+
+    run: RunResults
+    pending: list[Job]
+    handles: dict[str, _Handle]
+    sizes: dict[str, int]
+    cfgs: dict[str, EvalConfig]
+    budget: int | None
+    corpus: str
+    model_name: str | None = None
+
+
+@dataclass
 class RunResults:
     """What ``evaluate`` returns: ``results[sae_name][evaluator]`` and where each was written."""
 
@@ -160,7 +174,7 @@ def resolve_sizes(profile: str, tokens: int | None, ctx_len: int | None, batch_s
     return sizes
 
 
-def evaluate(
+def plan_run(
     sae: Any,
     model: str | SubjectModel | None = None,
     hook: str | None = None,
@@ -175,31 +189,18 @@ def evaluate(
     device: str = "cpu",
     dtype: str = "float32",
     force: bool = False,
-    progress: bool = True,
     eval_config: dict[str, dict[str, Any]] | None = None,
     name: str | list[str] | None = None,
     trust_pickle: bool = False,
-    use_cache: bool = True,
     token_set: Any = None,
     max_memory: int | str | None = None,
-    pipelines: dict[Any, Any] | None = None,
-) -> RunResults:
-    """Evaluate one SAE (or a list) and return its metrics; write JSON results when ``out`` is set.
+    release_weights: bool = False,
+) -> RunPlan:
+    """Resolve SAEs, evaluators and sizes into jobs, and find which are already complete in ``out``.
 
-    ``sae`` is a spec (native folder, ``reference``, ``.pt``, ``python:FILE.py:FACTORY``,
-    ``MODULE:FACTORY``), an object following the SAE protocol, or a list of them. ``model``
-    defaults to the SAE's ``model_name`` or the embedded SmolLM2-135M; ``hook`` to the SAE's
-    ``hook_name``. Sizes come from ``profile`` unless given. ``token_set`` (a
-    :class:`saebench.data.TokenSet`) evaluates on exactly those token ids instead of sampling
-    ``corpus``; its size then overrides ``tokens``/``ctx_len``.
-
-    ``max_memory`` (bytes or a size like ``"8GB"``) bounds the run's peak memory: SAEs are loaded
-    and spliced in groups that fit (see :mod:`saebench.budget`), their weights freed in between;
-    results are identical to evaluating each SAE alone. ``pipelines`` (a dict the caller keeps)
-    reuses each hook's :class:`~saebench.pipeline.ActivationPipeline` across calls with the same
-    model and token set (a long-lived worker serving many SAE groups).
+    Arguments as in :func:`evaluate`. SAE weights are loaded once (for their fingerprints) and,
+    under a memory budget or with ``release_weights``, freed again until their group runs.
     """
-    t_start = time.perf_counter()
     if token_set is not None:
         tokens, ctx_len, corpus = token_set.n_tokens, token_set.ctx_len, f"{token_set.corpus}@{token_set.fingerprint()}"
     sizes = resolve_sizes(profile, tokens, ctx_len, batch_size)
@@ -215,7 +216,7 @@ def evaluate(
         if ls.name in handles:
             raise SaebenchError(f"two SAEs are both named {ls.name!r}; give each a distinct --name")
         handles[ls.name] = _Handle(ls, s if isinstance(s, (str, Path)) else None, n, device, trust_pickle)
-        if budget is not None:
+        if budget is not None or release_weights:
             handles[ls.name].release()  # reloaded when its group runs: never all SAEs in memory at once
         loaded.append(ls)
     evaluators = [get_evaluator(e) for e in evals]
@@ -258,8 +259,9 @@ def evaluate(
             run.skipped.append((job.sae.name, job.evaluator.name))
         else:
             pending.append(job)
+    plan = RunPlan(run, pending, handles, sizes, cfgs, budget, corpus)
     if not pending:
-        return run
+        return plan
     for ev in {job.evaluator.name: job.evaluator for job in pending}.values():
         if hasattr(ev, "preflight"):  # optional: refuse bad settings (e.g. an unreachable LLM) before any work
             ev.preflight(cfgs[ev.name])
@@ -270,8 +272,77 @@ def evaluate(
             f"SAEs name different models ({', '.join(sorted(model_names))}); evaluate them in separate runs or pass "
             "--model"
         )
+    plan.model_name = model_names.pop()
+    return plan
+
+
+def evaluate(
+    sae: Any,
+    model: str | SubjectModel | None = None,
+    hook: str | None = None,
+    evals: list[str] | tuple[str, ...] = ("core",),
+    profile: str = "quick",
+    tokens: int | None = None,
+    ctx_len: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    corpus: str = "sae-probes",
+    out: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    force: bool = False,
+    progress: bool = True,
+    eval_config: dict[str, dict[str, Any]] | None = None,
+    name: str | list[str] | None = None,
+    trust_pickle: bool = False,
+    use_cache: bool = True,
+    token_set: Any = None,
+    max_memory: int | str | None = None,
+    reuse: dict[Any, Any] | None = None,
+) -> RunResults:
+    """Evaluate one SAE (or a list) and return its metrics; write JSON results when ``out`` is set.
+
+    ``sae`` is a spec (native folder, ``reference``, ``.pt``, ``python:FILE.py:FACTORY``,
+    ``MODULE:FACTORY``), an object following the SAE protocol, or a list of them. ``model``
+    defaults to the SAE's ``model_name`` or the embedded SmolLM2-135M; ``hook`` to the SAE's
+    ``hook_name``. Sizes come from ``profile`` unless given. ``token_set`` (a
+    :class:`saebench.data.TokenSet`) evaluates on exactly those token ids instead of sampling
+    ``corpus``; its size then overrides ``tokens``/``ctx_len``.
+
+    ``max_memory`` (bytes or a size like ``"8GB"``) bounds the run's peak memory: SAEs are loaded
+    and spliced in groups that fit (see :mod:`saebench.budget`), their weights freed in between;
+    results are identical to evaluating each SAE alone. ``reuse`` (a dict the caller keeps) keeps
+    the sampled token set and each hook's :class:`~saebench.pipeline.ActivationPipeline` across
+    calls with the same model object (a long-lived worker serving many SAE groups).
+    """
+    t_start = time.perf_counter()
+    p = plan_run(
+        sae,
+        model=model,
+        hook=hook,
+        evals=evals,
+        profile=profile,
+        tokens=tokens,
+        ctx_len=ctx_len,
+        batch_size=batch_size,
+        seed=seed,
+        corpus=corpus,
+        out=out,
+        device=device,
+        dtype=dtype,
+        force=force,
+        eval_config=eval_config,
+        name=name,
+        trust_pickle=trust_pickle,
+        token_set=token_set,
+        max_memory=max_memory,
+    )
+    run, pending, handles, sizes, cfgs, budget = p.run, p.pending, p.handles, p.sizes, p.cfgs, p.budget
+    if not pending:
+        return run
+    reuse = {} if reuse is None else reuse
     t0 = time.perf_counter()
-    subject = model if isinstance(model, SubjectModel) else load_model(model_names.pop(), device=device, dtype=dtype)
+    subject = model if isinstance(model, SubjectModel) else load_model(p.model_name, device=device, dtype=dtype)
     t_model = time.perf_counter() - t0
     env = environment()
 
@@ -281,20 +352,24 @@ def evaluate(
 
     t0 = time.perf_counter()
     if token_set is None:
-        token_set = build_token_set(subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus)
+        tkey = ("tokens", id(subject), sizes["tokens"], sizes["ctx_len"], seed, corpus)
+        if tkey not in reuse:
+            reuse[tkey] = build_token_set(
+                subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus
+            )
+        token_set = reuse[tkey]
     t_tok = time.perf_counter() - t0
 
     bar = tqdm(total=len({job.sae.name for job in pending}), desc="SAEs", unit="SAE", disable=not progress)
     for h in sorted({job.hook for job in pending}):
         hook_jobs = [job for job in pending if job.hook == h]
         pkey = (id(subject), h, token_set.fingerprint(), sizes["batch_size"], use_cache)
-        pipe = (pipelines or {}).get(pkey)
+        pipe = reuse.get(pkey)
         if pipe is None:
             pipe = ActivationPipeline(
                 subject, token_set, h, sizes["batch_size"], use_cache=use_cache, progress=progress
             )
-            if pipelines is not None:
-                pipelines[pkey] = pipe
+            reuse[pkey] = pipe
         run.counters[h] = pipe.counters
         for job in hook_jobs:
             pipe.check_sae(job.sae.sae, job.sae.name)
