@@ -113,6 +113,7 @@ class RunResults:
     paths: dict[str, dict[str, Path]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     counters: dict[str, PassCounters] = field(default_factory=dict)  # model calls per hook (what ran once)
+    distributed: dict[str, Any] = field(default_factory=dict)  # --ray: workers, jobs, reruns, wall time
 
     def _only(self) -> dict[str, Result]:
         if len(self.results) != 1:
@@ -172,6 +173,55 @@ def resolve_sizes(profile: str, tokens: int | None, ctx_len: int | None, batch_s
             "--batch-size"
         )
     return sizes
+
+
+def shared_token_set(
+    reuse: dict[Any, Any], subject: SubjectModel, sizes: dict[str, int], seed: int, corpus: str, token_set: Any = None
+) -> Any:
+    """The run's token set: ``token_set`` when given, else sampled from ``corpus`` once per model
+    object and kept in ``reuse``."""
+    if token_set is not None:
+        return token_set
+    from saebench.data import build_token_set
+
+    key = ("tokens", id(subject), sizes["tokens"], sizes["ctx_len"], seed, corpus)
+    if key not in reuse:
+        reuse[key] = build_token_set(subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus)
+    return reuse[key]
+
+
+def shared_pipeline(
+    reuse: dict[Any, Any],
+    subject: SubjectModel,
+    token_set: Any,
+    hook: str,
+    batch_size: int,
+    use_cache: bool,
+    progress: bool,
+) -> Any:
+    """The :class:`~saebench.pipeline.ActivationPipeline` of (model, token set, hook), kept in ``reuse``."""
+    from saebench.pipeline import ActivationPipeline
+
+    key = ("pipeline", id(subject), hook, token_set.fingerprint(), batch_size, use_cache)
+    if key not in reuse:
+        reuse[key] = ActivationPipeline(subject, token_set, hook, batch_size, use_cache=use_cache, progress=progress)
+    return reuse[key]
+
+
+def prepare_hook(pipe: Any, evaluators: list[Evaluator], cfgs: dict[str, EvalConfig], seed: int) -> set[str]:
+    """Every SAE-independent input of these evaluators at the pipeline's hook (states, ablation
+    baselines, each evaluator's ``prepare``), computed once; returns the union of their needs."""
+    from saebench.pipeline.splice import ablation_losses
+
+    needs: set[str] = set().union(*(ev.needs for ev in evaluators))
+    if needs:
+        pipe.states()
+    if "splice" in needs:
+        ablation_losses(pipe)
+    for ev in {ev.name: ev for ev in evaluators}.values():
+        if hasattr(ev, "prepare"):
+            ev.prepare(pipe, cfgs[ev.name], seed)
+    return needs
 
 
 def plan_run(
@@ -346,41 +396,22 @@ def evaluate(
     t_model = time.perf_counter() - t0
     env = environment()
 
-    from saebench.data import build_token_set
-    from saebench.pipeline import ActivationPipeline
     from saebench.pipeline.splice import splice_stats
 
     t0 = time.perf_counter()
-    if token_set is None:
-        tkey = ("tokens", id(subject), sizes["tokens"], sizes["ctx_len"], seed, corpus)
-        if tkey not in reuse:
-            reuse[tkey] = build_token_set(
-                subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus
-            )
-        token_set = reuse[tkey]
+    token_set = shared_token_set(reuse, subject, sizes, seed, corpus, token_set)
     t_tok = time.perf_counter() - t0
 
     bar = tqdm(total=len({job.sae.name for job in pending}), desc="SAEs", unit="SAE", disable=not progress)
     for h in sorted({job.hook for job in pending}):
         hook_jobs = [job for job in pending if job.hook == h]
-        pkey = (id(subject), h, token_set.fingerprint(), sizes["batch_size"], use_cache)
-        pipe = reuse.get(pkey)
-        if pipe is None:
-            pipe = ActivationPipeline(
-                subject, token_set, h, sizes["batch_size"], use_cache=use_cache, progress=progress
-            )
-            reuse[pkey] = pipe
+        pipe = shared_pipeline(reuse, subject, token_set, h, sizes["batch_size"], use_cache, progress)
         run.counters[h] = pipe.counters
         for job in hook_jobs:
             pipe.check_sae(job.sae.sae, job.sae.name)
         # shared inputs: computed once for every pending SAE at this hook
         t0 = time.perf_counter()
-        needs = set().union(*(job.evaluator.needs for job in hook_jobs))
-        if needs:
-            pipe.states()
-        for ev in {job.evaluator.name: job.evaluator for job in hook_jobs}.values():
-            if hasattr(ev, "prepare"):
-                ev.prepare(pipe, cfgs[ev.name], seed)
+        needs = prepare_hook(pipe, [job.evaluator for job in hook_jobs], cfgs, seed)
         t_prepare = time.perf_counter() - t0
         sae_names = list(dict.fromkeys(job.sae.name for job in hook_jobs))
         plan = plan_groups(
