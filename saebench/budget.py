@@ -94,6 +94,28 @@ def rss_bytes() -> int:
         return peak_rss_bytes()
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux >= 4.0: ``/proc/self/clear_refs`` 5); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def window_peak_rss_bytes() -> int:
+    """Peak RSS since :func:`reset_peak_rss` (``VmHWM``), or since start where that is unsupported."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_rss_bytes()
+
+
 def peak_rss_bytes() -> int:
     """The process's peak resident set so far (``ru_maxrss``: kB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -128,7 +150,7 @@ def batch_working_set(model: Any, batch_size: int, ctx_len: int, width: int, max
     cfg = model.model.cfg
     bt = batch_size * ctx_len
     elem = model.dtype.itemsize if hasattr(model.dtype, "itemsize") else 4
-    logits = bt * int(cfg.d_vocab) * (4 * 4 + elem)  # clean p, spliced logits (+float copy), lse/exp temporaries
+    logits = bt * int(cfg.d_vocab) * (3 * 4 + elem)  # clean p, spliced logits (+float copy), logsumexp temporary
     d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * cfg.d_model)
     internals = bt * (8 * int(cfg.d_model) + 3 * d_mlp) * 4 + 3 * batch_size * int(cfg.n_heads) * ctx_len**2 * 4
     sae = bt * max_d_sae * 25 + bt * width * 8 * 6  # latents (f32 pre, z; f64 |z|; mask) + float64 x, x̂, err

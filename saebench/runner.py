@@ -114,6 +114,7 @@ class RunResults:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     counters: dict[str, PassCounters] = field(default_factory=dict)  # model calls per hook (what ran once)
     distributed: dict[str, Any] = field(default_factory=dict)  # --ray: workers, jobs, reruns, wall time
+    groups: dict[str, list[int]] = field(default_factory=dict)  # SAEs per splice group, per hook (--max-memory)
 
     def _only(self) -> dict[str, Result]:
         if len(self.results) != 1:
@@ -432,6 +433,7 @@ def evaluate(
             int(token_set.tokens.shape[0]),
             token_set.ctx_len,
         )
+        run.groups[h] = [len(g) for g in plan.groups]
         for names_in_group in plan.groups:
             members = set(names_in_group)
             group = [job for job in hook_jobs if job.sae.name in members]
