@@ -119,3 +119,10 @@ def test_cli_max_memory_and_progress(tmp_path, capsys, cache_env):
     captured = capsys.readouterr()
     assert "SAEs: 100%" in captured.err and "2/2" in captured.err  # the sweep's progress bar
     assert (tmp_path / "out" / "s0" / "core.json").is_file() and (tmp_path / "out" / "s1" / "core.json").is_file()
+
+
+def test_cli_ray_flags_are_checked_before_work(capsys):
+    assert main(["run", "--sae", "reference", "--ray-workers", "2"]) == 2
+    assert "--ray-workers needs --ray" in capsys.readouterr().err
+    assert main(["run", "--sae", "reference", "--ray", "--ray-workers", "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
