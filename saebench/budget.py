@@ -122,6 +122,20 @@ def peak_rss_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+def return_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``) so the next RSS reading is what
+    is really held: SAE weights of a few MB are heap allocations, and glibc keeps them after
+    ``free`` unless told otherwise (measured: +0.3 GB of retained heap after 32 reference SAEs)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def device_used(device: str) -> int:
     """Memory in use where the SAEs live: RSS on CPU, torch's allocated memory on a CUDA device."""
     if str(device).startswith("cuda"):

@@ -18,7 +18,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from saebench import stats
-from saebench.budget import batch_working_set, device_used, parse_size, plan_groups, sae_bytes
+from saebench.budget import (
+    batch_working_set,
+    device_used,
+    parse_size,
+    plan_groups,
+    return_freed_memory,
+    sae_bytes,
+)
 from saebench.errors import SaebenchError
 from saebench.evaluators import EvalConfig, EvalContext, EvalOutput, Evaluator, get_evaluator
 from saebench.loading import LoadedSAE, as_loaded
@@ -270,6 +277,8 @@ def plan_run(
         if budget is not None or release_weights:
             handles[ls.name].release()  # reloaded when its group runs: never all SAEs in memory at once
         loaded.append(ls)
+    if budget is not None or release_weights:
+        return_freed_memory()
     evaluators = [get_evaluator(e) for e in evals]
     eval_config = eval_config or {}
     cfgs = {ev.name: ev.Config.for_profile(profile, **eval_config.get(ev.name, {})) for ev in evaluators}
@@ -500,6 +509,7 @@ def evaluate(
             if budget is not None:
                 for n in names_in_group:
                     handles[n].release()
+                return_freed_memory()
             bar.update(len(names_in_group))
     bar.close()
     return run

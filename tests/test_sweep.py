@@ -83,32 +83,41 @@ def test_plan_groups():
         plan_groups(names, w, d, 2500, 0, 0, 4, 8)
 
 
-def test_groups_under_a_budget_give_bit_identical_results(model, token_set, tmp_path, cache_env, monkeypatch):
+def test_groups_under_a_budget_give_bit_identical_results(tmp_path, cache_env, monkeypatch):
     """Three SAEs spliced one group each (a budget that holds one), all in one group (no budget),
-    and each alone: every metric equal bit for bit, and the clean suffix runs once per group."""
+    and each alone: every metric equal bit for bit, and the clean suffix runs once per group.
+    (A small random Qwen2: grouping is model-agnostic, and this keeps the test fast.)"""
+    from test_models_families import build_model, random_tokens
+
+    model = build_model("qwen2")
+    tokens = random_tokens(n_seq=12, ctx_len=24)
+    hook = "blocks.1.hook_resid_post"
     archs = ["topk", "relu", "jumprelu"]
-    specs = [str(write_native(tmp_path / f"sae-{a}", arch=a, d_sae=96, seed=i)[0]) for i, a in enumerate(archs)]
-    n_batches = SMALL["tokens"] // SMALL["ctx_len"] // SMALL["batch_size"]
-    kw = dict(model=model, hook=HOOK, progress=False, token_set=token_set, batch_size=SMALL["batch_size"])
+    specs = [
+        str(write_native(tmp_path / f"sae-{a}", arch=a, d_in=32, d_sae=96, seed=i)[0]) for i, a in enumerate(archs)
+    ]
+    n_batches = 3
+    kw = dict(model=model, hook=hook, progress=False, token_set=tokens, batch_size=4)
     together = evaluate(specs, **kw)
-    assert together.counters[HOOK].clean_suffix_batches == n_batches
+    assert together.counters[hook].clean_suffix_batches == n_batches
 
     import saebench.runner as runner
 
     monkeypatch.setattr(runner, "device_used", lambda device: 0)  # plan against a known baseline
-    ws = batch_working_set(model, SMALL["batch_size"], SMALL["ctx_len"], model.d_model, 96)
-    weights = 2 * 576 * 96 * 4 + 96 * 4 + 576 * 4 + 96 * 4  # the largest (jumprelu, with threshold)
-    per = weights + stats_bytes(SMALL["tokens"] // SMALL["ctx_len"], SMALL["ctx_len"], 96)
+    ws = batch_working_set(model, 4, 24, 32, 96)
+    weights = 2 * 32 * 96 * 4 + 96 * 4 + 32 * 4 + 96 * 4  # the largest (jumprelu, with threshold)
+    per = weights + stats_bytes(12, 24, 96)
     budget = int((ws + 2 * weights + 1.5 * per) / 0.95)
     grouped = evaluate(specs, max_memory=budget, **kw)
-    assert grouped.counters[HOOK].clean_suffix_batches == 3 * n_batches  # three groups of one
-    assert grouped.counters[HOOK].spliced_suffix_batches == 3 * n_batches
+    assert grouped.groups[hook] == [1, 1, 1]
+    assert grouped.counters[hook].clean_suffix_batches == 3 * n_batches  # three groups of one
+    assert grouped.counters[hook].spliced_suffix_batches == 3 * n_batches
     for spec in specs:
         name = spec.rsplit("/", 1)[-1]
         alone = evaluate(spec, **kw)
         assert alone.metrics["core"] == together.results[name]["core"].metrics == grouped.results[name]["core"].metrics
     with pytest.raises(SaebenchError, match="cannot hold one SAE.*raise --max-memory"):
-        evaluate(specs, max_memory="1MB", **kw)
+        evaluate(specs, max_memory="1kB", **kw)
 
 
 def test_cli_max_memory_and_progress(tmp_path, capsys, cache_env):
