@@ -363,8 +363,11 @@ def _schedule(
                     bar.update(len(u.saes))
     finally:
         bar.close()
-        for ref in inflight:
-            ray.cancel(ref, force=True)
+        for ref in inflight:  # only when stopping on an error: the rest of the sweep is abandoned
+            try:
+                ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - best effort; the actors go with the cluster
+                pass
     from saebench.pipeline import PassCounters
 
     return {
