@@ -183,10 +183,12 @@ def main() -> None:
         print(f"  plain incl. model load {base:.1f} s")
         for w in (1, 2):
             r = run(f"{n} SAEs x 1 hook, ray {w} worker(s)", saes[hooks[0]][:n], ray_workers=w)
+            d = r["dist"]
             print(
-                f"  ray {w} worker(s): vs plain incl. model load {(r['wall'] - base) / base * 100:+.1f}%, "
-                f"vs plain compute only {(r['wall'] - plain['wall']) / plain['wall'] * 100:+.1f}% "
-                f"(Ray's wall includes cluster start and the actors' model load); speed-up {base / r['wall']:.2f}x"
+                f"  ray {w} worker(s): plan {d['plan_s']:.1f} s + cluster/actors/model start {d['startup_s']:.1f} s + "
+                f"jobs {d['jobs_s']:.1f} s; whole run vs plain incl. model load {(r['wall'] - base) / base * 100:+.1f}%; "
+                f"jobs phase vs plain compute {(d['jobs_s'] - plain['wall']) / plain['wall'] * 100:+.1f}%; "
+                f"speed-up {base / r['wall']:.2f}x"
             )
 
 

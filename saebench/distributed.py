@@ -198,6 +198,7 @@ def evaluate_ray(
     run = plan.run
     if not plan.pending:
         return run
+    t_planned = time.perf_counter()
     started = not ray.is_initialized()
     if started:
         ray.init(
@@ -241,7 +242,8 @@ def evaluate_ray(
             runtime_env={"env_vars": env},
         )
         actors = [actor_cls.remote(model_arg, device, dtype, threads, worker_args) for _ in range(n_workers)]
-        _check_shared_out(ray, actors, out)
+        _check_shared_out(ray, actors, out)  # waits for every actor to be up (model loaded)
+        t_ready = time.perf_counter()
         stats = _schedule(ray, actors, units, force, max_attempts, progress, len({j.sae.name for j in plan.pending}))
     finally:
         if started:
@@ -259,7 +261,13 @@ def evaluate_ray(
             f"the Ray sweep finished without {len(missing)} result(s) ({', '.join(missing[:3])}...); rerun it"
         )
     run.counters = stats["counters"]
-    run.distributed = {**{k: v for k, v in stats.items() if k != "counters"}, "wall_s": time.perf_counter() - t_start}
+    run.distributed = {
+        **{k: v for k, v in stats.items() if k != "counters"},
+        "plan_s": t_planned - t_start,  # SAEs read and fingerprinted, results already complete skipped
+        "startup_s": t_ready - t_planned,  # cluster started (if local), actors up with the model loaded
+        "jobs_s": stats["jobs_s"],
+        "wall_s": time.perf_counter() - t_start,
+    }
     return run
 
 
@@ -324,6 +332,7 @@ def _schedule(
     counters: dict[str, dict[str, int]] = {}
     reruns: list[str] = []
     bar = tqdm(total=n_saes, desc="SAEs", unit="SAE", disable=not progress)
+    t0 = time.perf_counter()
 
     def ready(u: Unit) -> bool:
         return u.kind == "prepare" or u.hook not in need_prepare or u.hook in prepared
@@ -375,6 +384,7 @@ def _schedule(
         "workers": len(actors),
         "jobs": len(units),
         "reruns": reruns,
+        "jobs_s": time.perf_counter() - t0,
     }
 
 

@@ -111,6 +111,24 @@ def test_killed_worker_is_replaced_and_results_equal_single_process(cluster, tmp
     assert not again.distributed
 
 
+def test_an_error_in_a_worker_is_one_line(cluster, tmp_path, cache_env):
+    from saebench.distributed import evaluate_ray
+    from saebench.errors import SaebenchError
+
+    spec = str(write_native(tmp_path / "wide", arch="relu", d_in=40, d_sae=16)[0])  # the model is 32 wide
+    with pytest.raises(SaebenchError, match=r"SAE wide has d_in=40 but hook .* has width 32; pass the hook"):
+        evaluate_ray(
+            spec,
+            workers=1,
+            model=build_model("gpt2"),
+            hook=HOOK,
+            token_set=random_tokens(),
+            batch_size=4,
+            out=tmp_path / "out",
+            progress=False,
+        )
+
+
 def test_missing_ray_is_a_one_line_error(monkeypatch):
     import builtins
 
