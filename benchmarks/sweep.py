@@ -186,7 +186,8 @@ def main() -> None:
             d = r["dist"]
             print(
                 f"  ray {w} worker(s): plan {d['plan_s']:.1f} s + cluster/actors/model start {d['startup_s']:.1f} s + "
-                f"jobs {d['jobs_s']:.1f} s; whole run vs plain incl. model load {(r['wall'] - base) / base * 100:+.1f}%; "
+                f"jobs {d['jobs_s']:.1f} s; whole run vs plain incl. model load "
+                f"{(r['wall'] - base) / base * 100:+.1f}%; "
                 f"jobs phase vs plain compute {(d['jobs_s'] - plain['wall']) / plain['wall'] * 100:+.1f}%; "
                 f"speed-up {base / r['wall']:.2f}x"
             )
