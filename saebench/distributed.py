@@ -120,6 +120,7 @@ class Worker:
         from saebench.runner import evaluate
 
         a = dict(self.args)
+        t0 = time.perf_counter()
         run = evaluate(
             [s for s, _ in saes],
             name=[n for _, n in saes],
@@ -136,6 +137,7 @@ class Worker:
             "written": sorted(f"{s}/{e}" for s, per in run.results.items() for e in per if (s, e) not in run.skipped),
             "skipped": sorted(f"{s}/{e}" for s, e in run.skipped),
             "pid": os.getpid(),
+            "compute_s": time.perf_counter() - t0,
         }
 
 
@@ -331,6 +333,7 @@ def _schedule(
     inflight: dict[Any, tuple[int, Unit]] = {}
     counters: dict[str, dict[str, int]] = {}
     reruns: list[str] = []
+    compute_s = 0.0  # seconds the actors spent inside evaluate(), summed over jobs
     bar = tqdm(total=n_saes, desc="SAEs", unit="SAE", disable=not progress)
     t0 = time.perf_counter()
 
@@ -369,6 +372,7 @@ def _schedule(
                     _add(counters, {u.hook: res["counters"]})
                 else:
                     _add(counters, res["counters"])
+                    compute_s += res["compute_s"]
                     bar.update(len(u.saes))
     finally:
         bar.close()
@@ -385,6 +389,7 @@ def _schedule(
         "jobs": len(units),
         "reruns": reruns,
         "jobs_s": time.perf_counter() - t0,
+        "worker_compute_s": compute_s,
     }
 
 
