@@ -123,7 +123,7 @@ def peak_rss_bytes() -> int:
 
 
 def return_freed_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``) so the next RSS reading is what
+    """Give freed memory back (glibc ``malloc_trim``; torch's CUDA cache) so the next reading is what
     is really held: SAE weights of a few MB are heap allocations, and glibc keeps them after
     ``free`` unless told otherwise (measured: +0.3 GB of retained heap after 32 reference SAEs)."""
     import ctypes
@@ -134,6 +134,10 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # freed SAE weights leave the caching allocator's reserve too
 
 
 def device_used(device: str) -> int:
