@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,28 @@ def _add_run(sub: Any) -> None:
         help="allow .pt files that need arbitrary unpickling (runs code: only your own files)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="peak memory budget, e.g. 8GB or 16GiB: SAEs are loaded and spliced in groups that fit "
+        "(RAM on CPU, device memory on CUDA); results are identical to evaluating each SAE alone",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or table (for CI)")
+    r = p.add_argument_group("distributed (pip install 'saebench[ray]'; see docs/sweeps.md)")
+    r.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="spread the sweep over a Ray cluster: no ADDRESS starts a local one; else e.g. auto or HOST:6379. "
+        "--out (and $SAEBENCH_CACHE) must be on a filesystem every node sees",
+    )
+    r.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="actors, each holding the model (default: one per GPU with --device cuda, else cluster CPUs / --threads)",
+    )
     g = p.add_argument_group("autointerp (--evals autointerp; any OpenAI-compatible endpoint)")
     g.add_argument(
         "--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: https://api.openai.com/v1)"
@@ -168,7 +190,19 @@ def cmd_run(a: argparse.Namespace) -> int:
     from saebench.runner import evaluate
 
     specs = a.sae or ["reference"]
-    run = evaluate(
+    if a.ray_workers is not None and a.ray is None:
+        raise SaebenchError("--ray-workers needs --ray")
+    if a.ray is not None:
+        from saebench.distributed import evaluate_ray
+
+        if a.ray_workers is not None and a.ray_workers < 1:
+            raise SaebenchError(f"--ray-workers {a.ray_workers} must be at least 1")
+        runner = partial(
+            evaluate_ray, address=None if a.ray == "local" else a.ray, workers=a.ray_workers, threads=a.threads or 1
+        )
+    else:
+        runner = evaluate
+    run = runner(
         specs,
         model=a.model,
         hook=a.hook,
@@ -188,7 +222,14 @@ def cmd_run(a: argparse.Namespace) -> int:
         name=a.name or None,
         trust_pickle=a.trust_pickle,
         use_cache=not a.no_cache,
+        max_memory=a.max_memory,
     )
+    if run.distributed:
+        d = run.distributed
+        print(
+            f"ray: {d['workers']} worker(s), {d['jobs']} job(s), {len(d['reruns'])} rerun after a worker died, "
+            f"{d['wall_s']:.1f} s"
+        )
     if not a.quiet:
         print(summary_table(run))
     for sae_name, per in run.paths.items():

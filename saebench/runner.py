@@ -21,7 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from saebench import stats
+from saebench.budget import (
+    batch_working_set,
+    device_used,
+    parse_size,
+    plan_groups,
+    return_freed_memory,
+    sae_bytes,
+)
 from saebench.errors import SaebenchError
 from saebench.evaluators import EvalConfig, EvalContext, EvalOutput, Evaluator, get_evaluator
 from saebench.io import cache_dir, check_memory, file_lock, human_bytes, lock_path, remove_stale_temps
@@ -58,6 +68,57 @@ class Job:
         return str(self.run_config["hook"])
 
 
+class _Released:
+    """Stand-in for an SAE whose weights are freed between groups (keeps what checks read)."""
+
+    def __init__(self, d_in: int, d_sae: int) -> None:
+        self.d_in, self.d_sae = d_in, d_sae
+
+
+@dataclass
+class _Handle:
+    """An SAE of the run: its weights can be freed between groups and reloaded from its spec
+    (objects passed in without a spec stay loaded); a reload must give the same fingerprint."""
+
+    ls: LoadedSAE
+    spec: str | Path | None
+    name: str | None
+    device: str
+    trust_pickle: bool
+
+    def __post_init__(self) -> None:
+        self.nbytes = sae_bytes(self.ls.sae)
+        self.d_in, self.d_sae = int(self.ls.sae.d_in), int(self.ls.sae.d_sae)
+
+    def release(self) -> None:
+        if self.spec is not None:
+            self.ls.sae = _Released(self.d_in, self.d_sae)
+
+    def load(self) -> None:
+        if not isinstance(self.ls.sae, _Released):
+            return
+        fresh = as_loaded(self.spec, self.device, self.trust_pickle, self.name)
+        if fresh.fingerprint != self.ls.fingerprint:
+            raise SaebenchError(
+                f"SAE {self.ls.name} ({self.spec}) changed on disk during the run; rerun once its files are final"
+            )
+        self.ls.sae = fresh.sae
+
+
+@dataclass
+class RunPlan:
+    """What :func:`plan_run` resolved: the jobs still to compute, the SAEs, sizes and configs."""
+
+    run: RunResults
+    pending: list[Job]
+    handles: dict[str, _Handle]
+    sizes: dict[str, int]
+    cfgs: dict[str, EvalConfig]
+    budget: int | None
+    corpus: str
+    model_name: str | None = None
+
+
 @dataclass
 class RunResults:
     """What ``evaluate`` returns: ``results[sae_name][evaluator]`` and where each was written."""
@@ -66,6 +127,8 @@ class RunResults:
     paths: dict[str, dict[str, Path]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     counters: dict[str, PassCounters] = field(default_factory=dict)  # model calls per hook (what ran once)
+    distributed: dict[str, Any] = field(default_factory=dict)  # --ray: workers, jobs, reruns, wall time
+    groups: dict[str, list[int]] = field(default_factory=dict)  # SAEs per splice group, per hook (--max-memory)
 
     def _only(self) -> dict[str, Result]:
         if len(self.results) != 1:
@@ -185,7 +248,52 @@ def resolve_sizes(profile: str, tokens: int | None, ctx_len: int | None, batch_s
     return sizes
 
 
-def evaluate(
+def shared_token_set(
+    reuse: dict[Any, Any], subject: SubjectModel, sizes: dict[str, int], seed: int, corpus: str, token_set: Any = None
+) -> Any:
+    """The run's token set: ``token_set`` when given, else sampled from ``corpus`` once per model
+    object and kept in ``reuse``."""
+    if token_set is not None:
+        return token_set
+    from saebench.data import build_token_set
+
+    key = ("tokens", id(subject), sizes["tokens"], sizes["ctx_len"], seed, corpus)
+    if key not in reuse:
+        reuse[key] = build_token_set(subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus)
+    return reuse[key]
+
+
+def shared_pipeline(
+    reuse: dict[Any, Any],
+    subject: SubjectModel,
+    token_set: Any,
+    hook: str,
+    batch_size: int,
+    use_cache: bool,
+    progress: bool,
+) -> Any:
+    """The :class:`~saebench.pipeline.ActivationPipeline` of (model, token set, hook), kept in ``reuse``."""
+    from saebench.pipeline import ActivationPipeline
+
+    key = ("pipeline", id(subject), hook, token_set.fingerprint(), batch_size, use_cache)
+    if key not in reuse:
+        reuse[key] = ActivationPipeline(subject, token_set, hook, batch_size, use_cache=use_cache, progress=progress)
+    return reuse[key]
+
+
+def prepare_hook(pipe: Any, evaluators: list[Evaluator], cfgs: dict[str, EvalConfig], seed: int) -> set[str]:
+    """Every SAE-independent input of these evaluators at the pipeline's hook (states, ablation
+    baselines, each evaluator's ``prepare``), computed once; returns the union of their needs."""
+    needs: set[str] = set().union(*(ev.needs for ev in evaluators))
+    if needs:
+        pipe.states()
+    for ev in {ev.name: ev for ev in evaluators}.values():
+        if hasattr(ev, "prepare"):
+            ev.prepare(pipe, cfgs[ev.name], seed)
+    return needs
+
+
+def plan_run(
     sae: Any,
     model: str | SubjectModel | None = None,
     hook: str | None = None,
@@ -200,23 +308,19 @@ def evaluate(
     device: str = "cpu",
     dtype: str = "float32",
     force: bool = False,
-    progress: bool = True,
     eval_config: dict[str, dict[str, Any]] | None = None,
     name: str | list[str] | None = None,
     trust_pickle: bool = False,
-    use_cache: bool = True,
     token_set: Any = None,
-) -> RunResults:
-    """Evaluate one SAE (or a list) and return its metrics; write JSON results when ``out`` is set.
+    max_memory: int | str | None = None,
+    release_weights: bool = False,
+    use_cache: bool = True,
+) -> RunPlan:
+    """Resolve SAEs, evaluators and sizes into jobs, and find which are already complete in ``out``.
 
-    ``sae`` is a spec (native folder, ``reference``, ``.pt``, ``python:FILE.py:FACTORY``,
-    ``MODULE:FACTORY``), an object following the SAE protocol, or a list of them. ``model``
-    defaults to the SAE's ``model_name`` or the embedded SmolLM2-135M; ``hook`` to the SAE's
-    ``hook_name``. Sizes come from ``profile`` unless given. ``token_set`` (a
-    :class:`saebench.data.TokenSet`) evaluates on exactly those token ids instead of sampling
-    ``corpus``; its size then overrides ``tokens``/``ctx_len``.
+    Arguments as in :func:`evaluate`. SAE weights are loaded once (for their fingerprints) and,
+    under a memory budget or with ``release_weights``, freed again until their group runs.
     """
-    t_start = time.perf_counter()
     if token_set is not None:
         tokens, ctx_len, corpus = token_set.n_tokens, token_set.ctx_len, f"{token_set.corpus}@{token_set.fingerprint()}"
     sizes = resolve_sizes(profile, tokens, ctx_len, batch_size)
@@ -224,12 +328,19 @@ def evaluate(
     names = list(name) if isinstance(name, (list, tuple)) else [name] * len(specs)
     if len(names) != len(specs):
         raise SaebenchError(f"got {len(names)} names for {len(specs)} SAEs; pass one --name per --sae")
-    loaded = [as_loaded(s, device, trust_pickle, n) for s, n in zip(specs, names, strict=True)]
-    seen: set[str] = set()
-    for ls in loaded:
-        if ls.name in seen:
+    budget = parse_size(max_memory) if max_memory is not None else None
+    loaded: list[LoadedSAE] = []
+    handles: dict[str, _Handle] = {}
+    for s, n in zip(specs, names, strict=True):
+        ls = as_loaded(s, device, trust_pickle, n)
+        if ls.name in handles:
             raise SaebenchError(f"two SAEs are both named {ls.name!r}; give each a distinct --name")
-        seen.add(ls.name)
+        handles[ls.name] = _Handle(ls, s if isinstance(s, (str, Path)) else None, n, device, trust_pickle)
+        if budget is not None or release_weights:
+            handles[ls.name].release()  # reloaded when its group runs: never all SAEs in memory at once
+        loaded.append(ls)
+    if budget is not None or release_weights:
+        return_freed_memory()
     evaluators = [get_evaluator(e) for e in evals]
     eval_config = eval_config or {}
     cfgs = {ev.name: ev.Config.for_profile(profile, **eval_config.get(ev.name, {})) for ev in evaluators}
@@ -282,113 +393,205 @@ def evaluate(
             run.skipped.append((job.sae.name, job.evaluator.name))
         else:
             pending.append(job)
+    plan = RunPlan(run, pending, handles, sizes, cfgs, budget, corpus)
     if not pending:
-        return run
+        return plan
     for ev in {job.evaluator.name: job.evaluator for job in pending}.values():
         if hasattr(ev, "preflight"):  # optional: refuse bad settings (e.g. an unreachable LLM) before any work
             ev.preflight(cfgs[ev.name])
 
     check_batch_memory(pending, sizes["batch_size"], sizes["ctx_len"], device)
+    model_names = {job.run_config["model"] for job in pending}
+    if len(model_names) > 1:
+        raise SaebenchError(
+            f"SAEs name different models ({', '.join(sorted(model_names))}); evaluate them in separate runs or pass "
+            "--model"
+        )
+    plan.model_name = model_names.pop()
+    return plan
+
+
+def evaluate(
+    sae: Any,
+    model: str | SubjectModel | None = None,
+    hook: str | None = None,
+    evals: list[str] | tuple[str, ...] = ("core",),
+    profile: str = "quick",
+    tokens: int | None = None,
+    ctx_len: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    corpus: str = "sae-probes",
+    out: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    force: bool = False,
+    progress: bool = True,
+    eval_config: dict[str, dict[str, Any]] | None = None,
+    name: str | list[str] | None = None,
+    trust_pickle: bool = False,
+    use_cache: bool = True,
+    token_set: Any = None,
+    max_memory: int | str | None = None,
+    reuse: dict[Any, Any] | None = None,
+) -> RunResults:
+    """Evaluate one SAE (or a list) and return its metrics; write JSON results when ``out`` is set.
+
+    ``sae`` is a spec (native folder, ``reference``, ``.pt``, ``python:FILE.py:FACTORY``,
+    ``MODULE:FACTORY``), an object following the SAE protocol, or a list of them. ``model``
+    defaults to the SAE's ``model_name`` or the embedded SmolLM2-135M; ``hook`` to the SAE's
+    ``hook_name``. Sizes come from ``profile`` unless given. ``token_set`` (a
+    :class:`saebench.data.TokenSet`) evaluates on exactly those token ids instead of sampling
+    ``corpus``; its size then overrides ``tokens``/``ctx_len``.
+
+    ``max_memory`` (bytes or a size like ``"8GB"``) bounds the run's peak memory: SAEs are loaded
+    and spliced in groups that fit (see :mod:`saebench.budget`), their weights freed in between;
+    results are identical to evaluating each SAE alone. ``reuse`` (a dict the caller keeps) keeps
+    the sampled token set and each hook's :class:`~saebench.pipeline.ActivationPipeline` across
+    calls with the same model object (a long-lived worker serving many SAE groups).
+    """
+    t_start = time.perf_counter()
+    p = plan_run(
+        sae,
+        model=model,
+        hook=hook,
+        evals=evals,
+        profile=profile,
+        tokens=tokens,
+        ctx_len=ctx_len,
+        batch_size=batch_size,
+        seed=seed,
+        corpus=corpus,
+        out=out,
+        device=device,
+        dtype=dtype,
+        force=force,
+        eval_config=eval_config,
+        name=name,
+        trust_pickle=trust_pickle,
+        token_set=token_set,
+        max_memory=max_memory,
+        use_cache=use_cache,
+    )
+    run, pending, handles, sizes, cfgs, budget = p.run, p.pending, p.handles, p.sizes, p.cfgs, p.budget
+    if not pending:
+        return run
     with ResultLocks() as locks:
         if out is not None:
             pending = claim(pending, locks, run, force)
             if not pending:
                 return run
-        model_names = {job.run_config["model"] for job in pending}
-        if len(model_names) > 1:
-            raise SaebenchError(
-                f"SAEs name different models ({', '.join(sorted(model_names))}); evaluate them in separate runs or "
-                "pass --model"
-            )
+        reuse = {} if reuse is None else reuse
         t0 = time.perf_counter()
-        subject = (
-            model if isinstance(model, SubjectModel) else load_model(model_names.pop(), device=device, dtype=dtype)
-        )
+        subject = model if isinstance(model, SubjectModel) else load_model(p.model_name, device=device, dtype=dtype)
         t_model = time.perf_counter() - t0
         env = environment()
 
-        from saebench.data import build_token_set
-        from saebench.pipeline import ActivationPipeline
         from saebench.pipeline.splice import splice_stats
 
         t0 = time.perf_counter()
-        if token_set is None:
-            token_set = build_token_set(
-                subject.tokenize, subject.bos_id, sizes["tokens"], sizes["ctx_len"], seed, corpus
-            )
+        token_set = shared_token_set(reuse, subject, sizes, seed, corpus, token_set)
         t_tok = time.perf_counter() - t0
 
+        bar = tqdm(total=len({job.sae.name for job in pending}), desc="SAEs", unit="SAE", disable=not progress)
         for h in sorted({job.hook for job in pending}):
-            group = [job for job in pending if job.hook == h]
-            pipe = ActivationPipeline(
-                subject, token_set, h, sizes["batch_size"], use_cache=use_cache, progress=progress
-            )
+            hook_jobs = [job for job in pending if job.hook == h]
+            pipe = shared_pipeline(reuse, subject, token_set, h, sizes["batch_size"], use_cache, progress)
             run.counters[h] = pipe.counters
-            for job in group:
+            for job in hook_jobs:
                 pipe.check_sae(job.sae.sae, job.sae.name)
             # shared inputs: computed once for every pending SAE at this hook
             t0 = time.perf_counter()
-            needs = set().union(*(job.evaluator.needs for job in group))
-            if needs:
-                pipe.states()
-            splice = {}
-            if "splice" in needs:
-                splice = splice_stats(
-                    pipe, {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs}
+            needs = prepare_hook(pipe, [job.evaluator for job in hook_jobs], cfgs, seed)
+            t_prepare = time.perf_counter() - t0
+            sae_names = list(dict.fromkeys(job.sae.name for job in hook_jobs))
+            plan = plan_groups(
+                sae_names,
+                {n: handles[n].nbytes for n in sae_names},
+                {n: handles[n].d_sae for n in sae_names},
+                budget,
+                device_used(device) if budget is not None else 0,
+                batch_working_set(
+                    subject,
+                    sizes["batch_size"],
+                    token_set.ctx_len,
+                    pipe.hook_width(),
+                    max(handles[n].d_sae for n in sae_names),
                 )
-            for ev in {job.evaluator.name: job.evaluator for job in group}.values():
-                if hasattr(ev, "prepare"):
-                    ev.prepare(pipe, cfgs[ev.name], seed)
-            t_shared = time.perf_counter() - t0
-            shared_timing = dict(pipe.timing)
-            for job in group:
-                ls, ev = job.sae, job.evaluator
-                ctx = EvalContext(
-                    pipe, ls.sae, ls.name, ls.fingerprint, seed, profile, splice.get(ls.name), list(ls.notes)
-                )
+                if budget is not None
+                else 0,
+                int(token_set.tokens.shape[0]),
+                token_set.ctx_len,
+            )
+            run.groups[h] = [len(g) for g in plan.groups]
+            for names_in_group in plan.groups:
+                members = set(names_in_group)
+                group = [job for job in hook_jobs if job.sae.name in members]
+                for n in names_in_group:
+                    handles[n].load()
                 t0 = time.perf_counter()
-                output = ev.run(ctx, job.cfg)
-                if not isinstance(output, EvalOutput):
-                    raise SaebenchError(
-                        f"evaluator {ev.name!r} returned a {type(output).__name__}, not an EvalOutput; "
-                        "see saebench.evaluators.base"
+                splice = {}
+                if "splice" in needs:
+                    splice = splice_stats(
+                        pipe, {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs}
                     )
-                metrics, uncertainty, t_stats = finish_metrics(ev, output)
-                timing = {
-                    "model_load_s": t_model,
-                    "tokenize_s": t_tok,
-                    "shared_inputs_s": t_shared,
-                    **shared_timing,
-                    **output.timing,
-                    "intervals_s": t_stats,
-                    "evaluator_s": time.perf_counter() - t0,
-                    "total_s": time.perf_counter() - t_start,
-                }
-                result = Result(
-                    evaluator=ev.name,
-                    run_key=job.key,
-                    sae=SAERecord(
-                        name=ls.name,
-                        source=ls.source,
-                        architecture=ls.architecture,
-                        d_in=int(ls.sae.d_in),
-                        d_sae=int(ls.sae.d_sae),
-                        fingerprint=ls.fingerprint,
-                    ),
-                    config={**job.run_config, **token_set.meta(), "bos_excluded": True},
-                    metrics=metrics,
-                    uncertainty=uncertainty,
-                    details=output.details,
-                    samples={k: v.to_dict() for k, v in output.samples.items()},
-                    declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
-                    notes=ctx.notes,
-                    env=env,
-                    timing={k: round(v, 4) for k, v in timing.items()},
-                    created_at=now(),
-                )
-                run.results.setdefault(ls.name, {})[ev.name] = result
-                if job.path is not None:
-                    write_result(result, job.path)
-                    locks.release(job.path)
-                    run.paths.setdefault(ls.name, {})[ev.name] = job.path
+                t_shared = t_prepare + time.perf_counter() - t0
+                shared_timing = dict(pipe.timing)
+                for job in group:
+                    ls, ev = job.sae, job.evaluator
+                    ctx = EvalContext(
+                        pipe, ls.sae, ls.name, ls.fingerprint, seed, profile, splice.get(ls.name), list(ls.notes)
+                    )
+                    t0 = time.perf_counter()
+                    output = ev.run(ctx, job.cfg)
+                    if not isinstance(output, EvalOutput):
+                        raise SaebenchError(
+                            f"evaluator {ev.name!r} returned a {type(output).__name__}, not an EvalOutput; "
+                            "see saebench.evaluators.base"
+                        )
+                    metrics, uncertainty, t_stats = finish_metrics(ev, output)
+                    timing = {
+                        "model_load_s": t_model,
+                        "tokenize_s": t_tok,
+                        "shared_inputs_s": t_shared,
+                        **shared_timing,
+                        **output.timing,
+                        "intervals_s": t_stats,
+                        "evaluator_s": time.perf_counter() - t0,
+                        "total_s": time.perf_counter() - t_start,
+                    }
+                    result = Result(
+                        evaluator=ev.name,
+                        run_key=job.key,
+                        sae=SAERecord(
+                            name=ls.name,
+                            source=ls.source,
+                            architecture=ls.architecture,
+                            d_in=int(ls.sae.d_in),
+                            d_sae=int(ls.sae.d_sae),
+                            fingerprint=ls.fingerprint,
+                        ),
+                        config={**job.run_config, **token_set.meta(), "bos_excluded": True},
+                        metrics=metrics,
+                        uncertainty=uncertainty,
+                        details=output.details,
+                        samples={k: v.to_dict() for k, v in output.samples.items()},
+                        declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
+                        notes=ctx.notes,
+                        env=env,
+                        timing={k: round(v, 4) for k, v in timing.items()},
+                        created_at=now(),
+                    )
+                    run.results.setdefault(ls.name, {})[ev.name] = result
+                    if job.path is not None:
+                        write_result(result, job.path)
+                        locks.release(job.path)
+                        run.paths.setdefault(ls.name, {})[ev.name] = job.path
+                del splice
+                if budget is not None:
+                    for n in names_in_group:
+                        handles[n].release()
+                    return_freed_memory()
+                bar.update(len(names_in_group))
+        bar.close()
         return run

@@ -21,6 +21,8 @@ read-only) is skipped with one warning: the run goes on without caching.
 from __future__ import annotations
 
 import hashlib
+import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from saebench.io import (
     warn_once,
 )
 from saebench.models import SubjectModel
+from saebench.pipeline.stored import PrefixStates, open_states, save_states, write_states
 
 CACHE_VERSION = "2"  # bump when a cached quantity is computed differently
 ENTRY_FORMAT = "1"  # the metadata a cache entry carries (see the module docstring)
@@ -192,6 +195,12 @@ def save_entry(path: Path, what: str, key: str, tensors: dict[str, torch.Tensor]
         return False
 
 
+def _data_offset(fh: Any) -> int:
+    """Offset of the data section of the safetensors file open as ``fh`` (8 + header length)."""
+    fh.seek(0)
+    return 8 + struct.unpack("<Q", fh.read(8))[0]
+
+
 class ActivationPipeline:
     """Model passes for one (model, hook, token set), shared by every evaluator and SAE.
 
@@ -298,26 +307,68 @@ class ActivationPipeline:
         return tqdm(range(0, n, self.batch_size), desc=desc, disable=not self.progress, leave=False, unit="batch")
 
     # -- prefix states -------------------------------------------------------------------------
-    def states(self) -> torch.Tensor:
-        """Residual stream entering the hook's block, ``[n_seq, T, d_model]`` on CPU (cached)."""
+    def states(self) -> PrefixStates:
+        """Residual stream entering the hook's block, ``[n_seq, T, d_model]`` (cached on disk).
+
+        A :class:`~saebench.pipeline.stored.PrefixStates`: indexed like a tensor on its first
+        axis (``states[a:b]``, ``states[idx]``, ``states[idx, :end]``), each index reading only
+        those contexts from the cache file, so memory holds one batch of states at a time."""
         return self.shared("states", self._load_states)
 
-    def _load_states(self) -> torch.Tensor:
+    def _states_shape(self) -> tuple[int, ...]:
+        n, t = self.tokens.tokens.shape
+        return (int(n), int(t), self.model.d_model)
+
+    def _prefix_batches(self) -> Iterator[torch.Tensor]:
+        for s in self.batch_starts(f"prefix to {self.hook}"):
+            yield self.model.prefix(self.tokens.tokens[s : s + self.batch_size], self.site).cpu()
+            self.counters.prefix_batches += 1
+
+    def _load_states(self) -> PrefixStates:
         t0 = time.perf_counter()
         key = self.cache_key("states", self.tokens.fingerprint())
+        shape, dtype = self._states_shape(), self.model.dtype
+        path = self.cache_path("states", key)
+        if self.use_cache and str(path.parent) not in _UNWRITABLE:
+            found = open_states(path, key, shape, dtype)
+            if found is not None:
+                self.add_time("prefix_cached_s", t0)
+                return found
+            with file_lock(lock_path(path), f"cache entry {path.name}"):
+                # under the lock: another process may have written it while we waited
+                found = open_states(path, key, shape, dtype)
+                if found is None and path.exists():
+                    discard_entry(path, "damaged, stale, or of another shape")
+                if found is None:
+                    try:
+                        save_states(path, shape, dtype, key, self._prefix_batches())
+                        found = open_states(path, key, shape, dtype, verify=False)  # just written and fsynced
+                    except OSError as exc:
+                        _UNWRITABLE.add(str(path.parent))
+                        path.unlink(missing_ok=True)
+                        warn_once(
+                            f"cache-write:{path.parent}",
+                            f"cannot write the activation cache in {path.parent} ({exc.strerror}); holding prefix "
+                            "states in a temporary file (free space or set $SAEBENCH_CACHE to a larger disk)",
+                        )
+            if found is not None:
+                self.add_time("prefix_s", t0)
+                return found
+        states = self._temporary_states(key, shape, dtype)
+        self.add_time("prefix_s", t0)
+        return states
 
-        def compute() -> dict[str, torch.Tensor]:
-            out = []
-            for s in self.batch_starts(f"prefix to {self.hook}"):
-                out.append(self.model.prefix(self.tokens.tokens[s : s + self.batch_size], self.site).cpu())
-                self.counters.prefix_batches += 1
-            return {"states": torch.cat(out)}
-
-        found, cached = self.cached_tensors(
-            "states", key, compute, valid=lambda t: t["states"].shape[:2] == self.tokens.tokens.shape
-        )
-        self.add_time("prefix_cached_s" if cached else "prefix_s", t0)
-        return found["states"]
+    def _temporary_states(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> PrefixStates:
+        """States in an anonymous temporary file (deleted when closed or the process dies) beside
+        the cache, or in memory when no file can be made there."""
+        try:
+            folder = cache_dir() / "activations"
+            folder.mkdir(parents=True, exist_ok=True)
+            fh = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - owned by PrefixStates
+        except OSError:
+            return PrefixStates.in_memory(torch.cat(list(self._prefix_batches())))
+        write_states(fh, shape, dtype, key, self._prefix_batches())
+        return PrefixStates(fh, _data_offset(fh), shape, dtype)
 
     def acts_batch(self, state: torch.Tensor) -> torch.Tensor:
         """Hook activations for a batch of prefix states (on the model's device)."""
