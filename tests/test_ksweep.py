@@ -19,7 +19,8 @@ def test_ksweep_on_the_reference_topk(model, cache_env):
     assert sweep["l0"] == pytest.approx([16, 32, 64, 128])
     assert at[16] > at[32]  # fewer latents than trained: worse reconstruction
     assert ks["fvu_k_div2"] == pytest.approx(at[16]) and ks["fvu_k_x2"] == pytest.approx(at[64])
-    u = run.results["reference"]["ksweep"].uncertainty["fvu_k_x2"]
+    (result,) = (r["ksweep"] for r in run.results.values())
+    u = result.uncertainty["fvu_k_x2"]
     assert u["ci_low"] <= ks["fvu_k_x2"] <= u["ci_high"]
     c = run.counters[HOOK]
     n_batches = SMALL["tokens"] // SMALL["ctx_len"] // SMALL["batch_size"]
@@ -31,4 +32,4 @@ def test_ksweep_skips_an_sae_without_k(model, tmp_path, cache_env):
     folder, _ = write_native(tmp_path / "relu", arch="relu", d_sae=64)
     run = evaluate(str(folder), model=model, evals=["ksweep"], progress=False, **SMALL)
     assert run.metrics["ksweep"]["fvu_k_x2"] is None
-    assert any("not TopK-like" in n for n in run.results["relu"]["ksweep"].notes)
+    assert any("not TopK-like" in n for n in next(iter(run.results.values()))["ksweep"].notes)
