@@ -67,7 +67,7 @@ def _load(pipe: ActivationPipeline, rows: list[list[int]], pos: list[int], key: 
     found, cached = pipe.cached_tensors(
         "positions", key, compute, valid=lambda t: t["acts"].shape[0] == len(rows), label=label
     )
-    pipe._time("positions_cached_s" if cached else "positions_forward_s", t0)
+    pipe.add_time("positions_cached_s" if cached else "positions_forward_s", t0)
     return PositionActs(found["acts"], key, cached)
 
 
