@@ -199,13 +199,14 @@ def tensors_digest(tensors: dict[str, Any]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
-        h.update(_tensor_head(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)))
+        h.update(tensor_head(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)))
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
-def _tensor_head(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+def tensor_head(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    """What :func:`tensors_digest` hashes before a tensor's bytes."""
     return f"{name}|{dtype}|{','.join(map(str, shape))}\n".encode()
 
 
@@ -287,7 +288,7 @@ def file_tensors_digest(path: Path, chunk_bytes: int = 64 << 20) -> str:
             sl = fh.get_slice(name)
             shape = tuple(sl.get_shape())
             dtype = _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype())
-            h.update(_tensor_head(name, dtype, shape))
+            h.update(tensor_head(name, dtype, shape))
             if not shape:
                 h.update(fh.get_tensor(name).reshape(-1).view(torch.uint8).numpy())
                 continue

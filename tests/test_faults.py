@@ -415,8 +415,9 @@ def test_names_become_one_safe_component(tmp_path, name):
     assert path.parent.parent == tmp_path and path.resolve().is_relative_to(tmp_path.resolve())
     from saebench.leaderboard import plot_names
 
-    for files in plot_names({(name, name, "cfg"): {}}, "LB").values():
-        assert all("/" not in f and not f.startswith(".") for f in files.values())
+    row = {"results": {"core": SimpleNamespace(details={"curves": {name: {}}})}}
+    for files in plot_names({(name, name, "cfg"): {name: row}}, "LB", []).values():
+        assert files and all("/" not in f and not f.startswith(".") for f in files.values())
 
 
 def test_long_names_stay_distinct():

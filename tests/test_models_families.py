@@ -164,7 +164,7 @@ def test_identity_sae_oracles_at_each_hook_kind(family_model, kind, tmp_path):
     core = run.metrics["core"]
     assert core["delta_ce"] == 0.0 and core["kl"] == 0.0
     assert core["fvu"] == 0.0 and core["ce_loss_score"] == pytest.approx(1.0, abs=1e-12)
-    assert core["ce_zero_ablation"] != core["ce_clean"]  # the ablation really changes the prediction
+    assert core["ce_loss_with_ablation"] != core["ce_loss_without_sae"]  # the ablation really changes the prediction
 
 
 def test_bfloat16_model_keeps_float64_statistics():
@@ -181,9 +181,10 @@ def test_bfloat16_model_keeps_float64_statistics():
         for p in sae.parameters():
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.2)
     st = splice_stats(pipe, {"topk": sae, "id": Identity(32)})
-    assert st["topk"].sq_err.dtype == torch.float64 and st["topk"].kl.dtype == torch.float64
-    assert float(st["id"].kl.abs().max()) == 0.0 and torch.equal(st["id"].ce_spliced, st["id"].ce_clean)
-    assert bool(torch.isfinite(st["topk"].ce_spliced).all()) and float(st["topk"].sq_err.sum()) > 0
+    top, ident = st["topk"].cols, st["id"].cols
+    assert top["sq_err"].dtype == torch.float64 and top["kl_spliced"].dtype == torch.float64
+    assert float(ident["kl_spliced"].abs().max()) == 0.0 and torch.equal(ident["ce_spliced"], ident["ce_clean"])
+    assert bool(torch.isfinite(top["ce_spliced"]).all()) and float(top["sq_err"].sum()) > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -196,4 +197,4 @@ def test_cuda_bfloat16_matches_cpu_float32():
     ref = evaluate(Identity(32), model=cpu, use_cache=False, **kw).metrics["core"]
     got = evaluate(Identity(32), model=gpu, device="cuda", dtype="bfloat16", use_cache=False, **kw).metrics["core"]
     assert got["delta_ce"] == 0.0 and got["kl"] == 0.0
-    assert got["ce_clean"] == pytest.approx(ref["ce_clean"], rel=2e-2)
+    assert got["ce_loss_without_sae"] == pytest.approx(ref["ce_loss_without_sae"], rel=2e-2)

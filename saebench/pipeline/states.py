@@ -49,10 +49,9 @@ from saebench.io import (
     warn_once,
 )
 from saebench.models import SubjectModel
-from saebench.pipeline.stored import PrefixStates, open_states, save_states, write_states
+from saebench.pipeline.stored import ENTRY_FORMAT, PrefixStates, open_states, save_states, write_states
 
 CACHE_VERSION = "2"  # bump when a cached quantity is computed differently
-ENTRY_FORMAT = "1"  # the metadata a cache entry carries (see the module docstring)
 _UNWRITABLE: set[str] = set()  # cache folders that failed a write: skipped for the rest of the process
 T = TypeVar("T")
 
@@ -346,11 +345,16 @@ class ActivationPipeline:
                     except OSError as exc:
                         _UNWRITABLE.add(str(path.parent))
                         path.unlink(missing_ok=True)
+                        full = is_out_of_space(exc)
                         warn_once(
                             f"cache-write:{path.parent}",
-                            f"cannot write the activation cache in {path.parent} ({exc.strerror}); holding prefix "
-                            "states in a temporary file (free space or set $SAEBENCH_CACHE to a larger disk)",
+                            f"cannot write the activation cache in {path.parent} ("
+                            + ("out of space" if full else str(exc.strerror))
+                            + f"); holding prefix states in {'memory' if full else 'a temporary file'} "
+                            "(free space or set $SAEBENCH_CACHE to a larger disk)",
                         )
+                        if full:  # a temporary file on the same disk would not fit either
+                            found = PrefixStates.in_memory(torch.cat(list(self._prefix_batches())))
             if found is not None:
                 self.add_time("prefix_s", t0)
                 return found
@@ -367,7 +371,11 @@ class ActivationPipeline:
             fh = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - owned by PrefixStates
         except OSError:
             return PrefixStates.in_memory(torch.cat(list(self._prefix_batches())))
-        write_states(fh, shape, dtype, key, self._prefix_batches())
+        try:
+            write_states(fh, shape, dtype, key, self._prefix_batches())
+        except OSError:  # the disk filled up under us: hold them in memory
+            fh.close()
+            return PrefixStates.in_memory(torch.cat(list(self._prefix_batches())))
         return PrefixStates(fh, _data_offset(fh), shape, dtype)
 
     def acts_batch(self, state: torch.Tensor) -> torch.Tensor:

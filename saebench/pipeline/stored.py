@@ -36,9 +36,10 @@ from typing import IO, Any
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.io import atomic_write
+from saebench.io import atomic_write, tensor_head
 
 TENSOR = "states"
+ENTRY_FORMAT = "1"  # the metadata every activation cache entry carries (see saebench.pipeline.states)
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 _FROM_NAME = {v: k for k, v in _DTYPES.items()}
 _HASH_CHUNK = 16 << 20
@@ -47,13 +48,21 @@ _HASH_CHUNK = 16 << 20
 def _header(shape: tuple[int, ...], dtype: torch.dtype, key: str, digest: str) -> bytes:
     """The safetensors header (8-byte length + JSON padded with spaces to a multiple of 8)."""
     nbytes = _nbytes(shape, dtype)
-    meta = {"saebench_key": key, "sha256": digest}
+    meta = {"saebench_entry": ENTRY_FORMAT, "what": TENSOR, "key": key, "sha256": digest}
     body = json.dumps(
         {TENSOR: {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [0, nbytes]}, "__metadata__": meta},
         separators=(",", ":"),
     ).encode()
     body += b" " * (-len(body) % 8)
     return struct.pack("<Q", len(body)) + body
+
+
+def _digest_start(shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+    """A SHA-256 fed what :func:`saebench.io.tensors_digest` hashes before the states' bytes, so the
+    entry's checksum is the one every cache entry carries (``verify_entry`` checks it too)."""
+    h = hashlib.sha256()
+    h.update(tensor_head(TENSOR, str(dtype).removeprefix("torch."), tuple(shape)))
+    return h
 
 
 def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
@@ -73,7 +82,7 @@ def write_states(fh: IO[bytes], shape: tuple[int, ...], dtype: torch.dtype, key:
     if dtype not in _DTYPES:
         raise SaebenchError(f"prefix states of dtype {dtype} cannot be cached; use --dtype float32/float16/bfloat16")
     fh.write(_header(shape, dtype, key, "0" * 64))
-    h = hashlib.sha256()
+    h = _digest_start(shape, dtype)
     rows = 0
     for b in batches:
         if tuple(b.shape[1:]) != tuple(shape[1:]) or b.dtype != dtype:
@@ -234,14 +243,15 @@ def open_states(
         offset = 8 + n
         nbytes = _nbytes(shape, dtype)
         ok = (
-            meta.get("saebench_key") == key
+            meta.get("saebench_entry") == ENTRY_FORMAT
+            and meta.get("key") == key
             and info["dtype"] == _DTYPES.get(dtype)
             and tuple(info["shape"]) == tuple(shape)
             and info["data_offsets"] == [0, nbytes]
             and os.fstat(fh.fileno()).st_size == offset + nbytes
         )
         if ok and verify:
-            h = hashlib.sha256()
+            h = _digest_start(shape, dtype)
             buf = bytearray(_HASH_CHUNK)
             view = memoryview(buf)
             while True:
