@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from conftest import HOOK, SMALL, write_native
@@ -48,7 +50,7 @@ def test_prefix_states_index_like_a_tensor(tmp_path):
     assert torch.equal(bf[idx], full.to(torch.bfloat16)[idx])
 
 
-def test_states_stream_from_the_cache_and_a_damaged_entry_is_recomputed(model, token_set, cache_env):
+def test_states_stream_from_the_cache_and_a_damaged_entry_is_recomputed(model, token_set, cache_env, caplog):
     pipe = ActivationPipeline(model, token_set, HOOK, SMALL["batch_size"], progress=False)
     states = pipe.states()
     assert isinstance(states, PrefixStates) and states.path  # backed by the cache file, not held in memory
@@ -61,8 +63,9 @@ def test_states_stream_from_the_cache_and_a_damaged_entry_is_recomputed(model, t
     data[len(data) // 2] ^= 0x10  # damaged in the middle of the data section, header intact
     files[0].write_bytes(bytes(data))
     again = ActivationPipeline(model, token_set, HOOK, SMALL["batch_size"], progress=False)
-    with pytest.warns(UserWarning, match="damaged or stale"):
+    with caplog.at_level(logging.WARNING, logger="saebench"):
         fresh = again.states()
+    assert "is unusable (damaged, stale, or of another shape); deleted, recomputing it" in caplog.text
     assert again.counters.prefix_batches == len(token_set.tokens) // SMALL["batch_size"]  # recomputed
     assert torch.equal(fresh.tensor(), ref)
     warm = ActivationPipeline(model, token_set, HOOK, SMALL["batch_size"], progress=False)
