@@ -239,13 +239,23 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _hf_folder() -> Path:
-    """The dequantized transformers folder of the embedded model, built once and cached."""
+def _hf_folder_path() -> Path:
     import transformers
 
     major = transformers.__version__.split(".")[0]
-    folder = cache_dir() / "models" / f"smollm2-135m-instruct-fp32-tf{major}"
-    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+    return cache_dir() / "models" / f"smollm2-135m-instruct-fp32-tf{major}"
+
+
+def embedded_hf_ready() -> bool:
+    """Whether the dequantized transformers folder of the embedded model is already cached."""
+    folder = _hf_folder_path()
+    return (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def _hf_folder() -> Path:
+    """The dequantized transformers folder of the embedded model, built once and cached."""
+    folder = _hf_folder_path()
+    if embedded_hf_ready():
         return folder
     gguf = embedded_gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer
