@@ -2,7 +2,9 @@
 OpenAI-compatible server (``transformers serve`` on the embedded SmolLM2 folder, 127.0.0.1 only).
 
 The server's explanations are weak (135M parameters); these tests check prompts, parsing, caching,
-retries, budget and error paths, not explanation quality. Completions are kept few (~2 s each).
+retries, budget and error paths, not explanation quality (tests/test_autointerp_planted.py does
+that). Completions are kept few (~2 s each). The log-probability scorers, the in-process scorer
+and hostile endpoints are in tests/test_autointerp_logprob.py.
 """
 
 from __future__ import annotations
@@ -160,6 +162,10 @@ def test_llm_flags_map_onto_the_evaluator_config():
     cfg = AutointerpConfig.for_profile("quick", **_eval_config(a)["autointerp"])
     assert (cfg.base_url, cfg.explainer_model, cfg.scorer_model) == ("http://127.0.0.1:1/v1", "ex", "sc")
     assert (cfg.concurrency, cfg.max_tokens_budget, cfg.scores, cfg.n_latents) == (3, 500, ["detection"], 8)
+    default = AutointerpConfig.for_profile(
+        "quick", **_eval_config(build_parser().parse_args(["run"])).get("autointerp", {})
+    )
+    assert default.base_url == "embedded"  # no flags: offline
 
 
 # -- a real server -----------------------------------------------------------------------------
@@ -348,6 +354,49 @@ def test_budget_stop_keeps_what_is_done(llm_server, tmp_path):
         c.chat(llm_server.model, [{"role": "user", "content": "another"}], 4)
 
 
+def test_judge_scoring_on_an_endpoint_without_logprobs_is_one_line(llm_server, tmp_path):
+    """``transformers serve`` 5.x ignores logprobs/top_logprobs: refused in preflight, naming the URL."""
+    from saebench.evaluators.autointerp import AutointerpConfig, AutointerpEvaluator
+
+    cfg = AutointerpConfig(base_url=llm_server.url, explainer_model=llm_server.model, cache=False)
+    with pytest.raises(SaebenchError) as err:
+        AutointerpEvaluator().preflight(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and llm_server.url in msg and "no log-probabilities" in msg and "scoring=text" in msg
+
+
+def test_hosted_explainer_with_the_embedded_scorer(llm_server, cache_env, tmp_path):
+    """Explanations from an endpoint (chat completions), scores in process: both named in the result."""
+    import saebench
+
+    cfg = {
+        "autointerp": {
+            "base_url": llm_server.url,
+            "explainer_model": llm_server.model,
+            "scorer_base_url": "embedded",
+            "n_latents": 2,
+            "n_top_explain": 2,
+            "n_sampled_explain": 1,
+            "n_top_score": 1,
+            "n_sampled_score": 1,
+            "n_random_score": 2,
+            "n_random_simulation": 1,
+            "n_random_fuzz": 1,
+            "window": 2,
+            "max_tokens_explanation": 16,
+        }
+    }
+    kw = {"evals": ["autointerp"], "tokens": 1024, "ctx_len": 32, "batch_size": 8, "progress": False}
+    run = saebench.evaluate("reference", eval_config=cfg, **kw)
+    m, d = run.metrics["autointerp"], run.details["autointerp"]
+    assert d["explainer"] == f"llm: {llm_server.model} at {llm_server.url}"
+    assert d["scorer"].startswith("embedded smollm2-135m-instruct in process (surprisal")
+    assert d["usage"]["requests"] >= 1 and d["embedded_usage"]["prompts"] > 0
+    scored = [r for r in d["latents"] if r["status"] == "scored"]
+    assert scored and all(isinstance(r["fuzzing"], dict) for r in scored)
+    assert m["n_latents_run"] + m["n_skipped_few_examples"] == 2
+
+
 def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_path):
     import saebench
 
@@ -355,6 +404,7 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
         "autointerp": {
             "base_url": llm_server.url,
             "explainer_model": llm_server.model,
+            "scoring": "text",
             "n_latents": 2,
             "n_top_explain": 2,
             "n_sampled_explain": 1,
@@ -381,6 +431,7 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
     json.dumps(m, allow_nan=False)  # undefined values are null, never NaN
     assert m["n_latents_sampled"] == 2 and m["n_latents_run"] + m["n_skipped_few_examples"] == 2
     assert m["usage"]["requests"] >= 1 and m["usage"]["prompt_tokens"] > 0
+    assert m["scores"] == ["detection", "simulation"] and m["scorer"].endswith("(free text: parsed replies)")
     for row in m["latents"]:
         assert row["status"] in ("scored", "unparseable")
         if row["status"] == "scored":
