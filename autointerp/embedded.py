@@ -43,8 +43,8 @@ EMBEDDED = "embedded"
 class EmbeddedUsage:
     """What the in-process scorer did: prompts scored, cache hits, tokens and forward calls."""
 
-    prompts: int = 0
-    cached: int = 0
+    prompts: int = 0  # questions answered by running the model (a branch row: one per branch)
+    cached: int = 0  # questions answered from the on-disk cache (same unit)
     prompt_tokens: int = 0  # tokens of the scored prompts (what an endpoint would bill)
     computed_tokens: int = 0  # tokens actually run through the model (shared prefixes once)
     forward_calls: int = 0
@@ -231,7 +231,9 @@ class EmbeddedScorer:
         for c, p, b in items:
             req = {"model": self.model_id, "kind": "branches", "context": c, "pieces": list(p), "branches": b}
             reqs.append((req, (c, list(p), [list(x) for x in b])))
-        got = self._cached_run(reqs, "token_logprobs", encode, compute, lambda v: [float(x) for x in v])
+        got = self._cached_run(
+            reqs, "token_logprobs", encode, compute, lambda v: [float(x) for x in v], lambda it: max(1, len(it[2]))
+        )
         return [[None if not math.isfinite(v) else v for v in vals] for vals in got]
 
     # -- internals ----------------------------------------------------------------------------
@@ -255,33 +257,37 @@ class EmbeddedScorer:
         logp = torch.log_softmax(self.model.lm_head(h).float(), dim=-1)
         return logp[torch.arange(len(targets)), torch.tensor(targets)].tolist()
 
-    def _cached_run(self, items: list[tuple[dict[str, Any], Any]], field_name: str, encode, compute, load) -> list[Any]:
+    def _cached_run(
+        self, items: list[tuple[dict[str, Any], Any]], field_name: str, encode, compute, load, questions=None
+    ) -> list[Any]:
         """Cache lookups, then batched forwards for the misses (sorted so shared prefixes are neighbours).
 
         ``encode(item) -> _Row``; ``compute(row, hidden, n)`` turns the row's suffix hidden states
-        (``[S, d]``, the shared prefix of length ``n`` excluded) into its value.
+        (``[S, d]``, the shared prefix of length ``n`` excluded) into its value. ``questions(item)``
+        is how many prompts an item stands for (a branch row: one per branch; default 1), the unit of
+        both ``usage.prompts`` and ``usage.cached``.
         """
-        with self._lock:
+        questions = questions or (lambda item: 1)
+        with self._lock, torch.no_grad():
             t0 = time.perf_counter()
             out: list[Any] = [None] * len(items)
-            todo: list[tuple[int, _Row, dict[str, Any]]] = []
+            todo: list[tuple[int, _Row, dict[str, Any], int]] = []
             for i, (req, item) in enumerate(items):
                 hit = self.cache.get(req) if self.cache is not None else None
                 if hit is not None and isinstance(hit.get(field_name), list):
                     out[i] = load(hit[field_name])
-                    self.usage.cached += 1
+                    self.usage.cached += questions(item)
                     continue
-                todo.append((i, encode(item), req))
+                todo.append((i, encode(item), req, questions(item)))
             todo.sort(key=lambda r: r[1].trunk)
             for b in range(0, len(todo), self.batch_size):
                 chunk = todo[b : b + self.batch_size]
-                rows = [r for _, r, _ in chunk]
+                rows = [r for _, r, _, _ in chunk]
                 hidden, n = self._suffix_hidden(rows)
-                for j, (i, row, req) in enumerate(chunk):
+                for j, (i, row, req, q) in enumerate(chunk):
                     v = compute(row, hidden[j], n)
                     out[i] = v
-                    # a branch is one question: count it as the prompt it stands for
-                    self.usage.prompts += max(1, len(row.branches))
+                    self.usage.prompts += q  # a branch is one question: count it as the prompt it stands for
                     self.usage.prompt_tokens += (
                         sum(pt + len(t) for pt, t in row.branches) if row.branches else len(row.trunk)
                     )

@@ -273,11 +273,13 @@ def run_latents(
     st: EngineSettings,
     progress: Callable[[int], None] | None = None,
     scorer: Any = None,
+    text_client: LLMClient | None = None,
 ) -> list[dict[str, Any]]:
     """Explain and score every latent; results in input order.
 
-    LLM requests run up to ``st.concurrency`` latents at a time. ``scorer`` is the log-probability
-    backend for ``judge`` / ``surprisal`` scoring (see :func:`score_logprob`).
+    ``client`` explains (the LLM explainer); LLM requests run up to ``st.concurrency`` latents at a
+    time. ``scorer`` is the log-probability backend for ``judge`` / ``surprisal`` scoring (see
+    :func:`score_logprob`); ``text_client`` the free-text scorer's endpoint (default: ``client``).
     """
     if not latents:
         return []
@@ -288,12 +290,13 @@ def run_latents(
     else:
         rows = [explain_latent(client, d, st) for d in latents]
     if st.scoring == "text":
-        assert client is not None, "text scoring needs a client"
+        text = text_client or client
+        assert text is not None, "text scoring needs a client"
 
         def one(pair: tuple[LatentData, dict[str, Any]]) -> dict[str, Any]:
             d, row = pair
             if row["explanation"] is not None and row["status"] == "scored":
-                score_text(client, d, row, st)
+                score_text(text, d, row, st)
             if progress is not None:
                 progress(1)
             return row

@@ -91,9 +91,11 @@ def _add_run(sub: Any) -> None:
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or table (for CI)")
-    g = p.add_argument_group("autointerp (--evals autointerp; any OpenAI-compatible endpoint)")
+    g = p.add_argument_group("autointerp (--evals autointerp; offline by default, or any OpenAI-compatible endpoint)")
     g.add_argument(
-        "--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: https://api.openai.com/v1)"
+        "--llm-base-url",
+        help="endpoint that explains and scores, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1 "
+        "(default: embedded = offline: top-tokens explainer, in-process SmolLM2 scorer; see docs/autointerp.md)",
     )
     g.add_argument(
         "--llm-model", help="explainer model (default: gpt-4o-mini); also the scorer unless --llm-scorer-model"

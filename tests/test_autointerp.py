@@ -414,7 +414,11 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
             "n_random_simulation": 1,
             "window": 2,
             "concurrency": 2,
+            # room for a well-formed reply (at most 4 example numbers; 15 activations), no more: the
+            # 135M server rambles to the cap, and each token costs ~0.1 s on CPU
             "max_tokens_explanation": 24,
+            "max_tokens_detection": 16,
+            "max_tokens_simulation": 48,
         }
     }
     kw = {
@@ -450,3 +454,50 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
         return out
 
     assert same(again) == same(m)
+
+
+# -- offline (no flags): top-tokens explainer, in-process scorer --------------------------------
+
+TINY = {
+    "n_latents": 2,
+    "n_top_explain": 2,
+    "n_sampled_explain": 1,
+    "n_top_score": 1,
+    "n_sampled_score": 1,
+    "n_random_score": 2,
+    "n_random_simulation": 1,
+    "n_random_fuzz": 1,
+    "window": 2,
+}
+
+
+def test_offline_default_scores_end_to_end_and_a_rerun_computes_nothing(model, cache_env):
+    """No endpoint: real detection, fuzzing and simulation scores; each run's scorer counts only its own
+    work (the model is loaded once per process and shared), so a cached rerun reports zero tokens run."""
+    import saebench
+    from saebench.evaluators.autointerp import AutointerpConfig, embedded_scorer
+
+    kw = {"model": model, "evals": ["autointerp"], "tokens": 1024, "ctx_len": 32, "batch_size": 8, "progress": False}
+    first = saebench.evaluate("reference", eval_config={"autointerp": TINY}, **kw)
+    res = next(iter(first.results.values()))["autointerp"]
+    m, d = res.metrics, res.details
+    json.dumps({**m, **d}, allow_nan=False)
+    assert d["explainer"].startswith("top-tokens") and d["base_url"] == "embedded"
+    assert d["scorer"].startswith("embedded smollm2-135m-instruct in process (surprisal")
+    assert m["n_latents_run"] >= 1 and m["n_latents_run"] + m["n_skipped_few_examples"] == 2
+    for k in ("detection_auroc", "fuzzing_auroc", "simulation_r"):
+        assert m[k] is not None and math.isfinite(m[k]), k  # real scores, not unparseable
+    assert m["n_unparseable_detection"] == m["n_unparseable_simulation"] == m["n_failed"] == 0
+    assert m["requests_per_latent"] is None and d["usage"]["requests"] == 0  # no endpoint was asked anything
+    eu = d["embedded_usage"]
+    assert eu["prompts"] > 0 and eu["computed_tokens"] > 0 and eu["cached_prompts"] == 0
+    assert set(res.timing) >= {"examples_s", "scorer_load_s", "llm_s"}
+
+    again = saebench.evaluate("reference", force=True, eval_config={"autointerp": TINY}, **kw)
+    res2 = next(iter(again.results.values()))["autointerp"]
+    eu2 = res2.details["embedded_usage"]
+    assert eu2["computed_tokens"] == 0 and eu2["forward_calls"] == 0 and eu2["cached_prompts"] == eu["prompts"]
+    for k in ("detection_auroc", "fuzzing_auroc", "simulation_r"):
+        assert res2.metrics[k] == m[k], k
+    a, b = embedded_scorer(AutointerpConfig()), embedded_scorer(AutointerpConfig())
+    assert a is not b and a.model is b.model and b.usage.prompts == 0  # one model, a fresh scorer per run

@@ -173,6 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         mode = self.path.strip("/").split("/")[0]
         srv.hits[mode] = srv.hits.get(mode, 0) + 1
+        srv.systems.setdefault(mode, []).append(req["messages"][0]["content"])
         if mode == "flaky" and srv.hits[mode] % 2 == 1:
             mode = "nonjson"
         if mode == "nonjson":
@@ -204,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
 def endpoint(hf):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
-    srv.scorer, srv.hits = _scorer(hf, top_k=20), {}
+    srv.scorer, srv.hits, srv.systems = _scorer(hf, top_k=20), {}, {}
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}", srv
     srv.shutdown()
@@ -235,6 +236,47 @@ def test_endpoint_judge_round_trip_equals_the_in_process_judge(hf, endpoint):
     n_items = len(latent_cases(_latent(), 0).detect) + len(latent_cases(_latent(), 0).fuzz) + 6
     assert client.usage.requests == n_items + 1 and client.usage.completion_tokens == n_items + 1
     assert client.usage.malformed_replies == 0 and client.usage.prompt_tokens > 0
+
+
+def test_free_text_scoring_asks_the_scorer_endpoint_and_explaining_the_explainer(endpoint, model, cache_env):
+    """``scorer_base_url`` with ``scoring=text``: every explanation request goes to the explainer's
+    endpoint, every detection / simulation request to the scorer's (none crosses over)."""
+    import saebench
+    from saebench.autointerp.prompts import EXPLAIN_SYSTEM
+
+    url, srv = endpoint
+    cfg = {
+        "base_url": f"{url}/explain/v1",
+        "scorer_base_url": f"{url}/score/v1",
+        "explainer_model": "ex",
+        "scorer_model": "sc",
+        "scoring": "text",
+        "n_latents": 2,
+        "n_top_explain": 2,
+        "n_sampled_explain": 1,
+        "n_top_score": 1,
+        "n_sampled_score": 1,
+        "n_random_score": 1,
+        "n_random_simulation": 1,
+        "window": 2,
+        "max_retries": 0,
+    }
+    kw = {"model": model, "evals": ["autointerp"], "tokens": 1024, "ctx_len": 32, "batch_size": 8, "progress": False}
+    run = saebench.evaluate("reference", eval_config={"autointerp": cfg}, **kw)
+    res = next(iter(run.results.values()))["autointerp"]
+    assert res.details["explainer"] == f"llm: ex at {url}/explain/v1"
+    assert res.details["scorer"] == f"sc at {url}/score/v1 (free text: parsed replies)"
+    scored = [r for r in res.details["latents"] if r["status"] == "scored"]
+    assert scored, res.details["latents"]  # one-token replies parse as explanations
+    assert set(srv.systems["explain"]) == {EXPLAIN_SYSTEM}
+    assert len(srv.systems["explain"]) >= res.metrics["n_latents_run"]
+    detect, simulate = "You are testing an explanation of a latent", "You simulate a latent"
+    assert srv.systems.get("score") and all(s.startswith((detect, simulate)) for s in srv.systems["score"])
+    assert any(s.startswith(detect) for s in srv.systems["score"])
+    assert any(s.startswith(simulate) for s in srv.systems["score"])
+    assert res.metrics["requests_per_latent"] == pytest.approx(
+        (len(srv.systems["explain"]) + len(srv.systems["score"])) / res.metrics["n_latents_run"], abs=1e-3
+    )
 
 
 @pytest.mark.parametrize("mode", ["nonjson", "binary", "html", "schema"])

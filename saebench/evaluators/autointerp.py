@@ -333,22 +333,28 @@ def llm_client(cfg: AutointerpConfig, base_url: str | None = None) -> Any:
     return LLMClient(settings)
 
 
-_EMBEDDED_SCORERS: dict[tuple[Any, ...], Any] = {}
+_EMBEDDED_MODEL: list[Any] = []  # (model, tokenizer, model id), loaded once per process
 
 
 def embedded_scorer(cfg: AutointerpConfig) -> Any:
-    """The in-process scorer (loaded once per process and shared by every SAE of a run)."""
+    """A fresh in-process scorer (its own usage counters) on the embedded model, which is loaded once
+    per process and shared by every SAE of a run and every run of a session."""
     from saebench.autointerp.embedded import EmbeddedScorer
     from saebench.io import cache_dir
+    from saebench.models import _hf_folder, load_embedded_hf
 
-    key = (cfg.top_logprobs, cfg.embedded_batch_size, cfg.cache, str(cache_dir()))
-    if key not in _EMBEDDED_SCORERS:
-        _EMBEDDED_SCORERS[key] = EmbeddedScorer(
-            top_k=cfg.top_logprobs,
-            batch_size=cfg.embedded_batch_size,
-            cache_dir=(cache_dir() / "autointerp") if cfg.cache else None,
-        )
-    return _EMBEDDED_SCORERS[key]
+    if not _EMBEDDED_MODEL:
+        model, tok = load_embedded_hf()
+        _EMBEDDED_MODEL.extend([model, tok, f"{EMBEDDED}:{_hf_folder().name}"])
+    model, tok, model_id = _EMBEDDED_MODEL
+    return EmbeddedScorer(
+        top_k=cfg.top_logprobs,
+        batch_size=cfg.embedded_batch_size,
+        cache_dir=(cache_dir() / "autointerp") if cfg.cache else None,
+        model=model,
+        tokenizer=tok,
+        model_id=model_id,
+    )
 
 
 def build_latent_data(ex: Any, cfg: AutointerpConfig, decode: Any, seed: int) -> Any | None:
@@ -598,14 +604,14 @@ class AutointerpEvaluator:
             seed=seed,
         )
         scorer: Any = None
-        emb_before: dict[str, Any] = {}
+        t0 = time.perf_counter()
         if setup.embedded:
             scorer = embedded_scorer(cfg)
-            emb_before = scorer.usage.as_dict()
         elif setup.scoring == "judge":
             scorer = EndpointJudge(scorer_client, st.scorer_model, cfg.top_logprobs, cfg.concurrency)
+        t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rows = run_latents(scorer_client if setup.scoring == "text" else explainer_client, data, st, scorer=scorer)
+        rows = run_latents(explainer_client, data, st, scorer=scorer, text_client=scorer_client)
         t_llm = time.perf_counter() - t0
         summary = summarize(rows)
         budget_hit = summary["n_not_run_budget"] + summary["n_partial_budget"] > 0
@@ -619,10 +625,7 @@ class AutointerpEvaluator:
             ctx.notes.append(f"autointerp: {summary['n_failed']} latent(s) failed after retries (first: {first})")
         clients = [c for c in (explainer_client, scorer_client) if c is not None]
         usage = _merge_usage([c.usage.as_dict() for c in dict.fromkeys(clients)])
-        embedded_usage = None
-        if setup.embedded:
-            after = scorer.usage.as_dict()
-            embedded_usage = {k: round(after[k] - emb_before[k], 3) for k in after}
+        embedded_usage = scorer.usage.as_dict() if setup.embedded else None
         samples = Samples("latent", [ctx.latent_id(r["latent"]) for r in rows], latent_columns(rows))
         estimated = set(latent_columns([]))
         metrics = {
@@ -653,7 +656,10 @@ class AutointerpEvaluator:
             "latents": rows,
         }
         return EvalOutput(
-            metrics, details, samples={"latent": samples}, timing={"examples_s": t_examples, "llm_s": t_llm}
+            metrics,
+            details,
+            samples={"latent": samples},
+            timing={"examples_s": t_examples, "scorer_load_s": t_load, "llm_s": t_llm},
         )
 
 
