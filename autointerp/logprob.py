@@ -21,10 +21,11 @@ yes/no instructions (measured on SmolLM2-135M: judge AUROCs at chance whatever t
 see docs/autointerp.md), but it does use a description in its context to predict text, and it
 learns from two demonstrations that the token after an opening mark ``<<`` is one the feature
 fires on. The prompt is those demonstrations, then ``Fires on: <explanation>`` and the example.
-The *gain* of token t is the log-likelihood ratio of "the explanation" against a null
-explanation ("something", same prompt) for that token as a marked (firing) token:
+The *gain* of token t is the log-likelihood ratio of "the explanation" against null
+explanations (``NULL_EXPLANATIONS``, same prompt; their probabilities averaged) for that token as
+a marked (firing) token:
 
-    G_t = log P(x_t | explanation, x_<t, "<<") - log P(x_t | null, x_<t, "<<")
+    G_t = log P(x_t | explanation, x_<t, "<<") - log mean_null P(x_t | null, x_<t, "<<")
 
 (one continuation per position; all positions of an example share their prefix, which the
 in-process scorer runs once). A good explanation raises exactly the tokens the latent fires on;

@@ -9,12 +9,16 @@ offline scorer (the embedded SmolLM2-135M in process, surprisal method).
   explanation can describe.
 
 The margins come from the measurement (OMP_NUM_THREADS=1, these sizes; docs/autointerp.md has the
-table): true explanations scored detection AUROC 0.9-1.0 and fuzzing AUROC 0.8-1.0, wrong ones and
-the hashed latents 0.2-0.76. Under the null hypothesis (a scorer that ignores the explanation) one
-latent's AUROC with 5 positives and 5 negatives has standard deviation sqrt((5+5+1)/(12*5*5)) = 0.19,
-so a mean over two latents has 0.14 and over four 0.10: ">= 0.8" for two true explanations is 2.2
-null SDs above chance (and below every measured value), "within 0.5 +- 0.3" for the two wrong
-ones 2.2 SDs, "within 0.5 +- 0.25" for the four hashed latents 2.5 SDs.
+per-latent table): true explanations (both runs) scored detection AUROC 0.80-1.0, fuzzing 0.94-1.0 and
+simulation r 0.58-0.90; wrong ones 0.57-0.60 and r 0.05; the hashed latents detection 0.36-0.88
+(mean 0.63), fuzzing 0.40-0.49, r -0.17-0.02. Under the null hypothesis (a scorer that ignores the
+explanation) one latent's AUROC with 5 positives and 5 negatives has standard deviation
+sqrt((5+5+1)/(12*5*5)) = 0.19, so a mean over two latents has 0.14 and over four 0.10: ">= 0.8" for
+two true explanations is 2.2 null SDs above chance (and below every measured mean), "within 0.5 +-
+0.3" for the two wrong ones 2.2 SDs, "within 0.5 +- 0.25" for the four hashed latents 2.5 SDs.
+
+The given true explanations are the baseline explainer's own phrasing, so the baseline run (same
+latents, same examples where the sample coincides) is answered mostly from the shared cache.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ def planted_runs(model, tmp_path_factory):
         planted = Planted(model.model.W_E.detach(), [the, and_, the, and_])
         kw = {"model": model, "evals": ["autointerp"], "tokens": 4096, "ctx_len": 64, "progress": False}
         kw["batch_size"] = SMALL["batch_size"]
-        given = {0: 'the word "the"', 1: 'the word "and"', 2: WRONG, 3: WRONG}
+        given = {0: 'the token "the"', 1: 'the token "and"', 2: WRONG, 3: WRONG}
         explained = saebench.evaluate(
             planted, name="planted", eval_config={"autointerp": {**SIZES, "explanations": given}}, **kw
         )
@@ -165,6 +169,8 @@ def test_baseline_explainer_finds_the_planted_token_and_random_latents_stay_at_c
     assert planted[0]["explanation"] == 'the token "the"'
     assert planted[1]["explanation"] == 'the token "and"'
     assert _mean(planted, [0, 1], "fuzzing", "auroc") >= 0.8
+    usage = baseline.results["planted"]["autointerp"].details["embedded_usage"]
+    assert usage["cached_prompts"] > usage["prompts"]  # the same questions as the given run: cached by content
     for kind in ("detection", "fuzzing"):
         assert abs(_mean(hashed, [0, 1, 2, 3], kind, "auroc") - 0.5) <= 0.25, kind
     assert abs(_mean(hashed, [0, 1, 2, 3], "simulation", "r")) <= 0.3
