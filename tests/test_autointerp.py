@@ -166,6 +166,11 @@ def test_llm_flags_map_onto_the_evaluator_config():
         "quick", **_eval_config(build_parser().parse_args(["run"])).get("autointerp", {})
     )
     assert default.base_url == "embedded"  # no flags: offline
+    hosted = _eval_config(build_parser().parse_args(["run", "--llm-model", "gpt-4o-mini", "--llm-max-cost", "2"]))
+    assert hosted["autointerp"]["base_url"] == "https://api.openai.com/v1"  # not silently offline
+    assert "base_url" not in _eval_config(build_parser().parse_args(["run", "--llm-concurrency", "2"]))["autointerp"]
+    split = ["run", "--llm-scorer-model", "sc", "--set", "autointerp.scorer_base_url=http://127.0.0.1:1/v1"]
+    assert "base_url" not in _eval_config(build_parser().parse_args(split))["autointerp"]  # offline explainer
 
 
 # -- a real server -----------------------------------------------------------------------------
