@@ -486,7 +486,12 @@ METRICS = (
         "detection_balanced_accuracy",
         "mean detection balanced accuracy (judge: at P(yes) = 0.5; text: of the named examples; surprisal: None)",
     ),
-    _score_metric("detection_accuracy", "mean detection accuracy (free-text scorer)"),
+    _score_metric(
+        "detection_accuracy",
+        "mean detection accuracy, the fraction of scoring examples classified correctly (free-text scorer only; "
+        "SAEBench's per-latent score: with --profile paper, scoring=text and gpt-4o-mini this is the counterpart "
+        "of SAEBench's autointerp_score, see docs/autointerp.md)",
+    ),
     _score_metric("detection_precision", "mean detection precision (free-text scorer)"),
     _score_metric("detection_recall", "mean detection recall (free-text scorer)"),
     Metric("n_detection_scored", "latents with a detection score"),
