@@ -11,7 +11,17 @@ on-disk response cache, retries with backoff, token/cost accounting and a budget
   raise :class:`BudgetExhausted` and the caller stops cleanly, keeping what is done. Up to
   ``concurrency`` requests already in flight may finish past the limit.
 - Preflight: :meth:`LLMClient.check` refuses a remote endpoint without a key and an unreachable
-  endpoint with one line naming the URL, before any work is spent.
+  endpoint with one line naming the URL, before any work is spent; :meth:`LLMClient.check_logprobs`
+  refuses, in one line, an endpoint whose replies carry no log-probabilities.
+- Malformed replies (a 200 whose body is not JSON, not UTF-8, HTML, or JSON without the chat
+  completion's ``choices[0].message``): counted (``malformed_replies``) and retried like a server
+  error; when a request still gets none after its retries and the endpoint has never answered
+  sensibly in this run, the run stops with one line naming the URL (every request would fail the
+  same way); once it has answered well, a later malformed streak fails only that latent.
+- Log-probabilities (:meth:`LLMClient.chat_logprobs`): ``max_tokens=1, logprobs=true,
+  top_logprobs=k`` (OpenAI, vLLM: ``choices[0].logprobs.content[0].top_logprobs``, k <= 20). A
+  well-formed reply without them (``transformers serve`` 5.x ignores both fields) is an error
+  naming the URL and the alternatives, never a silent score.
 """
 
 from __future__ import annotations
@@ -37,6 +47,10 @@ class BudgetExhausted(Exception):
 
 class RequestFailed(Exception):
     """A request failed after its retries (or with a non-retryable error)."""
+
+
+class MalformedReply(Exception):
+    """The endpoint answered, but not with an OpenAI chat completion (retried, counted)."""
 
 
 @dataclass
@@ -65,6 +79,7 @@ class Usage:
     cached: int = 0
     retries: int = 0
     failed_requests: int = 0
+    malformed_replies: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -87,6 +102,7 @@ class Usage:
             "cached_requests": self.cached,
             "retries": self.retries,
             "failed_requests": self.failed_requests,
+            "malformed_replies": self.malformed_replies,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
@@ -164,7 +180,9 @@ class LLMClient:
             return self._exhausted
 
     # -- requests ---------------------------------------------------------------------------
-    def request(self, model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+    def request(
+        self, model: str, messages: list[dict[str, str]], max_tokens: int, top_logprobs: int | None = None
+    ) -> dict[str, Any]:
         """The canonical request dict (what is sent and what keys the cache)."""
         req: dict[str, Any] = {
             "model": model,
@@ -174,6 +192,9 @@ class LLMClient:
         }
         if self.settings.seed is not None:
             req["seed"] = self.settings.seed
+        if top_logprobs is not None:
+            req["logprobs"] = True
+            req["top_logprobs"] = int(top_logprobs)
         return req
 
     def chat(self, model: str, messages: list[dict[str, str]], max_tokens: int) -> str:
@@ -189,12 +210,46 @@ class LLMClient:
                 return str(hit["content"])
         if self.exhausted():
             raise BudgetExhausted("budget spent")
-        content, usage = self._send(req)
+        content, usage, _ = self._send(req)
         if self.cache is not None:
             self.cache.put(req, content, usage)
         return content
 
-    def _send(self, req: dict[str, Any]) -> tuple[str, dict[str, int]]:
+    def chat_logprobs(self, model: str, messages: list[dict[str, str]], top_k: int = 20) -> list[tuple[str, float]]:
+        """The ``top_k`` candidates for the first reply token with their log-probabilities (cached)."""
+        req = self.request(model, messages, 1, top_logprobs=top_k)
+        if self.cache is not None:
+            hit = self.cache.get(req)
+            if hit is not None and isinstance(hit.get("top_logprobs"), list):
+                with self._lock:
+                    self.usage.cached += 1
+                    self.usage.cached_prompt_tokens += int(hit.get("usage", {}).get("prompt_tokens", 0))
+                    self.usage.cached_completion_tokens += int(hit.get("usage", {}).get("completion_tokens", 0))
+                return [(str(t), float(lp)) for t, lp in hit["top_logprobs"]]
+        if self.exhausted():
+            raise BudgetExhausted("budget spent")
+        content, usage, top = self._send(req)
+        if top is None:
+            raise SaebenchError(
+                f"LLM endpoint {self.settings.base_url} returned no log-probabilities for model {model} (it ignores "
+                "logprobs/top_logprobs, as transformers serve does); use one that returns them (vLLM, OpenAI), "
+                "--llm-base-url embedded, or --set autointerp.scoring=text"
+            )
+        if self.cache is not None:
+            self.cache.put(req, content, usage, top_logprobs=top)
+        return top
+
+    def check_logprobs(self, model: str, top_k: int = 20) -> None:
+        """Preflight: one (cached) one-token request; refuses an endpoint that returns no log-probabilities."""
+        try:
+            self.chat_logprobs(model, [{"role": "user", "content": "Reply Yes or No: is water wet?"}], top_k)
+        except RequestFailed as exc:
+            raise SaebenchError(
+                f"LLM endpoint {self.settings.base_url} refused a log-probability request for model {model} ({exc}); "
+                "use an endpoint that returns logprobs, --llm-base-url embedded, or --set autointerp.scoring=text"
+            ) from exc
+
+    def _send(self, req: dict[str, Any]) -> tuple[str, dict[str, int], list[tuple[str, float]] | None]:
         import openai
 
         s = self.settings
@@ -222,23 +277,44 @@ class LLMClient:
                 with self._lock:
                     self.usage.failed_requests += 1
                 raise RequestFailed(f"HTTP {exc.status_code}: {_short(exc)}") from exc
+            except (ValueError, TypeError, AttributeError, KeyError, openai.APIResponseValidationError) as exc:
+                # a 200 whose body is not a chat completion: non-JSON (JSONDecodeError), non-UTF-8
+                # (UnicodeDecodeError), or JSON the client could not read (pydantic's ValidationError)
+                last = MalformedReply(f"unreadable body ({type(exc).__name__}: {_short(exc)})")
+                with self._lock:
+                    self.usage.malformed_replies += 1
+                self._sleep(attempt, exc)
+                continue
             finally:
                 with self._lock:
                     self.usage.wall_s += time.perf_counter() - t0
-            content = (resp.choices[0].message.content or "") if resp.choices else ""
-            u = resp.usage
+            try:
+                content, top = _read_completion(resp, "top_logprobs" in req)
+            except MalformedReply as exc:
+                last = exc
+                with self._lock:
+                    self.usage.malformed_replies += 1
+                self._sleep(attempt, exc)
+                continue
+            u = getattr(resp, "usage", None)
             usage = {
-                "prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
-                "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0),
+                "prompt_tokens": _int(getattr(u, "prompt_tokens", 0)),
+                "completion_tokens": _int(getattr(u, "completion_tokens", 0)),
             }
             with self._lock:
                 self.usage.requests += 1
                 self.usage.prompt_tokens += usage["prompt_tokens"]
                 self.usage.completion_tokens += usage["completion_tokens"]
                 self.usage.missing_usage += int(u is None)
-            return content, usage
+            return content, usage, top
         with self._lock:
             self.usage.failed_requests += 1
+            never_answered = self.usage.requests == 0
+        if isinstance(last, MalformedReply) and never_answered:
+            raise SaebenchError(
+                f"LLM endpoint {s.base_url} never answered with a chat completion ({s.max_retries + 1} tries, "
+                f"{last}); point --llm-base-url at an OpenAI-compatible /v1 endpoint"
+            )
         raise RequestFailed(f"gave up after {s.max_retries} retries: {type(last).__name__}: {_short(last)}")
 
     def _sleep(self, attempt: int, exc: Exception) -> None:
@@ -254,6 +330,46 @@ class LLMClient:
             except ValueError:
                 pass
         time.sleep(delay)
+
+
+def _int(v: Any) -> int:
+    """A token count from a reply (0 when absent or not a number)."""
+    try:
+        return max(0, int(v or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _read_completion(resp: Any, want_logprobs: bool) -> tuple[str, list[tuple[str, float]] | None]:
+    """The reply text and (when asked) the first token's top log-probabilities; MalformedReply when
+    ``resp`` is not a chat completion (the openai client returns HTML and other non-JSON bodies as a
+    plain string, and wrong-schema JSON as a model missing its fields)."""
+    if isinstance(resp, str | bytes):
+        kind = "an HTML page" if "<html" in str(resp[:2000]).lower() else "a non-JSON body"
+        raise MalformedReply(f"{kind} instead of a chat completion")
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise MalformedReply("a reply without choices")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None) if message is not None else None
+    if message is None or not (content is None or isinstance(content, str)):
+        raise MalformedReply("a reply without choices[0].message.content")
+    if not want_logprobs:
+        return content or "", None
+    lp = getattr(choices[0], "logprobs", None)
+    items = getattr(lp, "content", None) if lp is not None else None
+    if not items:
+        return content or "", None
+    top = getattr(items[0], "top_logprobs", None)
+    if not isinstance(top, list) or not top:
+        return content or "", None
+    out = []
+    for t in top:
+        tok, val = getattr(t, "token", None), getattr(t, "logprob", None)
+        if not isinstance(tok, str) or not isinstance(val, int | float):
+            raise MalformedReply("top_logprobs entries without token/logprob")
+        out.append((tok, float(val)))
+    return content or "", out
 
 
 def _short(exc: Exception | None) -> str:

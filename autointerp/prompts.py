@@ -115,3 +115,116 @@ def simulation_strict(lengths: Sequence[int]) -> str:
         "Your reply could not be read. Reply with ONLY lines of the form 'N: a, b, c' with integers 0-10, "
         f"one line per excerpt ({spec}). No other text."
     )
+
+
+# -- log-probability scorers ---------------------------------------------------------------------
+#
+# Each prompt ends where the scorer's first reply token decides the answer: "Yes"/"No" for
+# detection and fuzzing, one digit 0..9 for simulation. A few demonstration turns (a made-up
+# "dog" feature and a "numbers" feature, never drawn from the data) come first and are identical
+# across prompts of a kind, so the in-process scorer computes them once and an endpoint's prefix
+# cache can reuse them. Simulation uses the digits 0..9 (not Bills et al.'s 0..10): "10" is two
+# tokens in digit-splitting tokenizers (SmolLM2, Llama 3), so its probability would hide under
+# "1"; Pearson r does not depend on the scale.
+
+DETECT_LP_SYSTEM = (
+    "You check explanations of a feature of a language model. The feature fires on some tokens of a "
+    "text. You are given an explanation of what the feature fires on and a text. Answer Yes if the "
+    "feature fires on at least one token of the text, and No otherwise. Answer with one word: Yes or No."
+)
+FUZZ_LP_SYSTEM = (
+    "You check explanations of a feature of a language model. The feature fires on some tokens of a "
+    "text. You are given an explanation of what the feature fires on and a text in which some tokens "
+    "are marked <<like this>>. Answer Yes if the marked tokens are exactly the kind of tokens the "
+    "explanation describes, and No if they are not. Answer with one word: Yes or No."
+)
+SIM_LP_SYSTEM = (
+    "You predict a feature of a language model from an explanation of what it fires on. You are given "
+    "the explanation, a text, and one token of that text. Answer how strongly the feature fires on "
+    "that token, with one digit from 0 (not at all) to 9 (as strongly as it ever does). Most tokens "
+    "are 0. Answer with the digit only."
+)
+
+_DOG = 'the word "dog"'
+_NUM = "numbers and digits"
+_DETECT_DEMOS = [
+    (_DOG, "The old dog slept by the door all day.", "Yes"),
+    (_DOG, "It rained for most of the afternoon.", "No"),
+    (_NUM, "She paid 25 dollars for the tickets.", "Yes"),
+    (_NUM, "He walked home slowly after work.", "No"),
+]
+_FUZZ_DEMOS = [
+    (_DOG, "The old <<dog>> slept by the door all day.", "Yes"),
+    (_DOG, "The old dog slept by the <<door>> all day.", "No"),
+    (_NUM, "She paid <<25>> dollars for the tickets.", "Yes"),
+    (_NUM, "She <<paid>> 25 dollars for the tickets.", "No"),
+]
+_SIM_DEMOS = [
+    (_DOG, ["The", " old", " dog", " slept"], 2, "9"),
+    (_DOG, ["The", " old", " dog", " slept"], 3, "0"),
+    (_NUM, ["She", " paid", " ", "2", "5", " dollars"], 3, "9"),
+    (_NUM, ["She", " paid", " ", "2", "5", " dollars"], 1, "0"),
+]
+
+
+def _demos(system: str, turns: list[tuple[str, str]]) -> Messages:
+    msgs: Messages = [{"role": "system", "content": system}]
+    for user, answer in turns:
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return msgs
+
+
+def _detect_user(explanation: str, text: str) -> str:
+    return f"Explanation: {explanation}\nText: {text}\nDoes the feature fire on this text?"
+
+
+def _fuzz_user(explanation: str, text: str) -> str:
+    return f"Explanation: {explanation}\nText: {text}\nAre the marked tokens what the explanation describes?"
+
+
+def _sim_user(explanation: str, tokens: Sequence[str], i: int) -> str:
+    text = "".join(_clean(t) for t in tokens)
+    return f"Explanation: {explanation}\nText: {text}\nToken {i + 1}: {_quote(tokens[i])}\nHow strongly does it fire?"
+
+
+def _quote(tok: str) -> str:
+    """A token shown unambiguously: its text in double quotes (newline as ↵, leading space kept)."""
+    return '"' + _clean(tok).replace('"', '\\"') + '"'
+
+
+def detection_lp_messages(explanation: str, example: TextExample) -> Messages:
+    """One detection question: does the latent fire anywhere in this (unmarked) example? Yes/No."""
+    demos = _demos(DETECT_LP_SYSTEM, [(_detect_user(e, t), a) for e, t, a in _DETECT_DEMOS])
+    return [*demos, {"role": "user", "content": _detect_user(explanation, example.text())}]
+
+
+def fuzzing_lp_messages(explanation: str, example: TextExample, marked: Sequence[int]) -> Messages:
+    """One fuzzing question (delphi): are the tokens at positions ``marked`` what the explanation describes?"""
+    demos = _demos(FUZZ_LP_SYSTEM, [(_fuzz_user(e, t), a) for e, t, a in _FUZZ_DEMOS])
+    return [*demos, {"role": "user", "content": _fuzz_user(explanation, mark_tokens(example.tokens, marked))}]
+
+
+def simulation_lp_messages(explanation: str, example: TextExample, i: int) -> Messages:
+    """One simulation question (Bills et al., one token at a time): activation 0..9 of token ``i``.
+
+    Every position of an example shares the prompt up to the token's line, so the in-process
+    scorer runs the explanation and text once per example.
+    """
+    demos = _demos(SIM_LP_SYSTEM, [(_sim_user(e, toks, j), a) for e, toks, j, a in _SIM_DEMOS])
+    return [*demos, {"role": "user", "content": _sim_user(explanation, example.tokens, i)}]
+
+
+def mark_tokens(tokens: Sequence[str], marked: Sequence[int]) -> str:
+    """The example as one line with the tokens at ``marked`` wrapped ``<<like this>>`` (runs merged)."""
+    keep = set(marked)
+    parts = []
+    for j, tok in enumerate(tokens):
+        t = _clean(tok)
+        if j in keep:
+            opens = j - 1 not in keep
+            closes = j + 1 not in keep
+            lead = len(t) - len(t.lstrip(" ")) if opens else 0  # keep the space outside the marks
+            t = (t[:lead] + "<<" + t[lead:]) if opens else t
+            t = t + ">>" if closes else t
+        parts.append(t)
+    return "".join(parts)

@@ -84,3 +84,74 @@ def simulation_score(predicted: Sequence[Sequence[float]], truth: Sequence[Seque
         flat_p.extend(float(v) for v in p)
         flat_t.extend(float(v) for v in t)
     return pearson(flat_p, flat_t)
+
+
+# -- threshold-free scores (log-probability scorers) ----------------------------------------------
+
+
+def auroc(scores: Sequence[float | None], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties 1/2.
+
+    The Mann-Whitney U statistic divided by n_pos * n_neg (exact, O(n log n) via ranks). Items whose
+    score is None are left out; None when either class is then empty.
+    """
+    pairs = [(float(s), bool(y)) for s, y in zip(scores, labels, strict=True) if s is not None and math.isfinite(s)]
+    n_pos = sum(1 for _, y in pairs if y)
+    n_neg = len(pairs) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
+    ranks = [0.0] * len(pairs)
+    i = 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and pairs[order[j + 1]][0] == pairs[order[i]][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = math.fsum(r for r, (_, y) in zip(ranks, pairs, strict=True) if y)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def balanced_accuracy_at(probs: Sequence[float | None], labels: Sequence[bool], threshold: float = 0.5) -> float | None:
+    """(TPR + TNR) / 2 of the decisions ``p > threshold`` (items with p None left out); chance is 0.5."""
+    kept = [(p, y) for p, y in zip(probs, labels, strict=True) if p is not None]
+    if not kept:
+        return None
+    return detection_scores([p > threshold for p, _ in kept], [y for _, y in kept])["balanced_accuracy"]
+
+
+def _norm(tok: str) -> str:
+    return tok.strip().lower()
+
+
+def p_yes(top: Sequence[tuple[str, float]]) -> float | None:
+    """P(yes) / (P(yes) + P(no)) from the top candidates of the first reply token (delphi's normalisation).
+
+    Every candidate whose text is "yes" / "no" up to case and surrounding spaces counts ("Yes", " yes",
+    "YES"...). None when neither appears among the candidates (counted as undefined by the caller).
+    """
+    y = math.fsum(math.exp(lp) for t, lp in top if _norm(t) == "yes")
+    n = math.fsum(math.exp(lp) for t, lp in top if _norm(t) == "no")
+    return y / (y + n) if y + n > 0 else None
+
+
+def expected_digit(top: Sequence[tuple[str, float]], max_value: int = 9) -> float | None:
+    """Expected value of the activation digit 0..``max_value`` (Bills et al.'s simulator, renormalised over
+    the digit candidates among the top tokens); None when no digit is among them."""
+    mass = dict.fromkeys(range(max_value + 1), 0.0)
+    for t, lp in top:
+        s = t.strip()
+        if s.isdigit() and int(s) <= max_value:
+            mass[int(s)] += math.exp(lp)
+    total = math.fsum(mass.values())
+    return math.fsum(k * p for k, p in mass.items()) / total if total > 0 else None
+
+
+def sigmoid(x: float) -> float:
+    """1 / (1 + e^-x), without overflow."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)

@@ -121,9 +121,12 @@ def _add_run(sub: Any) -> None:
         metavar="N",
         help="actors, each holding the model (default: one per GPU with --device cuda, else cluster CPUs / --threads)",
     )
-    g = p.add_argument_group("autointerp (--evals autointerp; any OpenAI-compatible endpoint)")
+    g = p.add_argument_group("autointerp (--evals autointerp; offline by default, or any OpenAI-compatible endpoint)")
     g.add_argument(
-        "--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: https://api.openai.com/v1)"
+        "--llm-base-url",
+        help="endpoint that explains and scores, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1 "
+        "(default: embedded = offline: top-tokens explainer, in-process SmolLM2 scorer, see docs/autointerp.md; "
+        "https://api.openai.com/v1 when --llm-model or another endpoint flag is given)",
     )
     g.add_argument(
         "--llm-model", help="explainer model (default: gpt-4o-mini); also the scorer unless --llm-scorer-model"
@@ -155,13 +158,30 @@ LLM_FLAGS = {
 }
 
 
+#: flags that only mean something with an endpoint: given without one, they name OpenAI's
+ENDPOINT_FLAGS = ("llm_model", "llm_scorer_model", "llm_api_key_env", "llm_max_tokens", "llm_max_cost")
+OPENAI_URL = "https://api.openai.com/v1"
+
+
 def _eval_config(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """``--set`` values plus the explicit ``--llm-*`` flags (which map onto ``autointerp.*``)."""
+    """``--set`` values plus the explicit ``--llm-*`` flags (which map onto ``autointerp.*``).
+
+    Without any endpoint (no ``--llm-base-url``, no ``autointerp.base_url`` / ``scorer_base_url``)
+    autointerp runs offline; an endpoint-only flag such as ``--llm-model gpt-4o-mini`` then means
+    OpenAI's endpoint rather than being ignored.
+    """
     out = _parse_sets(a.set)
     for flag, key in LLM_FLAGS.items():
         val = getattr(a, flag, None)
         if val is not None:
             out.setdefault("autointerp", {})[key] = val
+    ai = out.get("autointerp", {})
+    if (
+        "base_url" not in ai
+        and "scorer_base_url" not in ai
+        and any(getattr(a, f, None) is not None for f in ENDPOINT_FLAGS)
+    ):
+        ai["base_url"] = OPENAI_URL
     return out
 
 

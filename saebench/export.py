@@ -165,10 +165,12 @@ def _probing(r: Result, extra: dict[str, Result]) -> dict[str, Any]:
 
 def _autointerp(r: Result, extra: dict[str, Result]) -> dict[str, Any] | str:
     m = r.metrics
-    score = next((m[k] for k in ("detection_accuracy", "detection_balanced_accuracy") if isinstance(m.get(k), float)),
-                 None)  # fmt: skip
-    if score is None:
-        return "no detection score to export"
+    score = m.get("detection_accuracy")
+    if not isinstance(score, float):  # a published name carries only that project's number
+        return (
+            "no detection_accuracy (SAEBench's autointerp_score is free-text detection: run with an endpoint and "
+            "--set autointerp.scoring=text); offline log-probability scores have no SAEBench counterpart"
+        )
     latents = [row for row in r.details.get("latents", []) if isinstance(row.get("detection"), dict)]
     vals = [row["detection"].get("accuracy") for row in latents if isinstance(row["detection"].get("accuracy"), float)]
     mean = sum(vals) / len(vals) if vals else score
@@ -177,7 +179,9 @@ def _autointerp(r: Result, extra: dict[str, Result]) -> dict[str, Any] | str:
               "llm_dtype": r.config.get("dtype", "float32")}  # fmt: skip
     metrics = {"autointerp": {"autointerp_score": float(score), "autointerp_std_dev": float(std)}}
     notes = {
-        "definitions": {"autointerp_score": "our detection score (see saebench_metrics for the scorer used)"},
+        "definitions": {
+            "autointerp_score": "mean free-text detection accuracy over latents (saebench detection_accuracy)"
+        },
         "saebench_metrics": m,
     }
     return _header(r, "autointerp", config, metrics, [], notes)

@@ -282,6 +282,11 @@ def _folder_ready(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
 
 
+def embedded_hf_ready() -> bool:
+    """Whether the dequantized transformers folder of the embedded model is already cached."""
+    return _folder_ready(_embedded_folder())
+
+
 def _convert_embedded() -> tuple[Any, Any]:
     """Dequantize the GGUF (20-30 s): fp32 ``LlamaForCausalLM`` and its tokenizer, in memory."""
     gguf = embedded_gguf_path()

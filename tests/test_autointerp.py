@@ -2,7 +2,9 @@
 OpenAI-compatible server (``transformers serve`` on the embedded SmolLM2 folder, 127.0.0.1 only).
 
 The server's explanations are weak (135M parameters); these tests check prompts, parsing, caching,
-retries, budget and error paths, not explanation quality. Completions are kept few (~2 s each).
+retries, budget and error paths, not explanation quality (tests/test_autointerp_planted.py does
+that). Completions are kept few (~2 s each). The log-probability scorers, the in-process scorer
+and hostile endpoints are in tests/test_autointerp_logprob.py.
 """
 
 from __future__ import annotations
@@ -160,6 +162,15 @@ def test_llm_flags_map_onto_the_evaluator_config():
     cfg = AutointerpConfig.for_profile("quick", **_eval_config(a)["autointerp"])
     assert (cfg.base_url, cfg.explainer_model, cfg.scorer_model) == ("http://127.0.0.1:1/v1", "ex", "sc")
     assert (cfg.concurrency, cfg.max_tokens_budget, cfg.scores, cfg.n_latents) == (3, 500, ["detection"], 8)
+    default = AutointerpConfig.for_profile(
+        "quick", **_eval_config(build_parser().parse_args(["run"])).get("autointerp", {})
+    )
+    assert default.base_url == "embedded"  # no flags: offline
+    hosted = _eval_config(build_parser().parse_args(["run", "--llm-model", "gpt-4o-mini", "--llm-max-cost", "2"]))
+    assert hosted["autointerp"]["base_url"] == "https://api.openai.com/v1"  # not silently offline
+    assert "base_url" not in _eval_config(build_parser().parse_args(["run", "--llm-concurrency", "2"]))["autointerp"]
+    split = ["run", "--llm-scorer-model", "sc", "--set", "autointerp.scorer_base_url=http://127.0.0.1:1/v1"]
+    assert "base_url" not in _eval_config(build_parser().parse_args(split))["autointerp"]  # offline explainer
 
 
 # -- a real server -----------------------------------------------------------------------------
@@ -348,6 +359,49 @@ def test_budget_stop_keeps_what_is_done(llm_server, tmp_path):
         c.chat(llm_server.model, [{"role": "user", "content": "another"}], 4)
 
 
+def test_judge_scoring_on_an_endpoint_without_logprobs_is_one_line(llm_server, tmp_path):
+    """``transformers serve`` 5.x ignores logprobs/top_logprobs: refused in preflight, naming the URL."""
+    from saebench.evaluators.autointerp import AutointerpConfig, AutointerpEvaluator
+
+    cfg = AutointerpConfig(base_url=llm_server.url, explainer_model=llm_server.model, cache=False)
+    with pytest.raises(SaebenchError) as err:
+        AutointerpEvaluator().preflight(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and llm_server.url in msg and "no log-probabilities" in msg and "scoring=text" in msg
+
+
+def test_hosted_explainer_with_the_embedded_scorer(llm_server, cache_env, tmp_path):
+    """Explanations from an endpoint (chat completions), scores in process: both named in the result."""
+    import saebench
+
+    cfg = {
+        "autointerp": {
+            "base_url": llm_server.url,
+            "explainer_model": llm_server.model,
+            "scorer_base_url": "embedded",
+            "n_latents": 2,
+            "n_top_explain": 2,
+            "n_sampled_explain": 1,
+            "n_top_score": 1,
+            "n_sampled_score": 1,
+            "n_random_score": 2,
+            "n_random_simulation": 1,
+            "n_random_fuzz": 1,
+            "window": 2,
+            "max_tokens_explanation": 16,
+        }
+    }
+    kw = {"evals": ["autointerp"], "tokens": 1024, "ctx_len": 32, "batch_size": 8, "progress": False}
+    run = saebench.evaluate("reference", eval_config=cfg, **kw)
+    m, d = run.metrics["autointerp"], run.details["autointerp"]
+    assert d["explainer"] == f"llm: {llm_server.model} at {llm_server.url}"
+    assert d["scorer"].startswith("embedded smollm2-135m-instruct in process (surprisal")
+    assert d["usage"]["requests"] >= 1 and d["embedded_usage"]["prompts"] > 0
+    scored = [r for r in d["latents"] if r["status"] == "scored"]
+    assert scored and all(isinstance(r["fuzzing"], dict) for r in scored)
+    assert m["n_latents_run"] + m["n_skipped_few_examples"] == 2
+
+
 def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_path):
     import saebench
 
@@ -355,6 +409,7 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
         "autointerp": {
             "base_url": llm_server.url,
             "explainer_model": llm_server.model,
+            "scoring": "text",
             "n_latents": 2,
             "n_top_explain": 2,
             "n_sampled_explain": 1,
@@ -364,7 +419,11 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
             "n_random_simulation": 1,
             "window": 2,
             "concurrency": 2,
+            # room for a well-formed reply (at most 4 example numbers; 15 activations), no more: the
+            # 135M server rambles to the cap, and each token costs ~0.1 s on CPU
             "max_tokens_explanation": 24,
+            "max_tokens_detection": 16,
+            "max_tokens_simulation": 48,
         }
     }
     kw = {
@@ -381,6 +440,7 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
     json.dumps(m, allow_nan=False)  # undefined values are null, never NaN
     assert m["n_latents_sampled"] == 2 and m["n_latents_run"] + m["n_skipped_few_examples"] == 2
     assert m["usage"]["requests"] >= 1 and m["usage"]["prompt_tokens"] > 0
+    assert m["scores"] == ["detection", "simulation"] and m["scorer"].endswith("(free text: parsed replies)")
     for row in m["latents"]:
         assert row["status"] in ("scored", "unparseable")
         if row["status"] == "scored":
@@ -399,3 +459,50 @@ def test_evaluate_end_to_end_and_rerun_costs_nothing(llm_server, cache_env, tmp_
         return out
 
     assert same(again) == same(m)
+
+
+# -- offline (no flags): top-tokens explainer, in-process scorer --------------------------------
+
+TINY = {
+    "n_latents": 2,
+    "n_top_explain": 2,
+    "n_sampled_explain": 1,
+    "n_top_score": 1,
+    "n_sampled_score": 1,
+    "n_random_score": 2,
+    "n_random_simulation": 1,
+    "n_random_fuzz": 1,
+    "window": 2,
+}
+
+
+def test_offline_default_scores_end_to_end_and_a_rerun_computes_nothing(model, cache_env):
+    """No endpoint: real detection, fuzzing and simulation scores; each run's scorer counts only its own
+    work (the model is loaded once per process and shared), so a cached rerun reports zero tokens run."""
+    import saebench
+    from saebench.evaluators.autointerp import AutointerpConfig, embedded_scorer
+
+    kw = {"model": model, "evals": ["autointerp"], "tokens": 1024, "ctx_len": 32, "batch_size": 8, "progress": False}
+    first = saebench.evaluate("reference", eval_config={"autointerp": TINY}, **kw)
+    res = next(iter(first.results.values()))["autointerp"]
+    m, d = res.metrics, res.details
+    json.dumps({**m, **d}, allow_nan=False)
+    assert d["explainer"].startswith("top-tokens") and d["base_url"] == "embedded"
+    assert d["scorer"].startswith("embedded smollm2-135m-instruct in process (surprisal")
+    assert m["n_latents_run"] >= 1 and m["n_latents_run"] + m["n_skipped_few_examples"] == 2
+    for k in ("detection_auroc", "fuzzing_auroc", "simulation_r"):
+        assert m[k] is not None and math.isfinite(m[k]), k  # real scores, not unparseable
+    assert m["n_unparseable_detection"] == m["n_unparseable_simulation"] == m["n_failed"] == 0
+    assert m["requests_per_latent"] is None and d["usage"]["requests"] == 0  # no endpoint was asked anything
+    eu = d["embedded_usage"]
+    assert eu["prompts"] > 0 and eu["computed_tokens"] > 0 and eu["cached_prompts"] == 0
+    assert set(res.timing) >= {"examples_s", "scorer_load_s", "llm_s"}
+
+    again = saebench.evaluate("reference", force=True, eval_config={"autointerp": TINY}, **kw)
+    res2 = next(iter(again.results.values()))["autointerp"]
+    eu2 = res2.details["embedded_usage"]
+    assert eu2["computed_tokens"] == 0 and eu2["forward_calls"] == 0 and eu2["cached_prompts"] == eu["prompts"]
+    for k in ("detection_auroc", "fuzzing_auroc", "simulation_r"):
+        assert res2.metrics[k] == m[k], k
+    a, b = embedded_scorer(AutointerpConfig()), embedded_scorer(AutointerpConfig())
+    assert a is not b and a.model is b.model and b.usage.prompts == 0  # one model, a fresh scorer per run
