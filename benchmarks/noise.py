@@ -85,9 +85,13 @@ def main() -> None:
     evaluate(noisy, model=model, evals=evals, profile=args.profile, seed=first, out=out / "noisy", progress=False)
     cmp = compare([out / "noisy"], [out / f"seed{first}"])
     print(f"\ndecoder noise {args.decoder_noise} x row norm vs clean (seed {first}): failures:")
+
+    def g(v: object, spec: str = ".4g") -> str:
+        return format(v, spec) if isinstance(v, (int, float)) else "n/a"
+
     for r in cmp.failures:
-        print(f"  {r.evaluator}.{r.metric}: {r.baseline:.4g} -> {r.new:.4g}, diff {r.diff:+.4g} "
-              f"[{r.low:+.3g}, {r.high:+.3g}]{' paired' if r.paired else ''}")  # fmt: skip
+        print(f"  {r.evaluator}.{r.metric} ({r.verdict}): {g(r.baseline)} -> {g(r.new)}, diff {g(r.diff, '+.4g')} "
+              f"[{g(r.low, '+.3g')}, {g(r.high, '+.3g')}]{' paired' if r.paired else ''}")  # fmt: skip
     print(f"  within noise: {[f'{r.evaluator}.{r.metric}' for r in cmp.rows if r.verdict == 'within noise']}")
 
     print("\ncost of the intervals: bootstrap seconds / the evaluator's seconds (its own run plus the shared")

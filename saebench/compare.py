@@ -9,8 +9,10 @@ with its 95% interval and a verdict:
   *paired* when the units coincide (same token contexts, same task samples, same latents of the
   same SAE: one set of resample weights for both sides), otherwise independent; a metric with
   only a stored standard error on each side gets a normal interval ±1.96·√(se_a² + se_b²);
-- a directional metric is ``WORSE`` when the interval excludes 0 on its bad side *and* the change
-  exceeds its minimum effect (the metric's declared ``min_effect``, absolute, or
+- a directional metric is ``WORSE`` when the interval excludes 0 on its bad side, the difference
+  is beyond the family-wise bound z_m·se (Bonferroni over the m directional metrics compared:
+  a gate tests dozens at once and must not fail on noise) *and* the change exceeds its minimum
+  effect (the metric's declared ``min_effect``, absolute, or
   ``min_rel_effect`` × |baseline|; ``--min-effect`` overrides), ``better`` symmetrically, else
   ``within noise`` (``same`` when identical). A metric with no interval is worse only by more
   than its minimum effect. Descriptive metrics (no direction) are ``same`` or ``changed``;
@@ -32,6 +34,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 from saebench import stats
@@ -66,6 +69,7 @@ class Row:
     paired: bool
     min_effect: float | None
     verdict: str
+    se: float | None = None  # standard error of the difference (from the same draws or stored se's)
 
     @property
     def failed(self) -> bool:
@@ -149,19 +153,40 @@ def _threshold(decl: Metric | None, base: float, override: dict[str, tuple[float
     return max(effect, FLOAT_NOISE * max(1.0, abs(base)))
 
 
-def _interval(decl: Metric | None, name: str, new: Result, base: Result) -> tuple[float | None, float | None, bool]:
-    """95% interval of new - base: bootstrap from samples (paired when units coincide), else from
-    stored standard errors, else none."""
+def _interval(
+    decl: Metric | None, name: str, new: Result, base: Result
+) -> tuple[float | None, float | None, bool, float | None]:
+    """95% interval of new - base and its standard error: bootstrap from samples (paired when units
+    coincide), else from stored standard errors, else none."""
     est = decl.estimator if decl is not None else None
     if est is not None and est.unit in new.samples and est.unit in base.samples:
         d = stats.difference(est, stats.samples_from_json(new.samples), est, stats.samples_from_json(base.samples))
-        return d.low, d.high, d.paired
+        return d.low, d.high, d.paired, d.se
     ua, ub = new.uncertainty.get(name, {}), base.uncertainty.get(name, {})
     if _finite(ua.get("se")) and _finite(ub.get("se")):
         diff = float(new.metrics[name]) - float(base.metrics[name])
-        half = 1.96 * math.sqrt(float(ua["se"]) ** 2 + float(ub["se"]) ** 2)
-        return diff - half, diff + half, False
-    return None, None, False
+        se = math.sqrt(float(ua["se"]) ** 2 + float(ub["se"]) ** 2)
+        return diff - 1.96 * se, diff + 1.96 * se, False, se
+    return None, None, False, None
+
+
+def family_z(m: int, level: float = 0.95) -> float:
+    """The two-sided normal quantile that keeps the chance of *any* of ``m`` unchanged metrics
+    crossing it at 1 - ``level`` (Bonferroni): 1.96 for one metric, 3.14 for 30."""
+    return NormalDist().inv_cdf(1 - (1 - level) / (2 * max(m, 1)))
+
+
+def _family_wise(rows: list[Row]) -> None:
+    """Demote a better/WORSE verdict to ``within noise`` when the difference is not beyond the
+    family-wise bound |diff| > z_m · se, m = the directional metrics compared with an interval.
+
+    A gate checks dozens of metrics at once: at 95% per metric, two runs of the same SAE with
+    different seeds would fail somewhere about every other time (measured: benchmarks/noise.py)."""
+    tested = [r for r in rows if r.se is not None and r.direction and r.diff is not None]
+    z = family_z(len(tested))
+    for r in tested:
+        if r.verdict in ("WORSE", "better") and abs(r.diff) <= z * r.se:
+            r.verdict = "within noise"
 
 
 def compare_metric(
@@ -181,16 +206,16 @@ def compare_metric(
     effect = _threshold(decl, float(b), override, name)
     if not direction:
         return Row(*key, diff, None, None, False, None, "same" if diff == 0 else "changed")
-    low, high, paired = _interval(decl, name, new, base)
+    low, high, paired, se = _interval(decl, name, new, base)
     if diff == 0 and (low is None or (low == 0 and high == 0)):
-        return Row(*key, diff, low, high, paired, effect, "same")
+        return Row(*key, diff, low, high, paired, effect, "same", se)
     bad = diff > 0 if direction == "down" else diff < 0
     outside = low is None or (low > 0 if diff > 0 else high < 0)  # no interval: only the minimum effect decides
     if abs(diff) > effect and outside:
         verdict = "WORSE" if bad else "better"
     else:
         verdict = "within noise"
-    return Row(*key, diff, low, high, paired, effect, verdict)
+    return Row(*key, diff, low, high, paired, effect, verdict, se)
 
 
 def compare(
@@ -259,6 +284,7 @@ def compare(
         b, n = base[key], new[key]
         names = sorted(m for m in set(b.metrics) | set(n.metrics) if m not in ignore)
         out.rows += [compare_metric(m, decl.get(key[1], {}).get(m), n, b, override) for m in names]
+    _family_wise(out.rows)
     return out
 
 

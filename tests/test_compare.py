@@ -187,3 +187,16 @@ def test_bad_minimum_effects_and_paths(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SaebenchError, match="baseline"):
         compare([tmp_path / "base"], [tmp_path / "empty"])
+
+
+def test_the_gate_controls_the_family_wise_error_over_many_metrics():
+    """Many metrics at once: a 2.5-sigma move of one among 30 is noise, a 10-sigma move is not."""
+    from saebench.compare import Row, _family_wise, family_z
+
+    assert family_z(1) == pytest.approx(1.96, abs=1e-3) and family_z(30) == pytest.approx(3.14, abs=1e-2)
+    rows = [Row("s", "core", f"m{i}", "down", 1.0, 1.0, 0.0, -0.2, 0.2, False, 0.0, "within noise", 0.1)
+            for i in range(28)]  # fmt: skip
+    rows.append(Row("s", "core", "fvu", "down", 1.0, 1.25, 0.25, 0.05, 0.45, False, 0.0, "WORSE", 0.1))
+    rows.append(Row("s", "core", "mse", "down", 1.0, 2.0, 1.0, 0.8, 1.2, True, 0.0, "WORSE", 0.1))
+    _family_wise(rows)
+    assert rows[-2].verdict == "within noise" and rows[-1].verdict == "WORSE"

@@ -100,7 +100,7 @@ def _absorption_output(n_scored):
     from saebench.stats import Samples
 
     rng = random.Random(n_scored)
-    letters, ids, frac, full, split = [], [], [], [], []
+    letters, ids, frac, full, split, f1 = [], [], [], [], [], []
     for c, letter in enumerate("abcdefghijklmnopqrstuvwxyz"):
         row = {
             "letter": letter,
@@ -130,12 +130,15 @@ def _absorption_output(n_scored):
             frac.append(fr)
             full.append(fu)
             split.append(row["num_split_features"])
+            f1.append(row["main_f1"])
         letters.append(row)
     metrics = {"main_latents_f1": 0.7, "probe_f1": 0.5, "n_letters_scored": n_scored}
     samples = (
         {
             "letter": Samples(
-                "letter", ids, {"absorption_fraction": frac, "full_absorption": full, "num_split_features": split}
+                "letter",
+                ids,
+                {"absorption_fraction": frac, "full_absorption": full, "num_split_features": split, "main_f1": f1},
             )
         }
         if n_scored >= 10

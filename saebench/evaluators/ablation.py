@@ -189,7 +189,7 @@ METRICS = (
         0.01,
         Ratio("latent", {"sum": 1.0}, {"n": 1.0}),
     ),
-    Metric("ablation_sparsity_median", "median of the same over (latent, position) pairs", "down"),
+    Metric("ablation_sparsity_median", "median of the same over (latent, position) pairs (descriptive: no interval)"),
     Metric("ablation_sparsity_min", "smallest pair score"),
     Metric("ablation_sparsity_max", "largest pair score"),
     Metric("n_pairs", "(latent, position) pairs sampled"),

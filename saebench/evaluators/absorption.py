@@ -119,7 +119,16 @@ METRICS = (
         0.0,
         mean_of("letter", "num_split_features"),
     ),
-    Metric("main_latents_f1", "mean over scored letters of the test F1 of the probe on the main latents", "up"),
+    Metric(
+        "main_latents_f1",
+        "mean over scored letters of the test F1 of the probe on the main latents",
+        "up",
+        False,
+        "",
+        "",
+        0.0,
+        mean_of("letter", "main_f1"),
+    ),
     Metric("probe_f1", "mean over letters of the ground-truth residual probe's test F1 (SAE-independent)"),
     Metric("n_letters_scored", "letters whose ground-truth probe reaches min_probe_f1 (scored)"),
     Metric("n_probe_true_positives", "test words scored (probe true positives of scored letters)"),
@@ -416,7 +425,7 @@ def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: A
     t_ksparse = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ids, frac_col, full_col, split_col = [], [], [], []
+    ids, frac_col, full_col, split_col, f1_col = [], [], [], [], []
     test_words = task.words[n_train:]
     for c, row in enumerate(letters):
         if task.probe_f1[c] <= cfg.min_probe_f1 or "main_latents" not in row:
@@ -457,12 +466,18 @@ def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: A
         frac_col.append([round(float(v), 8) for v in res.fraction])
         full_col.append([int(v) for v in res.full])
         split_col.append(row["num_split_features"])
+        f1_col.append(row.get("main_f1"))
     t_absorb = time.perf_counter() - t0
 
     samples = Samples(
         "letter",
         ids,
-        {"absorption_fraction": frac_col, "full_absorption": full_col, "num_split_features": split_col},
+        {
+            "absorption_fraction": frac_col,
+            "full_absorption": full_col,
+            "num_split_features": split_col,
+            "main_f1": f1_col,
+        },
     )
     timing = {"sae_encode_s": t_encode, "l1_probe_s": t_l1, "k_sparse_s": t_ksparse, "absorption_s": t_absorb}
     return Scored(letters, samples, dec_source, l1_iters, timing)
