@@ -260,17 +260,20 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def summary_table(run: Any) -> str:
-    """One row per SAE with the headline metrics of every evaluator that ran on it."""
+    """One row per SAE with the headline metrics of every evaluator that ran on it, each as
+    ``value ± half-width`` of its 95% interval where it has one (as on the board)."""
     from tabulate import tabulate
 
-    from saebench.display import ARROW, fmt
-    from saebench.leaderboard import headline_columns
+    from saebench.display import ARROW
+    from saebench.evaluators import metric_table
+    from saebench.leaderboard import cell, evaluator_order
 
-    merged = {name: {k: v for res in per.values() for k, v in res.metrics.items()} for name, per in run.results.items()}
     every = [r for per in run.results.values() for r in per.values()]
-    cols = headline_columns({r.evaluator for r in every}, every)
-    rows = [[name, ",".join(run.results[name])] + [fmt(m.get(c.name)) for c in cols] for name, m in merged.items()]
-    return tabulate(rows, headers=["SAE", "evals"] + [c.column + ARROW[c.direction] for c in cols], tablefmt="github")
+    table = metric_table(evaluator_order({r.evaluator for r in every}), every)
+    cols = [(ev, m) for ev in evaluator_order(list(table)) for m in table[ev].values() if m.headline]
+    rows = [[name, ",".join(per)] + [cell(per.get(ev), m.name) for ev, m in cols] for name, per in run.results.items()]
+    headers = ["SAE", "evals"] + [m.column + ARROW[m.direction] for _, m in cols]
+    return tabulate(rows, headers=headers, tablefmt="github")
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:

@@ -40,12 +40,6 @@ def evaluator_order(names: list[str] | set[str]) -> list[str]:
     return sorted(names, key=lambda n: (BUILTIN_ORDER.index(n) if n in BUILTIN_ORDER else len(BUILTIN_ORDER), n))
 
 
-def headline_columns(evaluators: list[str] | set[str], results: Any = ()) -> list[Metric]:
-    """The headline metrics the given evaluators declare, in board order (see ``metric_table``)."""
-    table = metric_table(evaluator_order(evaluators), results)
-    return [m for ev in evaluator_order(list(table)) for m in table[ev].values() if m.headline]
-
-
 def _config_label(r: Result) -> str:
     c = r.config
     return (
@@ -75,7 +69,7 @@ def cell(r: Result | None, name: str) -> str:
     u = r.uncertainty.get(name) or {}
     lo, hi = u.get("ci_low"), u.get("ci_high")
     if isinstance(v, float) and isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-        return f"{fmt(v)} ± {fmt((hi - lo) / 2)}"
+        return f"{fmt(v)} ± {(hi - lo) / 2:.2g}"
     return fmt(v)
 
 
