@@ -102,8 +102,10 @@ def test_killed_worker_is_replaced_and_results_equal_single_process(cluster, tmp
         assert (out / n / "core.json").is_file() and (out / n / "slow.json").is_file()
         assert run.results[n]["core"].metrics == single.results[n]["core"].metrics
     c = run.counters[HOOK]
-    # the hook was prepared once (8 contexts / 4): the other and the restarted worker read the cache
-    assert c.prefix_batches == 2 and c.ablation_batches == 2
+    # the hook was prepared once (8 contexts / 4): the other and the restarted worker read the cache.
+    # Ablation baselines ride in the first splice loop of whichever job splices first; when that was
+    # the killed job its counters died with it (the entry it cached is what the others read).
+    assert c.prefix_batches == 2 and c.ablation_batches in (0, 2)
     assert c.spliced_suffix_batches >= 4  # what the killed job spliced before dying is not reported
 
     again = evaluate_ray(specs, workers=2, **kw)  # a rerun skips everything, starts no worker
