@@ -178,8 +178,8 @@ def test_sigterm_while_waiting(concurrent):
 
 
 def test_kill9_then_sigint_then_resume(concurrent, tmp_path):
-    """kill -9 after the prefix states are cached, SIGINT after the ablation baselines are cached,
-    then a rerun: it resumes from both entries and gives the clean metrics. The run is named
+    """kill -9 after the prefix states are cached, SIGINT while the next run is under way (its
+    result claimed), then a rerun: it resumes from the cached states and gives the clean metrics. The run is named
     ``..`` (issue 13: that name once wrote outside --out). Planted temp files of dead writers are
     removed at start."""
     cache, out = _cache(tmp_path), tmp_path / "out"
@@ -192,8 +192,10 @@ def test_kill9_then_sigint_then_resume(concurrent, tmp_path):
     assert _finish(p).rc == -signal.SIGKILL
     assert not list(out.rglob("*.json"))
 
+    (out / "_" / ".core.json.lock").unlink(missing_ok=True)  # the killed run's (its flock died with it)
     p = _spawn(args, env, tmp_path / "interrupted")
-    _wait_for(lambda: list((cache / "activations").rglob("ablation-*.safetensors")), procs=(p,))
+    # its result is claimed (locked) before the model loads: SIGINT lands mid-run, never after it
+    _wait_for(lambda: (out / "_" / ".core.json.lock").exists(), procs=(p,))
     p.send_signal(signal.SIGINT)
     res = _finish(p)
     _one_error(res, 130, "interrupted; completed results are kept, rerun the same command to resume")
