@@ -75,7 +75,15 @@ def _env(cache: Path, tmp: Path) -> dict[str, str]:
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """``python -m saebench.cli ARGS`` with stdout/stderr in ``LOG.out``/``LOG.err`` (pollable)."""
     out, err = open(f"{log}.out", "w"), open(f"{log}.err", "w")  # noqa: SIM115 - closed by _finish
-    proc = subprocess.Popen([sys.executable, "-m", "saebench.cli", *map(str, args)], stdout=out, stderr=err, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saebench.cli", *map(str, args)],
+        stdout=out,
+        stderr=err,
+        env=env,
+        # a foreground run, as at a terminal: a CI job started in the background (`cmd &` without job
+        # control) passes SIGINT down ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     proc.logs = (Path(f"{log}.out"), Path(f"{log}.err"), out, err)  # type: ignore[attr-defined]
     return proc
 
