@@ -320,6 +320,15 @@ def _load_hub(hub: HubSource, hub_paths: dict[str, str] | None) -> dict[str, Any
 # -- sampling -----------------------------------------------------------------------------------
 
 
+def _samples_hash(texts: list[str], sets: dict[str, dict[str, tuple[list[int], list[int]]]]) -> str:
+    """Content hash of a sample: its texts and which of them each probe set trains and tests on."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode() + b"\x1e")
+    h.update(repr(sorted((s, k, v) for s, d in sets.items() for k, v in d.items())).encode())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class ScrData:
     """A sampled SCR pair. ``texts`` are unique; ``sets[split][key] = (positive ids, negative ids)``
@@ -334,11 +343,7 @@ class ScrData:
     notes: list[str]
 
     def content_hash(self) -> str:
-        h = hashlib.sha256()
-        for t in self.texts:
-            h.update(t.encode() + b"\x1e")
-        h.update(repr(sorted((s, k, v) for s, d in self.sets.items() for k, v in d.items())).encode())
-        return h.hexdigest()[:16]
+        return _samples_hash(self.texts, self.sets)
 
 
 def _scr_frame(pair: ScrPair) -> Any:
@@ -450,11 +455,7 @@ class TppData:
     notes: list[str]
 
     def content_hash(self) -> str:
-        h = hashlib.sha256()
-        for t in self.texts:
-            h.update(t.encode() + b"\x1e")
-        h.update(repr(sorted((s, k, v) for s, d in self.sets.items() for k, v in d.items())).encode())
-        return h.hexdigest()[:16]
+        return _samples_hash(self.texts, self.sets)
 
 
 def _negatives(by_class: dict[str, list[int]], c: str, n: int, rng: random.Random) -> list[int]:
