@@ -7,15 +7,19 @@ with its 95% interval and a verdict:
 
 - the interval comes from the per-unit samples stored in both results (:mod:`saebench.stats`):
   *paired* when the units coincide (same token contexts, same task samples, same latents of the
-  same SAE: one set of resample weights for both sides), otherwise independent; a metric with
-  only a stored standard error on each side gets a normal interval ±1.96·√(se_a² + se_b²);
+  same SAE: one resample of the same independent units, documents for contexts, for both
+  sides), otherwise Welch's t interval from the two standard errors; a metric with only a
+  stored standard error on each side gets Welch's t interval from those (normal, ±1.96·√(se_a² +
+  se_b²), for results that stored no degrees of freedom);
 - a directional metric is ``WORSE`` when the interval excludes 0 on its bad side, the difference
-  is beyond the family-wise bound z_m·se (Bonferroni over the m directional metrics compared:
-  a gate tests dozens at once and must not fail on noise) *and* the change exceeds its minimum
-  effect (the metric's declared ``min_effect``, absolute, or
+  stays significant family-wise (Holm over the directional metrics judged by an interval: a
+  gate tests dozens at once and must not fail on noise; see :func:`_family_wise`) *and* the
+  change exceeds its minimum effect (the metric's declared ``min_effect``, absolute, or
   ``min_rel_effect`` × |baseline|; ``--min-effect`` overrides), ``better`` symmetrically, else
-  ``within noise`` (``same`` when identical). A metric with no interval is worse only by more
-  than its minimum effect. Descriptive metrics (no direction) are ``same`` or ``changed``;
+  ``within noise`` (``same`` when identical). A metric with no interval (too few independent
+  units, no spread) is judged by its minimum effect alone, and says so in ``Row.basis``; one
+  with neither interval nor minimum effect is not judged (``changed``): it cannot fail the gate
+  on its own. Descriptive metrics (no direction) are ``same`` or ``changed``;
 - a directional metric missing from the new results, or undefined (null), NaN or infinite on
   either side, is a failure naming it: a gate that cannot check a metric must not pass it
   (``--ignore`` skips one). A metric only the new results have is reported as ``new metric``.
@@ -70,6 +74,8 @@ class Row:
     min_effect: float | None
     verdict: str
     se: float | None = None  # standard error of the difference (from the same draws or stored se's)
+    df: float | None = None  # its degrees of freedom (None: normal)
+    basis: str = ""  # how the verdict was reached when not by an interval (e.g. "minimum effect only: ...")
 
     @property
     def failed(self) -> bool:
@@ -155,19 +161,29 @@ def _threshold(decl: Metric | None, base: float, override: dict[str, tuple[float
 
 def _interval(
     decl: Metric | None, name: str, new: Result, base: Result
-) -> tuple[float | None, float | None, bool, float | None]:
-    """95% interval of new - base and its standard error: bootstrap from samples (paired when units
-    coincide), else from stored standard errors, else none."""
+) -> tuple[float | None, float | None, bool, float | None, float | None, str]:
+    """95% interval of new - base, its standard error and degrees of freedom, from the samples
+    (:func:`saebench.stats.difference`: paired where the units coincide, Welch's t otherwise), else
+    from the two stored standard errors (Welch's t with the stored degrees of freedom; normal for
+    results that stored none), else none, with the reason (last element)."""
     est = decl.estimator if decl is not None else None
     if est is not None and est.unit in new.samples and est.unit in base.samples:
         d = stats.difference(est, stats.samples_from_json(new.samples), est, stats.samples_from_json(base.samples))
-        return d.low, d.high, d.paired, d.se
+        return d.low, d.high, d.paired, d.se, d.df, d.reason
     ua, ub = new.uncertainty.get(name, {}), base.uncertainty.get(name, {})
     if _finite(ua.get("se")) and _finite(ub.get("se")):
         diff = float(new.metrics[name]) - float(base.metrics[name])
-        se = math.sqrt(float(ua["se"]) ** 2 + float(ub["se"]) ** 2)
-        return diff - 1.96 * se, diff + 1.96 * se, False, se
-    return None, None, False, None
+        df_a, df_b = ua.get("df"), ub.get("df")
+        se, df = stats.welch(
+            float(ua["se"]),
+            float(df_a) if _finite(df_a) else None,
+            float(ub["se"]),
+            float(df_b) if _finite(df_b) else None,
+        )
+        q = stats.t_quantile(math.inf if df is None else df)
+        return diff - q * se, diff + q * se, False, se, df, ""
+    why = ua.get("reason") or ub.get("reason") or "no samples or standard errors"
+    return None, None, False, None, None, str(why)
 
 
 def family_z(m: int, level: float = 0.95) -> float:
@@ -176,17 +192,31 @@ def family_z(m: int, level: float = 0.95) -> float:
     return NormalDist().inv_cdf(1 - (1 - level) / (2 * max(m, 1)))
 
 
-def _family_wise(rows: list[Row]) -> None:
-    """Demote a better/WORSE verdict to ``within noise`` when the difference is not beyond the
-    family-wise bound |diff| > z_m · se, m = the directional metrics compared with an interval.
+def _family_wise(rows: list[Row], level: float = 0.95) -> None:
+    """Holm's step-down over the family: demote a better/WORSE verdict to ``within noise`` unless
+    its difference stays significant at family-wise level 1 - ``level``.
 
-    A gate checks dozens of metrics at once: at 95% per metric, two runs of the same SAE with
-    different seeds would fail somewhere about every other time (measured: benchmarks/noise.py)."""
-    tested = [r for r in rows if r.se is not None and r.direction and r.diff is not None]
-    z = family_z(len(tested))
-    for r in tested:
-        if r.verdict in ("WORSE", "better") and abs(r.diff) <= z * r.se:
+    The family is every directional row judged by an interval in this comparison (all SAEs and
+    evaluators together): the gate fails if any one of them fails, so the chance of a false
+    failure is the chance that *any* of them crosses. Holm (p_(i) <= α / (m - i + 1), in order
+    of p-value, stopping at the first that is not) controls that chance at α under any
+    dependence between metrics, like Bonferroni (α / m for all), and rejects at least as much.
+    p-values are two-sided t (degrees of freedom of each row's interval; normal where none).
+    Rows judged by their minimum effect alone (no interval) and descriptive rows are not in it.
+    At 95% per metric, two runs of the same SAE with different seeds would fail somewhere about
+    every other time (measured: benchmarks/noise.py)."""
+    tested = [r for r in rows if r.se is not None and r.se > 0 and r.direction and r.diff is not None]
+    alpha, m = 1 - level, len(tested)
+    pvals = sorted((stats.t_pvalue(r.diff / r.se, r.df), i) for i, r in enumerate(tested))  # type: ignore[operator]
+    significant = set()
+    for rank, (p, i) in enumerate(pvals):
+        if p > alpha / (m - rank):
+            break
+        significant.add(i)
+    for i, r in enumerate(tested):
+        if r.verdict in ("WORSE", "better") and i not in significant:
             r.verdict = "within noise"
+            r.basis = r.basis or f"not significant family-wise (Holm over {m} metrics)"
 
 
 def compare_metric(
@@ -206,16 +236,25 @@ def compare_metric(
     effect = _threshold(decl, float(b), override, name)
     if not direction:
         return Row(*key, diff, None, None, False, None, "same" if diff == 0 else "changed")
-    low, high, paired, se = _interval(decl, name, new, base)
+    low, high, paired, se, df, why = _interval(decl, name, new, base)
     if diff == 0 and (low is None or (low == 0 and high == 0)):
-        return Row(*key, diff, low, high, paired, effect, "same", se)
+        return Row(*key, diff, low, high, paired, effect, "same", se, df)
     bad = diff > 0 if direction == "down" else diff < 0
-    outside = low is None or (low > 0 if diff > 0 else high < 0)  # no interval: only the minimum effect decides
+    basis = ""
+    if low is None:  # no interval: only the minimum effect decides, and with none the metric is not judged
+        declared = (
+            name in override or "*" in override or (decl is not None and (decl.min_effect or decl.min_rel_effect))
+        )
+        if not declared:
+            return Row(*key, diff, None, None, paired, None, "changed", None, None,
+                       f"not judged: no interval ({why}) and no minimum effect")  # fmt: skip
+        basis = f"minimum effect only: no interval ({why})"
+    outside = low is None or (low > 0 if diff > 0 else high < 0)
     if abs(diff) > effect and outside:
         verdict = "WORSE" if bad else "better"
     else:
         verdict = "within noise"
-    return Row(*key, diff, low, high, paired, effect, verdict, se)
+    return Row(*key, diff, low, high, paired, effect, verdict, se, df, basis)
 
 
 def compare(

@@ -47,12 +47,19 @@ MAX_DOC_CHARS = 4000
 
 @dataclass
 class TokenSet:
-    """``tokens`` is ``[n_seq, ctx_len]`` int64; ``meta`` goes into every result's config."""
+    """``tokens`` is ``[n_seq, ctx_len]`` int64; ``meta`` goes into every result's config.
+
+    ``doc_ids`` (one per context, or None for token sets built elsewhere): a content hash of the
+    source document that contributes most of the context's tokens. Contexts are cut from
+    concatenated documents, so contexts of one document are not independent samples: intervals
+    over contexts resample whole documents (:mod:`saebench.stats`, cluster level ``document``).
+    """
 
     tokens: torch.Tensor
     corpus: str
     split: str
     seed: int
+    doc_ids: list[str] | None = None
 
     @property
     def ctx_len(self) -> int:
@@ -73,7 +80,7 @@ class TokenSet:
         return [hashlib.sha256(r.tobytes()).hexdigest()[:12] for r in rows]
 
     def meta(self) -> dict[str, Any]:
-        return {
+        out = {
             "corpus": self.corpus,
             "split": self.split,
             "seed": self.seed,
@@ -82,6 +89,9 @@ class TokenSet:
             "ctx_len": self.ctx_len,
             "tokens_sha": self.fingerprint(),
         }
+        if self.doc_ids is not None:
+            out["n_docs"] = len(set(self.doc_ids))
+        return out
 
 
 def sae_probes_data_dir() -> Path:
@@ -155,7 +165,9 @@ def build_token_set(
 ) -> TokenSet:
     """Seeded contexts of ``ctx_len`` tokens (BOS first) totalling at least ``n_tokens``.
 
-    ``tokenize`` maps a string to token ids without special tokens.
+    ``tokenize`` maps a string to token ids without special tokens. Each context's ``doc_ids``
+    entry names the document holding most of its tokens (a separator counts with the document
+    it ends; ties go to the earlier document).
     """
     if ctx_len < 2:
         raise SaebenchError(f"--ctx-len {ctx_len} is too short; use at least 2 (BOS + one token)")
@@ -164,9 +176,14 @@ def build_token_set(
     docs: Iterator[str] | list[str]
     docs = _sae_probes_docs(split, seed) if corpus == "sae-probes" else _datasets_docs(corpus, seed)
     stream: list[int] = []
+    owner: list[int] = []  # index into doc_hashes of every stream token
+    doc_hashes: list[str] = []
     for doc in docs:
-        stream.extend(tokenize(doc))
+        ids = tokenize(doc)
+        stream.extend(ids)
         stream.append(bos_id)
+        owner.extend([len(doc_hashes)] * (len(ids) + 1))
+        doc_hashes.append(hashlib.sha256(doc.encode("utf-8", "replace")).hexdigest()[:12])
         if len(stream) >= need:
             break
     if len(stream) < need:
@@ -176,4 +193,12 @@ def build_token_set(
         )
     body = torch.tensor(stream[:need], dtype=torch.long).view(n_seq, ctx_len - 1)
     bos = torch.full((n_seq, 1), bos_id, dtype=torch.long)
-    return TokenSet(torch.cat([bos, body], dim=1), corpus, split if corpus == "sae-probes" else "-", seed)
+    rows = torch.tensor(owner[:need], dtype=torch.long).view(n_seq, ctx_len - 1)
+    majority = [int(torch.bincount(r - r.min()).argmax()) + int(r.min()) for r in rows]
+    return TokenSet(
+        torch.cat([bos, body], dim=1),
+        corpus,
+        split if corpus == "sae-probes" else "-",
+        seed,
+        doc_ids=[doc_hashes[i] for i in majority],
+    )

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from saebench.display import ARROW, fmt
+from saebench.display import ARROW, interval_ends, with_interval
 from saebench.errors import SaebenchError
 from saebench.evaluators import Metric, metric_table
 from saebench.io import atomic_write_bytes, slug
@@ -62,15 +62,12 @@ def group_results(results: list[Result]) -> dict[Group, Rows]:
 
 
 def cell(r: Result | None, name: str) -> str:
-    """``value ± half-width`` (95% interval) when the result has one, else the value; blank if absent."""
+    """The metric's value with its 95% interval as :func:`saebench.display.with_interval` writes it
+    (``v ± h``, ``v [lo, hi]`` when asymmetric, ``v (n=k)`` with too few independent units for
+    one); blank if absent."""
     if r is None or name not in r.metrics:
         return ""
-    v = r.metrics[name]
-    u = r.uncertainty.get(name) or {}
-    lo, hi = u.get("ci_low"), u.get("ci_high")
-    if isinstance(v, float) and isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-        return f"{fmt(v)} ± {(hi - lo) / 2:.2g}"
-    return fmt(v)
+    return with_interval(r.metrics[name], r.uncertainty.get(name))
 
 
 def _table(rows: Rows, cols: list[tuple[str, Metric]]) -> str:
@@ -124,8 +121,11 @@ def render(results: list[Result], title: str = "saebench leaderboard",
         "",
         f"Built by `saebench leaderboard` from {len(results)} result file(s); "
         f"evaluators: {', '.join(evaluators) or 'none'}.",
-        "Arrows mark the better direction; `a ± b` is a value and the half-width of its 95% bootstrap interval "
-        "(over contexts, tasks or latents). Positions holding the BOS id are excluded from every average.",
+        "Arrows mark the better direction; `a ± b` is a value and the half-width of its 95% interval, `a [lo, hi]` "
+        "the ends of an asymmetric one, `a (n=k)` a value with too few independent units (k) for an interval "
+        "(docs/statistics.md). Intervals resample documents for core (contexts of one document are not "
+        "independent), else tasks, latents, pairs or classes. Positions holding the BOS id are excluded from every "
+        "average.",
         "",
     ]
     configs = sorted({key[2] for key in groups})
@@ -197,7 +197,8 @@ def _place_labels(ax: Any, fig: Any, points: list[tuple[float, float, str]]) -> 
 
 def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> bytes | None:
     """PNG bytes of L0 (from core) vs ``metric``, one series per architecture (points joined in L0
-    order, 95% intervals as error bars); None when no SAE has both numbers."""
+    order, 95% intervals as bars from their low to their high end); None when no SAE has both
+    numbers."""
     import io
 
     import matplotlib
@@ -206,16 +207,14 @@ def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> byt
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    series: dict[str, list[tuple[float, float, float, str]]] = {}
+    series: dict[str, list[tuple[float, float, tuple[float, float] | None, str]]] = {}
     for name, row in sorted(rows.items()):
         core, res = row["results"].get("core"), row["results"].get(evaluator)
         x = core.metrics.get("l0") if core else None
         y = res.metrics.get(metric.name) if res else None
         if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x > 0:
-            u = res.uncertainty.get(metric.name) or {}
-            lo, hi = u.get("ci_low"), u.get("ci_high")
-            err = (hi - lo) / 2 if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else 0.0
-            series.setdefault(str(row["architecture"]), []).append((float(x), float(y), float(err), name))
+            ends = interval_ends(y, res.uncertainty.get(metric.name))
+            series.setdefault(str(row["architecture"]), []).append((float(x), float(y), ends, name))
     if not series:
         return None
     better = {"up": "higher is better", "down": "lower is better"}.get(metric.direction, "")
@@ -223,9 +222,14 @@ def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> byt
         fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
         points = []
         for arch in sorted(series):
-            pts = sorted(series[arch])
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4,
-                        capsize=2, lw=1, label=arch, color=_colour(arch))  # fmt: skip
+            pts = sorted(series[arch], key=lambda p: (p[0], p[1], p[3]))
+            colour = _colour(arch)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1, label=arch, color=colour)
+            bars = [(p[0], *p[2]) for p in pts if p[2] is not None]
+            if bars:  # the interval's true ends (asymmetric where it is), not value ± half-width
+                xs, lows, highs = zip(*bars, strict=True)
+                ax.vlines(xs, lows, highs, color=colour, lw=1)
+                ax.plot(xs + xs, lows + highs, ls="none", marker="_", ms=5, color=colour)
             points += [(p[0], p[1], p[3]) for p in pts]
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())

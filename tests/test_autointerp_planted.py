@@ -149,8 +149,8 @@ def test_true_explanation_of_a_planted_latent_scores_far_above_chance(planted_ru
     res = explained.results["planted"]["autointerp"]
     assert res.details["scorer"].startswith("embedded smollm2-135m-instruct in process (surprisal")
     assert res.details["explainer"].startswith("given")
-    iv = res.uncertainty["fuzzing_auroc"]  # per-latent samples: every headline metric has an interval
-    assert iv["n"] == 4 and iv["unit"] == "latent" and iv["ci_low"] <= res.metrics["fuzzing_auroc"] <= iv["ci_high"]
+    iv = res.uncertainty["fuzzing_auroc"]  # per-latent samples; 4 latents are too few for an interval
+    assert iv["n"] == 4 and iv["unit"] == "latent" and iv["ci_low"] is None and "fewer than 8" in iv["reason"]
 
 
 def test_wrong_explanation_falls_to_chance(planted_runs):

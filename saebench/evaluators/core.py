@@ -2,7 +2,11 @@
 
 Every number is a pooled statistic over the *kept* positions of the token set (positions not
 holding the BOS id: see :mod:`saebench.pipeline.splice`), accumulated per context in float64, so
-nothing depends on the batch size and every metric gets a bootstrap interval over contexts.
+nothing depends on the batch size and every metric gets an interval over contexts, resampled by
+source document (contexts of one document are not independent; :mod:`saebench.stats`). The
+latent-density metrics (``dead_frac``, ``frac_alive``, ``dense_frac``, ``freq_over_*``) get a
+document-jackknife interval that covers their expected value on a fresh token sample of the same
+size (:func:`density_intervals_from_counts`).
 
 Published names carry the publisher's number (equal on the same tokens and SAE; tested against
 SAEBench 0.6.0's own core eval, ``exclude_special_tokens_from_reconstruction=True``,
@@ -46,6 +50,7 @@ known for SmolLM2, so it is not reported.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, ClassVar
 
 import numpy as np
@@ -156,49 +161,69 @@ METRIC_BY_NAME = {m.name: m for m in METRICS}
 
 
 def core_samples(st: SpliceStats, d_in: int) -> Samples:
-    """The per-context columns every core estimator reads (``var`` and ``n_elem`` derived)."""
+    """The per-context columns every core estimator reads (``var`` and ``n_elem`` derived), with
+    each context's source document as its cluster (intervals resample whole documents)."""
     cols = {k: v.tolist() for k, v in st.cols.items()}
     cols["var"] = st.var().tolist()
     cols["n_elem"] = (st.cols["n_rec"] * d_in).tolist()
-    return Samples(U, list(st.seq_ids), cols)
+    docs = list(st.doc_ids) if st.doc_ids is not None and len(st.doc_ids) == len(st.seq_ids) else None
+    return Samples(U, list(st.seq_ids), cols, clusters=docs, cluster_unit="document" if docs else "")
 
 
-def _density_metrics(fire: torch.Tensor, n_tok: float, dense: float) -> dict[str, float]:
-    freq = fire.double() / max(n_tok, 1.0)
+def density_metrics(fire: np.ndarray, n_tok: float, dense: float) -> dict[str, float]:
+    """The latent-density metrics from per-latent firing counts over ``n_tok`` kept tokens."""
+    freq = np.asarray(fire, dtype=np.float64) / max(n_tok, 1.0)
     total = float(freq.sum())
     return {
-        "frac_alive": float((freq > 0).double().mean()),
-        "dead_frac": float((freq == 0).double().mean()),
-        "dense_frac": float((freq > dense).double().mean()),
-        "freq_over_1_percent": float((freq > 0.01).double().mean()),
-        "freq_over_10_percent": float((freq > 0.1).double().mean()),
+        "frac_alive": float((freq > 0).mean()),
+        "dead_frac": float((freq == 0).mean()),
+        "dense_frac": float((freq > dense).mean()),
+        "freq_over_1_percent": float((freq > 0.01).mean()),
+        "freq_over_10_percent": float((freq > 0.1).mean()),
         "normalized_freq_over_1_percent": float(freq[freq > 0.01].sum()) / total if total > 0 else 0.0,
         "normalized_freq_over_10_percent": float(freq[freq > 0.1].sum()) / total if total > 0 else 0.0,
     }
 
 
+#: what the density intervals cover (a fresh sample's value, not the value at infinitely many tokens)
+DENSITY_TARGET = "expected value on a fresh token sample of the same size from the same corpus"
+
+
+def density_intervals_from_counts(
+    fire_by_seq: np.ndarray, n_rec: np.ndarray, clusters: list[str] | None, dense: float
+) -> dict[str, stats.Interval]:
+    """Document-jackknife intervals of the density metrics from per-context firing counts
+    ``[n_seq, d_sae]`` and kept tokens per context (``clusters``: each context's document).
+
+    A bootstrap cannot do this: a resample holds ~63% of the distinct contexts, so a latent
+    seen once is often unseen in it and every resampled dead fraction is >= the estimate (an
+    interval above its own estimate). The leave-one-document-out values give a conservative
+    jackknife standard error (:func:`saebench.stats.jackknife_interval`); the interval covers
+    :data:`DENSITY_TARGET` (the dead fraction at infinitely many tokens is lower, and no interval
+    from one sample can bound it)."""
+    n = int(fire_by_seq.shape[0])
+    labels = clusters if clusters is not None and len(clusters) == n else [str(i) for i in range(n)]
+    unit = "document" if clusters is not None and len(clusters) == n else U
+    index: dict[str, int] = {}
+    g = np.array([index.setdefault(c, len(index)) for c in labels], dtype=np.int64)
+    by_doc = np.zeros((len(index), fire_by_seq.shape[1]), dtype=np.float64)
+    np.add.at(by_doc, g, np.asarray(fire_by_seq, dtype=np.float64))
+    tok_doc = np.bincount(g, weights=np.asarray(n_rec, dtype=np.float64), minlength=len(index))
+    total, n_tok = by_doc.sum(0), float(tok_doc.sum())
+    point = density_metrics(total, n_tok, dense)
+    loo = [density_metrics(total - by_doc[k], n_tok - tok_doc[k], dense) for k in range(len(index))]
+    return {
+        name: stats.jackknife_interval(value, np.array([x[name] for x in loo]), n, U, unit, DENSITY_TARGET)
+        for name, value in point.items()
+    }
+
+
 def density_intervals(st: SpliceStats, dense: float) -> dict[str, stats.Interval]:
-    """Bootstrap over contexts of the density metrics (from per-context firing counts), when kept."""
+    """Intervals of the density metrics (see :func:`density_intervals_from_counts`), when the
+    per-context firing counts were kept."""
     if st.fire_by_seq is None or len(st.seq_ids) < 2:
         return {}
-    rng = np.random.default_rng(stats.SEED)
-    n = len(st.seq_ids)
-    counts = st.fire_by_seq.double().numpy()
-    n_rec = st.cols["n_rec"].numpy()
-    draws: dict[str, list[float]] = {}
-    for start in range(0, stats.N_BOOT, 100):  # chunks of 100 resamples: [100, d_sae] at a time
-        w = stats.resample_weights(n, min(100, stats.N_BOOT - start), rng)
-        fire_b, tok_b = w @ counts, w @ n_rec
-        for fb, tb in zip(fire_b, tok_b, strict=True):
-            for k, v in _density_metrics(torch.from_numpy(fb), float(tb), dense).items():
-                draws.setdefault(k, []).append(v)
-    point = _density_metrics(st.fire_count, float(st.cols["n_rec"].sum()), dense)
-    out = {}
-    for k, vals in draws.items():
-        a = np.asarray(vals)
-        lo, hi = np.quantile(a, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
-        out[k] = stats.Interval(point[k], float(a.std(ddof=1)), float(lo), float(hi), n, U)
-    return out
+    return density_intervals_from_counts(st.fire_by_seq.numpy(), st.cols["n_rec"].numpy(), st.doc_ids, dense)
 
 
 def core_metrics(st: SpliceStats, cfg: CoreConfig, d_in: int) -> dict[str, Any]:
@@ -207,7 +232,7 @@ def core_metrics(st: SpliceStats, cfg: CoreConfig, d_in: int) -> dict[str, Any]:
     samples = {U: core_samples(st, d_in)}
     out: dict[str, Any] = {m.name: stats.estimate(m.estimator, samples) for m in METRICS if m.estimator}
     n_tok = float(st.cols["n_rec"].sum())
-    out.update(_density_metrics(st.fire_count, n_tok, cfg.dense_threshold))
+    out.update(density_metrics(st.fire_count.numpy(), n_tok, cfg.dense_threshold))
     out["n_tokens_reconstruction"] = int(n_tok)
     out["n_tokens_loss"] = int(st.cols["n_ce"].sum())
     out["d_sae_live"] = int((st.fire_count > 0).sum())
@@ -240,10 +265,13 @@ class CoreEvaluator:
             "special_positions": "tokens equal to the BOS id (kept clean, not averaged)",
             "dense_threshold": cfg.dense_threshold,
         }
+        t0 = time.perf_counter()
+        density = density_intervals(ctx.splice, cfg.dense_threshold)
+        timing = {**ctx.splice.timing, "density_intervals_s": time.perf_counter() - t0}
         return EvalOutput(
             flat,
             details,
             samples={U: core_samples(ctx.splice, int(ctx.sae.d_in))},
-            uncertainty=density_intervals(ctx.splice, cfg.dense_threshold),
-            timing=dict(ctx.splice.timing),
+            uncertainty=density,
+            timing=timing,
         )

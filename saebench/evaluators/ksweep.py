@@ -110,7 +110,8 @@ class KSweepEvaluator:
         columns: dict[str, list[Any]] = {}
         for tag, kk in tags.items():
             columns.update({_col(tag, c): v for c, v in per_k[kk].columns.items()})
-        samples = {"sequence": Samples("sequence", per_k[ks[0]].ids, columns)}
+        first = per_k[ks[0]]
+        samples = {"sequence": Samples("sequence", first.ids, columns, first.clusters, first.cluster_unit)}
         curve: dict[str, list[Any]] = {"k": ks, "fvu": [], "delta_ce": [], "kl": [], "l0": []}
         for kk in ks:
             one = {"sequence": per_k[kk]}

@@ -23,8 +23,8 @@ logits stored: KL(p ‖ q) = Σ_v p_v (l_v - lse_l) - Σ_v p_v (m_v - lse_m) nee
 once per batch and, per SAE, one logsumexp and one dot.
 
 Everything is accumulated per context in float64 (:class:`SpliceStats`), so the core metrics
-and their bootstrap intervals over contexts follow from the same sums, and no number depends on
-the batch size.
+and their intervals over contexts (grouped by source document) follow from the same sums, and no
+number depends on the batch size.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class SpliceStats:
     (for the pooled variance about the global mean), ``fire_count`` ``[d_sae]`` counts the kept
     positions where each latent is non-zero (SAEBench counts z > 0: the same for every
     non-negative latent), ``fire_by_seq`` ``[n_seq, d_sae]`` the same per context
-    (None when ``n_seq x d_sae`` exceeds :data:`FIRE_BY_SEQ_MAX`).
+    (None when ``n_seq x d_sae`` exceeds :data:`FIRE_BY_SEQ_MAX`). ``doc_ids`` names each
+    context's source document (the token set's, None when it has none): intervals over contexts
+    resample whole documents.
     """
 
     cols: dict[str, torch.Tensor]
@@ -65,6 +67,7 @@ class SpliceStats:
     fire_by_seq: torch.Tensor | None
     seq_ids: list[str]
     timing: dict[str, float] = field(default_factory=dict)
+    doc_ids: list[str] | None = None
 
     def var(self) -> torch.Tensor:
         """Per-context Σ_t ‖x_t − μ‖² about the global mean μ of the kept positions (float64)."""
@@ -219,6 +222,7 @@ def splice_stats(pipe: ActivationPipeline, saes: dict[str, Any]) -> dict[str, Sp
             by_seq.get(label),
             seq_ids,
             timing={"spliced_s": sae_s[label]},
+            doc_ids=pipe.tokens.doc_ids,
         )
         for label in saes
     }
