@@ -350,20 +350,31 @@ def t_pvalue(t: float, df: float | None) -> float:
     return float(2 * (ndtr(a) if df is None or not math.isfinite(df) else stdtr(df, a)))
 
 
+def _leverage(terms: list[tuple[float, _Lin]]) -> np.ndarray | None:
+    """Each independent unit's share of the denominator (its leverage on a ratio of sums), averaged
+    over the terms; None when every unit weighs the same (then CR2 below is the G/(G-1) factor)."""
+    dens = [lin.den for _, lin in terms]
+    if all(np.all(d == d[0]) for d in dens) or any(np.any(d < 0) for d in dens):
+        return None
+    return np.clip(np.mean([d / d.sum() for d in dens], axis=0), 0.0, 0.99)
+
+
 def _se(terms: list[tuple[float, _Lin]], g: int) -> float:
-    """Linearised standard error of ``Σ sign · ratio`` over ``g`` independent units (CR1)."""
+    """Linearised standard error of ``Σ sign · ratio`` over ``g`` independent units, each unit's
+    squared influence scaled by 1/(1 - its leverage) (Bell & McCaffrey's CR2: unbiased for
+    clusters of unequal size; G/(G-1) for equal ones)."""
     u = np.zeros(g)
     for sign, lin in terms:
         d = float(lin.den.sum())
         r = float(lin.num.sum()) / d
         u += sign * lin.scale * (lin.num - r * lin.den) / d
-    return math.sqrt(g / (g - 1) * float(np.sum(u**2)))
+    h = _leverage(terms)
+    return math.sqrt(g / (g - 1) * float(np.sum(u**2)) if h is None else float(np.sum(u**2 / (1 - h))))
 
 
 def _boot_se(terms: list[tuple[float, _Lin]], g: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per resample (rows of ``w``): the statistic ``Σ sign · ratio`` and its linearised standard
-    error computed on the resample (Σ_g w_g u_g² by the expansion over the columns, no [B, G] temp
-    beyond ``w`` itself)."""
+    """Per resample (rows of ``w``): the statistic ``Σ sign · ratio`` and its standard error by
+    :func:`_se`'s formula computed on the resample (a unit drawn k times counts as k units)."""
     xs, coefs, value = [], [], 0.0
     for sign, lin in terms:
         sd = w @ lin.den
@@ -373,13 +384,20 @@ def _boot_se(terms: list[tuple[float, _Lin]], g: int, w: np.ndarray) -> tuple[np
         c = sign * lin.scale / sd
         xs += [lin.num, lin.den]
         coefs += [c, -c * r]
-    k = len(xs)
-    ss = np.zeros(w.shape[0])
-    for i in range(k):
-        for j in range(i, k):
-            m = w @ (xs[i] * xs[j])
-            ss += (1 if i == j else 2) * coefs[i] * coefs[j] * m
-    return np.asarray(value), np.sqrt(np.maximum(ss, 0.0) * g / (g - 1))
+    if _leverage(terms) is None:  # equal weights: Σ_g w_g u_g² by the expansion over the columns
+        ss = np.zeros(w.shape[0])
+        for i in range(len(xs)):
+            for j in range(i, len(xs)):
+                ss += (1 if i == j else 2) * coefs[i] * coefs[j] * (w @ (xs[i] * xs[j]))
+        return np.asarray(value), np.sqrt(np.maximum(ss, 0.0) * g / (g - 1))
+    ss = np.empty(w.shape[0])
+    for start in range(0, w.shape[0], 128):  # [128, G] at a time
+        wb = w[start : start + 128]
+        u = sum(np.outer(c[start : start + 128], x) for c, x in zip(coefs, xs, strict=True))
+        h = np.mean([lin.den[None, :] / (wb @ lin.den)[:, None] for _, lin in terms], axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ss[start : start + 128] = (wb * u**2 / (1 - np.clip(h, 0.0, 0.99))).sum(1)
+    return np.asarray(value), np.sqrt(np.maximum(ss, 0.0))
 
 
 def _t_union(
