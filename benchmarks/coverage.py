@@ -397,23 +397,6 @@ def board_scenarios(board: str, sizes: dict[str, list[tuple[str, int]]]) -> list
 # -- the 'before' method: percentile bootstrap over units (saebench until issue 26) ---------------------
 
 
-def before_interval(sc: Scenario, raw: Any, rng: np.random.Generator, n_boot: int = 1000) -> tuple[float, float, float]:
-    """(low, high, se) of the percentile bootstrap that resamples units (contexts one by one)."""
-    if sc.kind == "mom":
-        lists = raw
-        n, k = lists.shape
-        w = stats.resample_weights(n, n_boot, rng)
-        inner = rng.integers(0, k, size=(n_boot, n, k))
-        means = np.take_along_axis(np.broadcast_to(lists, (n_boot, n, k)), inner, axis=2).mean(2)
-        draws = (w * means).sum(1) / n
-    else:
-        num, den, scale, offset = _num_den(sc, raw)
-        w = stats.resample_weights(num.size, n_boot, rng)
-        draws = offset + scale * (w @ num) / (w @ den)
-    lo, hi = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return float(lo), float(hi), float(draws.std(ddof=1))
-
-
 def _num_den(sc: Scenario, raw: Any) -> tuple[np.ndarray, np.ndarray, float, float]:
     if sc.kind == "cluster":
         cols, _ = raw
@@ -425,21 +408,23 @@ def _num_den(sc: Scenario, raw: Any) -> tuple[np.ndarray, np.ndarray, float, flo
     return num, (np.ones(num.size) if den is None else den), 1.0, 0.0
 
 
-def before_difference(sc: Scenario, raw_a: Any, raw_b: Any, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Paired percentile bootstrap of a - b (one set of resample weights for both sides)."""
-    n_boot = 1000
+def old_percentile(sc: Scenario, raw_a: Any, raw_b: Any, rng: np.random.Generator, n_boot: int = 1000) -> tuple:
+    """(low, high, se) of the percentile bootstrap over units (contexts one by one; tasks, then
+    examples within tasks, for means of means) of a, or of a - b paired (the same resample weights
+    for both sides) when ``raw_b`` is given."""
+    sides = [raw_a] if raw_b is None else [raw_a, raw_b]
     if sc.kind == "mom":
         n, k = raw_a.shape
         w = stats.resample_weights(n, n_boot, rng)
         inner = rng.integers(0, k, size=(n_boot, n, k))
-        ma = np.take_along_axis(np.broadcast_to(raw_a, (n_boot, n, k)), inner, axis=2).mean(2)
-        mb = np.take_along_axis(np.broadcast_to(raw_b, (n_boot, n, k)), inner, axis=2).mean(2)
-        draws = (w * (ma - mb)).sum(1) / n
+        means = [np.take_along_axis(np.broadcast_to(x, (n_boot, n, k)), inner, axis=2).mean(2) for x in sides]
+        draws = (w * (means[0] - (means[1] if raw_b is not None else 0.0))).sum(1) / n
     else:
-        na, da, sca, oa = _num_den(sc, raw_a)
-        nb, db, _, _ = _num_den(sc, raw_b)
-        w = stats.resample_weights(na.size, n_boot, rng)
-        draws = sca * ((w @ na) / (w @ da) - (w @ nb) / (w @ db))
+        parts = [_num_den(sc, x) for x in sides]
+        w = stats.resample_weights(parts[0][0].size, n_boot, rng)
+        r = [(w @ num) / (w @ den) for num, den, _, _ in parts]
+        scale, offset = parts[0][2], parts[0][3]
+        draws = scale * (r[0] - r[1]) if raw_b is not None else offset + scale * r[0]
     lo, hi = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     return float(lo), float(hi), float(draws.std(ddof=1))
 
@@ -491,7 +476,7 @@ def run_scenario(sc: Scenario, n: int, label: str, reps: int, seed: int = 0, bef
         if sc.truth is None:  # ratio of expected sums, estimated from all draws (consistent)
             num, den, scale, offset = _num_den(sc, d.raw_a)
             truth_num, truth_den = truth_num + float(num.sum()), truth_den + float(den.sum())
-        lo_b, hi_b = before_interval(sc, d.raw_a, brng)[:2] if before else (np.nan, np.nan)
+        lo_b, hi_b = old_percentile(sc, d.raw_a, None, brng)[:2] if before else (np.nan, np.nan)
         rows.append((iv.value, iv.low, iv.high, lo_b, hi_b))
         est_values.append(iv.value)
         diff = stats.difference(sc.estimator, d.a, sc.estimator, d.b)
@@ -505,7 +490,7 @@ def run_scenario(sc: Scenario, n: int, label: str, reps: int, seed: int = 0, bef
         elif diff.value is not None:
             eff += bad and abs(diff.value) > sc.min_effect
         if before:
-            lo, hi, se = before_difference(sc, d.raw_a, d.raw_b, brng)
+            lo, hi, se = old_percentile(sc, d.raw_a, d.raw_b, brng)
             out = not (lo <= 0 <= hi)
             fp_b += out
             gate_b += out and abs(diff.value or 0.0) > z_m * se

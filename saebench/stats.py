@@ -308,6 +308,19 @@ def _clustered(lin: _Lin, clusters: list[str] | None) -> tuple[_Lin, int]:
     return _Lin(num, den, lin.scale, lin.offset), g
 
 
+def _cluster_df(n: int, clusters: list[str] | None) -> float:
+    """Degrees of freedom of the clustered standard error: G - 1 for G clusters of equal size,
+    fewer when a few large clusters dominate: the effective number of clusters (Σ m_g)² / Σ m_g²
+    (m_g units in cluster g) minus one, Satterthwaite's approximation under the independence
+    working model that Bell and McCaffrey's degrees of freedom use with CR2 (Imbens and Kolesár
+    2016). The board's quick token set, 64 contexts in 22 documents of up to 12 contexts: 10.4
+    instead of 21 (t quantile 2.22 instead of 2.08)."""
+    if clusters is None:
+        return float(n - 1)
+    m = np.unique(np.asarray(clusters), return_counts=True)[1].astype(np.float64)
+    return float(min(m.size - 1, max(1.0, m.sum() ** 2 / float(np.sum(m**2)) - 1)))
+
+
 def estimate(est: Estimator, samples: dict[str, Samples]) -> float | None:
     """The metric's value from the samples (None where undefined, never NaN)."""
     s = samples.get(est.unit)
@@ -401,17 +414,18 @@ def _boot_se(terms: list[tuple[float, _Lin]], g: int, w: np.ndarray) -> tuple[np
 
 
 def _t_union(
-    terms: list[tuple[float, _Lin]], g: int, n_boot: int, seed: int
+    terms: list[tuple[float, _Lin]], g: int, n_boot: int, seed: int, df: float
 ) -> tuple[float | None, float | None, float | None, str]:
     """(se, low, high, reason) of ``Σ sign · ratio`` over ``g`` independent units: the union of the
-    t interval and the studentised bootstrap interval, or no interval with the reason."""
+    t interval (``df`` degrees of freedom) and the studentised bootstrap interval, or no interval
+    with the reason."""
     value = sum(sign * lin.value for sign, lin in terms)  # type: ignore[operator]
     if g < MIN_UNITS:
         return None, None, None, f"{g} independent units (fewer than {MIN_UNITS})"
     se = _se(terms, g)
     if not math.isfinite(se) or se <= _NO_SPREAD * max(1.0, abs(value)):
         return None, None, None, "no spread between units"
-    tq = t_quantile(g - 1)
+    tq = t_quantile(df)
     stat, se_b = _boot_se(terms, g, _seeded_weights(g, n_boot, seed))
     d = stat - value
     tiny = _NO_SPREAD * max(1.0, abs(value))
@@ -462,10 +476,9 @@ def interval(est: Estimator, samples: dict[str, Samples], n_boot: int = N_BOOT, 
             method="clopper-pearson",
             **base,  # type: ignore[arg-type]
         )
-    se, low, high, reason = _t_union([(1.0, grouped)], g, n_boot, seed)
-    return Interval(
-        value, se, low, high, len(ids), est.unit, df=float(g - 1) if se is not None else None, reason=reason, **base
-    )  # type: ignore[arg-type]
+    df = _cluster_df(len(ids), clusters)
+    se, low, high, reason = _t_union([(1.0, grouped)], g, n_boot, seed, df)
+    return Interval(value, se, low, high, len(ids), est.unit, df=df if se is not None else None, reason=reason, **base)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -537,8 +550,9 @@ def difference(
         clusters = ca if ca is not None else cb  # the same units: one side's document ids serve both
         (na, da, nb, db), g = _group([la.num, la.den, lb.num, lb.den], clusters)
         terms = [(1.0, _Lin(na, da, la.scale, la.offset)), (-1.0, _Lin(nb, db, lb.scale, lb.offset))]
-        se, low, high, reason = _t_union(terms, g, n_boot, seed)
-        df = float(g - 1) if se is not None else None
+        df_c = _cluster_df(len(ia), clusters)
+        se, low, high, reason = _t_union(terms, g, n_boot, seed, df_c)
+        df = df_c if se is not None else None
         return Difference(value, se, low, high, True, len(ia), len(ib), df, g, METHOD, reason)
     iv_a = interval(est_a, samples_a, n_boot, seed)
     iv_b = interval(est_b, samples_b, n_boot, seed)
