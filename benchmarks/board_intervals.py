@@ -14,6 +14,9 @@ context, and how many cells change verdict "distinguishable from the best or not
    difference from the best excludes 0, by the old method (``saebench/stats.py`` at
    ``--old-ref``: percentile bootstrap over contexts, paired where the units coincide) and by the
    new one (:func:`saebench.stats.difference`, documents as units). Prints the cells that change.
+4. The cost, old method against new in this process: every declared core interval of one
+   committed result, and the density intervals from firing counts of the board's size (64
+   contexts x 2304 latents, Poisson).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +40,15 @@ OLD_REF = "51f5717648741f66b100891805fd229d473c3ad8"  # main before issue 26's i
 CORE = ("fvu", "delta_ce", "ce_loss_score", "kl_div_score", "mse", "cossim", "kl")
 
 
-def old_stats(ref: str):
-    """The stats module as it was at git ``ref`` (the old interval method)."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:saebench/stats.py"], check=True,
+def old_module(ref: str, path_in_repo: str, name: str):
+    """A module's source as it was at git ``ref`` (the old interval method), imported as ``name``."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path_in_repo}"], check=True,
                          capture_output=True, text=True).stdout  # fmt: skip
-    path = Path(tempfile.mkdtemp()) / "old_stats.py"
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(src)
-    spec = importlib.util.spec_from_file_location("old_stats", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["old_stats"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod
 
@@ -94,7 +98,7 @@ def main() -> None:
     for sha, ids in docs.items():
         sizes = sorted(np.unique(ids, return_counts=True)[1], reverse=True)
         print(f"token set {sha}: {len(ids)} contexts from {len(sizes)} documents (contexts per document {sizes})")
-    old = old_stats(args.old_ref)
+    old = old_module(args.old_ref, "saebench/stats.py", "old_stats")
     by_sae = {}
     for r in results:
         by_sae.setdefault(r.sae.name, {})[r.evaluator] = r
@@ -157,6 +161,44 @@ def main() -> None:
     for ev, name, n, best, was, _now, why in changes:
         what = "distinguishable -> not" if was else "not -> distinguishable"
         print(f"  {ev}.{name}: {n} vs {best}: {what}{f' ({why})' if why else ''}")
+    cost(old, by_sae, core_decl, docs, args.old_ref)
+
+
+def cost(old, by_sae: dict, core_decl: dict, docs: dict, ref: str) -> None:
+    """Seconds of every declared core interval of one result, and of the density intervals, old
+    method against new in this process (each timed over a few repeats, best kept)."""
+    import types
+
+    import torch
+
+    from saebench.evaluators.core import density_intervals_from_counts
+
+    res = next(per["core"] for per in by_sae.values() if "core" in per)
+    new_s, old_s = with_docs(res, docs), old.samples_from_json(res.samples)
+    ests = [(m.estimator, old.estimator_from_dict(stats.estimator_to_dict(m.estimator)))
+            for m in core_decl.values() if m.estimator is not None]  # fmt: skip
+
+    def best_of(fn, k: int = 3) -> float:
+        times = []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    stats._seeded_weights.cache_clear()
+    t_new = best_of(lambda: [stats.interval(e, new_s) for e, _ in ests])
+    t_old = best_of(lambda: [old.interval(o, old_s) for _, o in ests])
+    counts = np.random.default_rng(0).poisson(0.02, (64, 2304)).astype(np.int32)
+    ids = docs[res.config["tokens_sha"]]
+    old_core = old_module(ref, "saebench/evaluators/core.py", "old_core")
+    st = types.SimpleNamespace(fire_by_seq=torch.from_numpy(counts), fire_count=torch.from_numpy(counts.sum(0)),
+                               cols={"n_rec": torch.full((64,), 127.0, dtype=torch.float64)},
+                               seq_ids=[str(i) for i in range(64)])  # fmt: skip
+    d_new = best_of(lambda: density_intervals_from_counts(counts, np.full(64, 127.0), ids, 0.1), 2)
+    d_old = best_of(lambda: old_core.density_intervals(st, 0.1), 1)
+    print(f"\n4. cost, one process: {len(ests)} core intervals {t_old:.3f} s old, {t_new:.3f} s new; density "
+          f"intervals (64 x 2304) {d_old:.3f} s old, {d_new:.3f} s new")  # fmt: skip
 
 
 if __name__ == "__main__":

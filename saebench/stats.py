@@ -23,10 +23,12 @@ independent unit (``Interval.to_dict``).
 
 **The interval** (method ``studentized-bootstrap+t``; the coverage suite in
 ``benchmarks/coverage.py`` and ``docs/statistics.md`` measures why): with G independent units,
-the union of (a) the t interval ``value ± t_{G-1} · se`` with the linearised (delta-method,
-cluster-robust) standard error ``se² = G/(G-1) · Σ_g u_g²`` (``u_g`` the influence of unit ``g``
-on the value), and (b) the studentised bootstrap interval (``N_BOOT`` resamples of the
-independent units from a fixed seed, the same ``se`` formula on every resample). (a) holds for
+the union of (a) the t interval ``value ± t_ν · se`` with the linearised (delta-method,
+cluster-robust) standard error ``se² = Σ_g u_g² / (1 - h_g)`` (``u_g`` the influence of unit ``g``
+on the value, ``h_g`` its leverage: CR2; ``G/(G-1) · Σ u_g²`` for units of equal weight) and
+ν = G - 1, or the effective number of clusters minus one for clusters of unequal size, and (b) the
+studentised bootstrap interval (``N_BOOT`` resamples of the independent units from a fixed seed,
+the same ``se`` formula on every resample). (a) holds for
 near-symmetric data from a few units; (b) corrects for skewed data, and so the interval may be
 asymmetric. No interval is given (``low``/``high``/``se`` None, the reason in ``reason``) when
 there are fewer than :data:`MIN_UNITS` independent units, when the sample shows no spread, or
@@ -233,12 +235,6 @@ class _Lin:
         return self.offset + self.scale * float(self.num.sum()) / d
 
 
-def _ratio_arrays(est: Ratio, s: Samples) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Per-unit numerator and denominator (units with any undefined column dropped) and their ids."""
-    num, den, ids, _ = _ratio_units(est, s)
-    return num, den, ids
-
-
 def _ratio_units(est: Ratio, s: Samples) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
     cols = list(est.num) + list(est.den or {})
     n = len(s.ids)
@@ -262,11 +258,6 @@ def _kept_clusters(s: Samples, ok: np.ndarray | list[bool]) -> list[str] | None:
     if s.clusters is None or len(s.clusters) != len(s.ids):
         return None
     return [c for c, k in zip(s.clusters, ok, strict=True) if k]
-
-
-def _lists(est: MeanOfMeans, s: Samples) -> tuple[list[np.ndarray], list[str]]:
-    lists, ids, _ = _mom_units(est, s)
-    return lists, ids
 
 
 def _mom_units(est: MeanOfMeans, s: Samples) -> tuple[list[np.ndarray], list[str], list[str] | None]:
