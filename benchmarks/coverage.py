@@ -22,7 +22,7 @@ which metrics it stands for and how). For every default size (the unit counts of
   metrics (before: |diff| > z_m·se, after: Holm's first step p < α/m on Welch/t p-values; at most
   m times that is the chance that a gate of m unchanged metrics fails). Where no interval is
   claimed the gate judges by the metric's minimum effect alone: ``effect-only`` is how often
-  the difference exceeds it in the bad direction.
+  the difference exceeds it in the bad direction (metrics that declare none are not judged).
 
 ``--board DIR`` adds *plasmode* scenarios: the committed results' per-unit values (pooled over the
 board's SAEs) as the population. Numpy and the package's own ``saebench.stats`` only, no model;
@@ -334,11 +334,11 @@ def scenarios(sizes: dict[str, list[tuple[str, int]]], board: str | None = None)
         mom_scenario("mean of letter means, 45% zero letters", "absorption fraction (per-token fractions)",
                      zero_inflated(0.45, beta_q(1.2, 3.0)),
                      lambda rng, m, k: np.clip(m[:, None] + 0.1 * rng.standard_normal((m.size, k)) * (m[:, None] > 0),
-                                               0, 1), at("absorption"), 16, 0.01),  # fmt: skip
+                                               0, 1), at("absorption"), 16, 0.0),  # fmt: skip
         mom_scenario("mean of letter means, 87% zero letters", "absorption full-absorption rate",
                      zero_inflated(0.87, beta_q(1.0, 3.0)),
                      lambda rng, m, k: (rng.random((m.size, k)) < m[:, None]).astype(float), at("absorption"), 16,
-                     0.01),
+                     0.0),
         cluster_scenario("per-token mean, ICC 0.8", "core delta_ce, kl, ce_loss_*, cossim (contexts in documents)",
                          _ctx_mean(0.45, 0.2, 0.1), at("core"), Ratio("u", {"num": 1.0}, {"den": 1.0}), 0.005),
         cluster_scenario("per-token mean, ICC 0.8, skewed", "core kl (right-skewed contexts)",
@@ -487,7 +487,7 @@ def run_scenario(sc: Scenario, n: int, label: str, reps: int, seed: int = 0, bef
             gate_a += (not (diff.low <= 0 <= diff.high)) and stats.t_pvalue(diff.value / diff.se, diff.df) < (
                 1 - LEVEL
             ) / FAMILY_M
-        elif diff.value is not None:
+        elif diff.value is not None and sc.min_effect > 0:  # none declared: not judged, cannot fail
             eff += bad and abs(diff.value) > sc.min_effect
         if before:
             lo, hi, se = old_percentile(sc, d.raw_a, d.raw_b, brng)
@@ -504,7 +504,7 @@ def run_scenario(sc: Scenario, n: int, label: str, reps: int, seed: int = 0, bef
         if lo is not None:
             claimed += 1
             hits_a += lo <= truth <= hi
-    no_diff = reps - n_diff if reps - n_diff >= 0.1 * reps else 0  # effect-only where that is common
+    no_diff = reps - n_diff if reps - n_diff >= 0.1 * reps and sc.min_effect > 0 else 0  # where that is common
     return Cell(sc.name, sc.stands_for, label, n, hits_b / reps if before else math.nan,
                 hits_a / claimed if claimed else math.nan, claimed / reps,
                 fp_b / reps if before else None, fp_a / n_diff if n_diff else None,
@@ -556,16 +556,20 @@ def table(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def reference_cells(reps: int, before: bool = True) -> list[Cell]:
+def reference_cells(reps: int, before: bool = True, only: str = "") -> list[Cell]:
     """Textbook distributions at a ladder of unit counts, for context (not tied to an evaluator)."""
     refs = [
         unit_scenario("normal", "reference", normal_q(0, 1), []),
         unit_scenario("exponential", "reference (skewness 2)", lambda u: -np.log1p(-np.clip(u, 0, 1 - 1e-12)), []),
+        unit_scenario(
+            "log-normal, sigma 1", "reference (skewness 6.2)", lambda u: np.exp(ndtri(np.clip(u, 1e-12, 1 - 1e-12))), []
+        ),  # fmt: skip
         unit_scenario("0/1 with p = 0.1, mean_of", "reference", discrete_q([0, 1], [90, 10]), []),
         unit_scenario(
             "0/1 with p = 0.1, proportion_of", "reference", discrete_q([0, 1], [90, 10]), [], proportion=True
         ),  # fmt: skip
     ]
+    refs = [sc for sc in refs if only in sc.name]
     return [run_scenario(sc, n, "-", reps, before=before) for sc in refs for n in (2, 4, 8, 16, 32, 64)]
 
 
@@ -597,8 +601,7 @@ def main() -> None:
                   f"claimed {pct(c.claimed):>6s} FP {pct(c.fp_before)}/{pct(c.fp_after)} gate "
                   f"{pct(c.gate_before)}/{pct(c.gate_after)} effect-only {pct(c.effect_only)} "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
-    if not args.only:
-        cells += reference_cells(args.reps, before=not args.no_before)
+    cells += reference_cells(args.reps, before=not args.no_before, only=args.only)
     md = table(cells)
     print("\n" + md)
     print(f"\n{args.reps} simulated samples per cell (a fifth above 256 units); {time.perf_counter() - t0:.0f} s")

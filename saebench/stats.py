@@ -28,13 +28,14 @@ cluster-robust) standard error ``se² = Σ_g u_g² / (1 - h_g)`` (``u_g`` the in
 on the value, ``h_g`` its leverage: CR2; ``G/(G-1) · Σ u_g²`` for units of equal weight) and
 ν = G - 1, or the effective number of clusters minus one for clusters of unequal size, and (b) the
 studentised bootstrap interval (``N_BOOT`` resamples of the independent units from a fixed seed,
-the same ``se`` formula on every resample). (a) holds for
-near-symmetric data from a few units; (b) corrects for skewed data, and so the interval may be
-asymmetric. No interval is given (``low``/``high``/``se`` None, the reason in ``reason``) when
-there are fewer than :data:`MIN_UNITS` independent units, when the sample shows no spread, or
-when the studentised bootstrap cannot bound the value (too few distinct values: e.g. 18 zeros
-and 2 non-zeros). The MeanOfMeans interval is over the units' means (a unit's mean carries its
-own sub-unit noise into their spread).
+the same ``se`` formula on every resample; each side at most :data:`BOOT_T_CAP` times the t
+interval's, since beyond that one dominant document drives it). (a) holds for near-symmetric
+data from a few units; (b) corrects for skewed data, and so the interval may be asymmetric. No
+interval is given (``low``/``high``/``se`` None, the reason in ``reason``) when there are fewer
+than :data:`MIN_UNITS` independent units, when the sample shows no spread, or when the
+studentised bootstrap cannot bound the value (too few distinct values: e.g. 18 zeros and 2
+non-zeros). The MeanOfMeans interval is over the units' means (a unit's mean carries its own
+sub-unit noise into their spread).
 
 **Differences** between two results are *paired* (the same resample of the same independent
 units for both sides, the influence of each unit taken on the difference) where both sides have
@@ -58,6 +59,10 @@ LEVEL = 0.95
 #: fewer independent units than this: no interval (the board prints the unit count instead)
 MIN_UNITS = 8
 METHOD = "studentized-bootstrap+t"
+#: each side of the studentised bootstrap interval is at most this many times the t interval's:
+#: beyond that its quantiles reflect one dominant document (a resample without it has a tiny
+#: standard error) rather than the estimate's sampling distribution
+BOOT_T_CAP = 2.0
 #: a standard error below this fraction of max(1, |value|) is no spread (float rounding)
 _NO_SPREAD = 1e-12
 
@@ -426,6 +431,7 @@ def _t_union(
     lo_q, hi_q = np.quantile(tb, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], method="inverted_cdf")
     if not (math.isfinite(lo_q) and math.isfinite(hi_q)):
         return None, None, None, "too few distinct values to bound it (studentised bootstrap unbounded)"
+    lo_q, hi_q = max(lo_q, -BOOT_T_CAP * tq), min(hi_q, BOOT_T_CAP * tq)
     low = min(value - tq * se, value - hi_q * se)
     high = max(value + tq * se, value - lo_q * se)
     return se, float(low), float(high), ""
