@@ -468,7 +468,7 @@ def run_scenario(sc: Scenario, n: int, label: str, reps: int, seed: int = 0, bef
     if sc.kind == "density":
         return _run_density(sc, n, label, reps, rng, brng, before)
     hits_b, hits_a, claimed, fp_b, fp_a, gate_b, gate_a, eff, n_diff = 0, 0, 0, 0, 0, 0, 0, 0, 0
-    truth_num, truth_den, est_values = 0.0, 0.0, []
+    truth_num, truth_den = 0.0, 0.0
     rows = []
     for _ in range(reps):
         d = sc.draw(rng, n)
@@ -478,7 +478,6 @@ def run_scenario(sc: Scenario, n: int, label: str, reps: int, seed: int = 0, bef
             truth_num, truth_den = truth_num + float(num.sum()), truth_den + float(den.sum())
         lo_b, hi_b = old_percentile(sc, d.raw_a, None, brng)[:2] if before else (np.nan, np.nan)
         rows.append((iv.value, iv.low, iv.high, lo_b, hi_b))
-        est_values.append(iv.value)
         diff = stats.difference(sc.estimator, d.a, sc.estimator, d.b)
         bad = (diff.value or 0.0) < 0 if sc.direction == "up" else (diff.value or 0.0) > 0
         if diff.low is not None:

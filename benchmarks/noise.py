@@ -5,7 +5,9 @@ intervals cost — measured in one run.
 
 1. Evaluates the reference SAE on the quick profile with each seed (a different token sample,
    task sample and latent sample per seed) and prints, per headline metric, the value per seed,
-   their standard deviation, the mean reported 95% half-width, and the declared minimum effect.
+   their standard deviation, the root mean square of the reported standard errors (a sound
+   interval has them about equal over many seeds), the mean reported 95% half-width, and the
+   declared minimum effect.
 2. Compares every other seed with the first (``saebench compare``): a sound gate says "within
    noise" (or "changed" for descriptive metrics) everywhere.
 3. Adds Gaussian noise to the reference's decoder (``--decoder-noise`` × each row's norm) and
@@ -53,7 +55,7 @@ def main() -> None:
 
     decl = metric_table(evals)
     print(f"\nspread over seeds {args.seeds} ({args.profile} profile, reference SAE)")
-    print(f"{'evaluator.metric':34s} {'values per seed':40s} {'sd':>9s} {'mean ±':>9s} {'min eff':>8s}")
+    print(f"{'evaluator.metric':34s} {'values per seed':40s} {'sd':>9s} {'rms se':>9s} {'mean ±':>9s} {'min eff':>8s}")
     for ev in evals:
         for m in decl[ev].values():
             if not m.headline:
@@ -61,11 +63,13 @@ def main() -> None:
             vals = [runs[s].results["reference"][ev].metrics.get(m.name) for s in args.seeds]
             unc = [runs[s].results["reference"][ev].uncertainty.get(m.name) or {} for s in args.seeds]
             halves = [(u["ci_high"] - u["ci_low"]) / 2 for u in unc if u.get("ci_low") is not None]
+            ses = [u["se"] for u in unc if isinstance(u.get("se"), (int, float))]
+            rms = (sum(x * x for x in ses) / len(ses)) ** 0.5 if ses else float("nan")
             nums = [v for v in vals if isinstance(v, (int, float))]
             sd = statistics.stdev(nums) if len(nums) > 1 else float("nan")
             half = statistics.mean(halves) if halves else float("nan")
             shown = ", ".join(f"{v:.4g}" if isinstance(v, (int, float)) else "n/a" for v in vals)
-            print(f"{ev + '.' + m.name:34s} {shown:40s} {sd:9.3g} {half:9.3g} {m.min_effect:8.3g}")
+            print(f"{ev + '.' + m.name:34s} {shown:40s} {sd:9.3g} {rms:9.3g} {half:9.3g} {m.min_effect:8.3g}")
 
     first = args.seeds[0]
     for seed in args.seeds[1:]:
