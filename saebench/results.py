@@ -218,6 +218,22 @@ def complete_result(path: Path, key: str, report: bool = True) -> Result | None:
     return res if res.schema_version == SCHEMA_VERSION and res.run_key == key else None
 
 
+def results_of_other_saes(folder: Path, fingerprint: str) -> list[Result]:
+    """The readable results in one SAE's results folder whose SAE has another fingerprint (a
+    different SAE that was given the same name). Damaged files are not counted: a run recomputes them."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for f in sorted(folder.glob("*.json")):
+        try:
+            res = read_result(f)
+        except SaebenchError:
+            continue
+        if res.sae.fingerprint != fingerprint:
+            found.append(res)
+    return found
+
+
 def result_files(paths: list[str | Path], what: str = "results path") -> list[Path]:
     """The JSON files named by ``paths`` (files as given, folders searched recursively)."""
     files: list[Path] = []

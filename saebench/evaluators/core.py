@@ -36,7 +36,8 @@ Our own (names SAEBench and SAELens do not use):
   size.) ``fvu`` = Σ_t ‖x_t - x̂_t‖² / Σ_t ‖x_t - μ‖² pooled over all kept tokens (μ their mean);
 - ``delta_ce`` = ce_loss_with_sae - ce_loss_without_sae;
 - ``ce_loss_score_bos_clean`` / ``ce_loss_score_mean``: the CE score against zero- / mean-ablation
-  of the kept positions only (special positions clean), with their ablated CEs;
+  of the kept positions only (special positions clean), with their ablated CEs; computed only with
+  ``--set core.ablation_variants=true`` (two more suffix passes on a cold run), absent otherwise;
 - ``dead_frac`` = 1 - frac_alive, ``dense_frac`` = freq_over_10_percent (the names DESIGN.md uses).
 
 Gao et al.'s compute-equivalent form of ΔLM-loss needs the subject model's scaling law; none is
@@ -77,7 +78,16 @@ def _score(ablated: str) -> Ratio:
 class CoreConfig(EvalConfig):
     dense_threshold: float = 0.1
     histogram_bins: int = 20
+    #: also compute our own ablation variants (zeroing / mean-ablating only the kept positions) and
+    #: the four metrics they feed (``ce_loss_score_bos_clean``, ``ce_loss_score_mean``,
+    #: ``ce_loss_with_ablation_bos_clean``, ``ce_loss_with_mean_ablation``): two more suffix passes
+    #: on a cold run. Off by default: the headline and SAEBench-named metrics need only ``zero_all``.
+    ablation_variants: bool = False
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def splice_ablations(self) -> tuple[str, ...]:
+        """The ablation baselines the shared splice loop must compute for this configuration."""
+        return ("zero_all", "zero_kept", "mean_kept") if self.ablation_variants else ("zero_all",)
 
 
 def M(  # noqa: N802 - a short table constructor
@@ -205,7 +215,11 @@ def core_metrics(st: SpliceStats, cfg: CoreConfig, d_in: int) -> dict[str, Any]:
     """Every core metric from one SAE's splice statistics (values of the declared estimators, the
     density metrics, and the histogram under ``density_histogram``)."""
     samples = {U: core_samples(st, d_in)}
-    out: dict[str, Any] = {m.name: stats.estimate(m.estimator, samples) for m in METRICS if m.estimator}
+    out: dict[str, Any] = {
+        m.name: stats.estimate(m.estimator, samples)
+        for m in METRICS
+        if m.estimator and stats.has_columns(m.estimator, samples)  # variants only when their baselines ran
+    }
     n_tok = float(st.cols["n_rec"].sum())
     out.update(_density_metrics(st.fire_count, n_tok, cfg.dense_threshold))
     out["n_tokens_reconstruction"] = int(n_tok)
