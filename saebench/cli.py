@@ -382,7 +382,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         try:
             result = compare(
-                new, base, parse_min_effects(a.min_effect), against=a.against, ignore=tuple(a.ignore), direct=direct
+                new,
+                base,
+                parse_min_effects(a.min_effect),
+                against=a.against,
+                ignore=tuple(a.ignore),
+                direct=direct,
+                only_run=a.only_run,
             )
         except IncomparableError as exc:
             _error(str(exc))
@@ -440,10 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser(
         "compare",
         help="A vs B with intervals, or the CI gate: exit 1 when a metric got worse beyond noise",
-        description="saebench compare A B: per metric, the difference A - B with its 95%% interval (paired where the "
-        "two results share token contexts / tasks / latents) and a verdict (better, worse, within noise). "
-        "saebench compare NEW --baseline OLD: the CI gate; exit 1 when a metric is worse beyond its noise and its "
-        "minimum effect (named on the last line), 2 on bad input, 3 when the configurations differ.",
+        description="saebench compare A B: per metric, A's value, B's value, the difference A - B with its 95% "
+        "interval (paired where the two results share token contexts / tasks / latents) and a verdict (better, worse, "
+        "within noise, same). saebench compare NEW --baseline OLD: the CI gate; exit 1 when a metric is worse beyond "
+        "its noise and its minimum effect, or when the new results lack an evaluator or metric the baseline has "
+        "(named on the last line; --only-run gates only what ran), 2 on bad input, 3 when the configurations differ.",
     )
     cp.add_argument("new", nargs="+", help="new result files or folders (or A B without --baseline)")
     cp.add_argument("--baseline", help="folder (or file) of baseline results: the gate")
@@ -462,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare every new SAE with this baseline SAE (e.g. a zoo member) instead of matching by name",
     )
     cp.add_argument("--only-changes", action="store_true", help="hide metrics that are identical or within noise")
+    cp.add_argument(
+        "--only-run",
+        action="store_true",
+        help="gate only the evaluators and metrics the new results hold (default: a baseline result or metric the new "
+        "side lacks fails the gate, naming it)",
+    )
     ex = sub.add_parser(
         "export",
         help="write results in another tool's layout (SAEBench's eval_results JSON)",

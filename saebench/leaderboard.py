@@ -61,6 +61,20 @@ def group_results(results: list[Result]) -> dict[Group, Rows]:
     return groups
 
 
+def mixed_rows(rows: Rows) -> dict[str, str]:
+    """Rows whose results come from different SAEs (different fingerprints under one name: two SAEs
+    given the same name, evaluated into one folder), each with a description naming them. Such a
+    row is flagged on the board (``⚠``): its numbers do not describe one SAE."""
+    out = {}
+    for name, row in rows.items():
+        fps: dict[str, list[str]] = {}
+        for ev, r in sorted(row["results"].items()):
+            fps.setdefault(r.sae.fingerprint, []).append(ev)
+        if len(fps) > 1:
+            out[name] = "; ".join(f"fingerprint {fp}: {', '.join(evs)}" for fp, evs in sorted(fps.items()))
+    return out
+
+
 def cell(r: Result | None, name: str) -> str:
     """``value ± half-width`` (95% interval) when the result has one, else the value; blank if absent."""
     if r is None or name not in r.metrics:
@@ -77,8 +91,10 @@ def _table(rows: Rows, cols: list[tuple[str, Metric]]) -> str:
     from tabulate import tabulate
 
     headers = ["SAE", "arch", "d_sae"] + [m.column + ARROW[m.direction] for _, m in cols]
+    mixed = mixed_rows(rows)
     body = [
-        [name, row["architecture"], row["d_sae"]] + [cell(row["results"].get(ev), m.name) for ev, m in cols]
+        [name + (" ⚠" if name in mixed else ""), row["architecture"], row["d_sae"]]
+        + [cell(row["results"].get(ev), m.name) for ev, m in cols]
         for name, row in sorted(rows.items())
     ]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
@@ -139,6 +155,8 @@ def render(results: list[Result], title: str = "saebench leaderboard",
         decl = metric_table(evs, results)
         heads = {ev: [m for m in decl.get(ev, {}).values() if m.headline] for ev in evs}
         lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
+        for name, what in sorted(mixed_rows(rows).items()):
+            lines += [f"⚠ **{name}** holds results of different SAEs ({what}): rerun them under distinct names.", ""]
         if len(evs) > 1:
             summary = [(ev, m) for ev in evs for m in heads[ev][: SUMMARY_CORE if ev == "core" else SUMMARY_OTHER]]
             lines += ["### Summary", "", _table(rows, summary), ""]
@@ -299,6 +317,10 @@ def write_leaderboard(paths: list[str | Path], out: str | Path, title: str = "sa
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     groups = group_results(results)
+    for rows in groups.values():
+        for name, what in sorted(mixed_rows(rows).items()):
+            warnings.warn(f"row {name!r} holds results of different SAEs ({what}); it is flagged ⚠ on the board: "
+                          "rerun them under distinct --name", stacklevel=2)  # fmt: skip
     names: dict[Group, dict[str, str]] = {}
     if plots:
         try:

@@ -32,6 +32,7 @@ from saebench.budget import (
     return_freed_memory,
     sae_bytes,
 )
+from saebench.data import check_corpus
 from saebench.errors import SaebenchError
 from saebench.evaluators import EvalConfig, EvalContext, EvalOutput, Evaluator, get_evaluator
 from saebench.io import cache_dir, check_memory, file_lock, human_bytes, lock_path, log, remove_stale_temps, slug
@@ -320,6 +321,8 @@ def plan_run(sae: Any, spec: RunSpec, release_weights: bool = False) -> RunPlan:
     if token_set is not None:
         tokens, ctx_len, corpus = token_set.n_tokens, token_set.ctx_len, f"{token_set.corpus}@{token_set.fingerprint()}"
     sizes = resolve_sizes(spec.profile, tokens, ctx_len, spec.batch_size)
+    if token_set is None:
+        check_corpus(corpus)
     specs = list(sae) if isinstance(sae, (list, tuple)) else [sae]
     names = list(spec.name) if isinstance(spec.name, (list, tuple)) else [spec.name] * len(specs)
     if len(names) != len(specs):
@@ -387,7 +390,7 @@ def plan_run(sae: Any, spec: RunSpec, release_weights: bool = False) -> RunPlan:
         check_writable(out)
         remove_stale_temps(out, depth=1)  # temp files of runs killed mid-write
         for ls in loaded:
-            check_same_sae(out, ls, spec.force)
+            check_same_sae(out, ls, spec.force, [ev.name for ev in evaluators])
     if spec.use_cache:
         remove_stale_temps(cache_dir(), depth=2)
     pending = []
@@ -434,10 +437,11 @@ def check_place(ls: LoadedSAE, hook: str | None, force_hook: bool) -> str:
     return hook
 
 
-def check_same_sae(out: Path, ls: LoadedSAE, force: bool) -> None:
+def check_same_sae(out: Path, ls: LoadedSAE, force: bool, evals: list[str]) -> None:
     """Refuse to write ``ls``'s results into a folder that holds results of another SAE (a different
     fingerprint) under the same name: that would replace its numbers, or merge two SAEs into one
-    board row. ``force`` replaces them (the old SAE's other results there are kept and named)."""
+    board row. ``force`` replaces the results this run recomputes (``evals``) and names the other
+    SAE's results it leaves there (the board flags that row until they are removed or redone)."""
     others = results_of_other_saes(out / slug(ls.name), ls.fingerprint)
     if not others:
         return
@@ -448,9 +452,10 @@ def check_same_sae(out: Path, ls: LoadedSAE, force: bool) -> None:
             f"{out / slug(ls.name)} holds {what}; this SAE ({ls.source}) has fingerprint {ls.fingerprint}: pass "
             "--name to keep both, or --force to replace them"
         )
+    left = sorted(r.evaluator for r in others if r.evaluator not in evals)
     log.warning(
-        f"replacing {what} in {out / slug(ls.name)} (--force); its results for evaluators this run does not "
-        f"recompute stay there: {', '.join(sorted(r.evaluator for r in others))}"
+        f"replacing {what} in {out / slug(ls.name)} (--force)"
+        + (f"; its {', '.join(left)} result(s) stay there until recomputed or removed" if left else "")
     )
 
 
@@ -506,6 +511,7 @@ def evaluate(sae: Any, spec: RunSpec | None = None, reuse: dict[Any, Any] | None
             for job in hook_jobs:
                 pipe.check_sae(job.sae.sae, job.sae.name)
             # shared inputs: computed once for every pending SAE at this hook
+            bar.set_postfix_str(f"{h}: shared inputs", refresh=True)
             t0 = time.perf_counter()
             needs = prepare_hook(pipe, [job.evaluator for job in hook_jobs], cfgs, spec.seed)
             t_prepare = time.perf_counter() - t0
@@ -537,6 +543,7 @@ def evaluate(sae: Any, spec: RunSpec | None = None, reuse: dict[Any, Any] | None
                 t0 = time.perf_counter()
                 splice = {}
                 if "splice" in needs:
+                    bar.set_postfix_str(f"{h}: spliced passes", refresh=True)
                     splice = splice_stats(
                         pipe,
                         {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs},
@@ -556,6 +563,7 @@ def evaluate(sae: Any, spec: RunSpec | None = None, reuse: dict[Any, Any] | None
                         splice.get(ls.name),
                         list(ls.notes),
                     )
+                    bar.set_postfix_str(f"{ls.name}: {ev.name}", refresh=True)
                     t0 = time.perf_counter()
                     output = ev.run(ctx, job.cfg)
                     if not isinstance(output, EvalOutput):

@@ -81,10 +81,12 @@ def write_native(folder: Path, arch: str = "relu", d_in: int = 576, d_sae: int =
         architecture=arch,
         d_in=d_in,
         d_sae=d_sae,
-        hook_name=HOOK,
-        model_name="smollm2-135m",
-        k=8 if arch in ("topk", "batchtopk") else None,
-        **cfg_extra,
+        **{
+            "hook_name": HOOK,
+            "model_name": "smollm2-135m",
+            "k": 8 if arch in ("topk", "batchtopk") else None,
+            **cfg_extra,  # overrides the defaults above
+        },
     )
     sae = NativeSAE(cfg)
     with torch.no_grad():
