@@ -36,7 +36,7 @@ def test_sweep_folders_are_named_by_their_shortest_distinguishing_paths(tmp_path
     a, b = tmp_path / "a.py", tmp_path / "sub" / "a.py"
     names, notes = distinct_names([f"python:{a}:build", f"python:{b}:build"], ["build", "build"])
     assert names == [f"{tmp_path.name}/a.py/build", "sub/a.py/build"] and len(notes) == 1
-    assert distinct_names([f"python:{a}:build", "x"], ["build", "build"])[0] == ["build", "build"]  # left to refuse
+    assert distinct_names([f"python:{a}:build", object()], ["build", "build"])[0] == ["build", "build"]  # refused later
 
 
 def test_a_result_of_another_sae_under_the_same_name_is_never_replaced_silently(tmp_path, capsys, caplog):
