@@ -18,7 +18,6 @@ from procs import cli, finish, fresh_cache, leftovers, ok, one_error, run_env, s
 
 from saebench.results import read_result
 
-pytestmark = pytest.mark.slow
 NEEDLE = "interrupted; completed results are kept, rerun the same command to resume"
 RUN = ["run", "--sae", "reference", "--tokens", "256", "--ctx-len", "32", "--batch-size", "4", "--threads", "1"]
 
