@@ -45,7 +45,17 @@ from typing import Any
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.io import TMP_MARK, as_os_error, cache_dir, file_lock, is_out_of_space, lock_path, warn_once, writing_in
+from saebench.io import (
+    TMP_MARK,
+    as_os_error,
+    cache_dir,
+    file_lock,
+    is_out_of_space,
+    lock_path,
+    log,
+    warn_once,
+    writing_in,
+)
 from saebench.profiles import DTYPE_NAMES
 
 EMBEDDED_MODEL = "smollm2-135m"
@@ -363,6 +373,10 @@ def embedded_hf_ready() -> bool:
 def _convert_embedded() -> tuple[Any, Any]:
     """Dequantize the GGUF (20-30 s): fp32 ``LlamaForCausalLM`` and its tokenizer, in memory."""
     gguf = embedded_gguf_path()
+    log.info(
+        f"first use: converting the embedded model ({gguf.name}) to a cached fp32 folder in {cache_dir() / 'models'}; "
+        "this one-time step takes about half a minute, later runs read the cache"
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
