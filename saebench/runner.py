@@ -159,8 +159,10 @@ def finish_metrics(ev: Evaluator, output: EvalOutput) -> tuple[dict[str, Any], d
     metrics = dict(output.metrics)
     uncertainty = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in output.uncertainty.items()}
     for m in getattr(ev, "metrics", ()):
-        if m.estimator is None or not stats.has_columns(m.estimator, output.samples):
-            continue  # not sampled, or an optional metric this run did not compute (absent, not null)
+        if m.estimator is None or m.estimator.unit not in output.samples:
+            continue
+        if m.optional and not stats.has_columns(m.estimator, output.samples):
+            continue  # an optional metric this run was not asked for: absent, not null
         iv = stats.interval(m.estimator, output.samples)
         given = metrics.get(m.name, iv.value)
         if (given is None) != (iv.value is None) or (

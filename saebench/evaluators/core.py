@@ -100,9 +100,10 @@ def M(  # noqa: N802 - a short table constructor
     min_effect: float = 0.0,
     est: Ratio | None = None,
     min_rel_effect: float = 0.0,
+    optional: bool = False,
 ) -> Metric:
     """A short constructor for the table below."""
-    return Metric(name, meaning, direction, headline, unit, title, min_effect, est, min_rel_effect)  # type: ignore[arg-type]
+    return Metric(name, meaning, direction, headline, unit, title, min_effect, est, min_rel_effect, optional)  # type: ignore[arg-type]
 
 
 # fmt: off
@@ -143,14 +144,15 @@ METRICS = (
       _mean("kl_spliced", "n_kl")),
     M("kl_div_with_ablation", "mean KL(clean ‖ zero-ablated) (SAEBench)", "", False, "nats", "", 0.0,
       _mean("kl_zero_all", "n_kl")),
+    # our ablation variants: only with --set core.ablation_variants=true (optional: absent otherwise)
     M("ce_loss_score_bos_clean", "CE score against zero-ablation of the kept positions only", "up", False, "", "",
-      0.001, _score("ce_zero_kept")),
+      0.001, _score("ce_zero_kept"), optional=True),
     M("ce_loss_score_mean", "CE score against mean-ablation of the kept positions", "up", False, "", "", 0.001,
-      _score("ce_mean_kept")),
+      _score("ce_mean_kept"), optional=True),
     M("ce_loss_with_ablation_bos_clean", "CE with the kept positions zeroed", "", False, "nats", "", 0.0,
-      _mean("ce_zero_kept", "n_ce")),
+      _mean("ce_zero_kept", "n_ce"), optional=True),
     M("ce_loss_with_mean_ablation", "CE with the kept positions mean-ablated", "", False, "nats", "", 0.0,
-      _mean("ce_mean_kept", "n_ce")),
+      _mean("ce_mean_kept", "n_ce"), optional=True),
     M("frac_alive", "fraction of latents non-zero somewhere in the sample (SAEBench)", "up", False, "", "", 0.002),
     M("freq_over_1_percent", "fraction of latents non-zero on more than 1% of tokens (SAEBench)"),
     M("freq_over_10_percent", "fraction of latents non-zero on more than 10% of tokens (SAEBench)", "down", False, "",
@@ -218,7 +220,7 @@ def core_metrics(st: SpliceStats, cfg: CoreConfig, d_in: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         m.name: stats.estimate(m.estimator, samples)
         for m in METRICS
-        if m.estimator and stats.has_columns(m.estimator, samples)  # variants only when their baselines ran
+        if m.estimator and (not m.optional or stats.has_columns(m.estimator, samples))  # variants when asked
     }
     n_tok = float(st.cols["n_rec"].sum())
     out.update(_density_metrics(st.fire_count, n_tok, cfg.dense_threshold))
