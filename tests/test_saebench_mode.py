@@ -1,0 +1,232 @@
+"""``mode=saebench``: SAEBench 0.6.0's own code, end to end, on the same model, SAE, local files and
+seed gives every number ours gives (SCR, TPP, sparse probing); its datasets are read from the
+documented local layout; a SAEBench-mode run without them is one line and exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from conftest import HOOK
+
+from saebench.errors import SaebenchError
+
+NAMES = ["Ann", "Bea", "Cal", "Dan", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lou", "Max", "Ned", "Ola"]
+TOWNS = ["Leeds", "Porto", "Oslo", "Kyoto", "Lima", "Quito", "Cairo", "Perth"]
+WORDS = ["quietly", "often", "with care", "at night", "every day", "for years", "in teams", "alone"]
+
+
+def _bios(n: int, profession: int, gender: int, rng: random.Random) -> list[dict]:
+    pron = "She" if gender else "He"
+    rows = []
+    for i in range(n):
+        rows.append({
+            "hard_text": f"{pron} works {rng.choice(WORDS)} as job {profession} near {rng.choice(TOWNS)}; "
+            f"{rng.choice(NAMES)} says case {i} of {profession}-{gender}.",
+            "profession": profession, "gender": gender,
+        })  # fmt: skip
+    return rows
+
+
+def write_layout(root: Path, per_cell: int = 30, seed: int = 0) -> Path:
+    """Small stand-ins for SAEBench's Bias in Bios and Amazon files, in the documented layout."""
+    rng = random.Random(seed)
+    for split, n in (("train", per_cell), ("test", per_cell // 2)):
+        rows = []
+        for prof in (0, 1, 2, 6, 9, 13, 21, 11):
+            for g in (0, 1):
+                rows += _bios(n, prof, g, rng)
+        rng.shuffle(rows)
+        folder = root / "LabHC" / "bias_in_bios"
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(folder / f"{split}.parquet")
+        reviews = []
+        for cat in (1, 2, 3, 5, 6, 24, 26):
+            for rating in (1.0, 5.0):
+                for i in range(n):
+                    mood = "awful" if rating == 1.0 else "great"
+                    reviews.append({"text": f"A {mood} item {i} of kind {cat}, {rng.choice(WORDS)}.",
+                                    "category": cat, "rating": rating})  # fmt: skip
+        rng.shuffle(reviews)
+        folder = root / "canrager" / "amazon_reviews_mcauley_1and5"
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(reviews).to_csv(folder / f"{split}.csv", index=False)
+    return root
+
+
+@contextlib.contextmanager
+def saebench_view(model):
+    """The shared HookedTransformer as SAEBench expects it: its tokenizer set the way
+    transformer-lens sets one (BOS prepended: the embedded model's ``<|endoftext|>``), restored after."""
+    from transformers import AutoTokenizer
+
+    from saebench.models import _hf_folder
+
+    ht = model.model
+    saved = (ht.tokenizer, ht.cfg.tokenizer_prepends_bos, ht.cfg.default_prepend_bos)
+    tok = AutoTokenizer.from_pretrained(str(_hf_folder()), bos_token="<|endoftext|>", add_bos_token=True)
+    ht.set_tokenizer(tok)
+    assert tok("a b")["input_ids"][0] == model.bos_id
+    try:
+        yield ht
+    finally:
+        ht.tokenizer, ht.cfg.tokenizer_prepends_bos, ht.cfg.default_prepend_bos = saved
+
+
+def local_load_dataset(root: Path):
+    """``datasets.load_dataset`` for SAEBench's code, answered from the local layout."""
+    from saebench.tasks.saebench_data import load_split
+
+    def load(name, *args, **kwargs):
+        return {s: load_split(name, s, str(root), False) for s in ("train", "test")}
+
+    return load
+
+
+def relu_sae(d_sae: int = 64, seed: int = 3):
+    from saebench.sae import NativeSAE, SAEConfig
+
+    g = torch.Generator().manual_seed(seed)
+    sae = NativeSAE(SAEConfig(architecture="relu", d_in=576, d_sae=d_sae, hook_name=HOOK, model_name="smollm2-135m"))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(576, d_sae, generator=g) * 0.05)
+        sae.W_dec.copy_(torch.randn(d_sae, 576, generator=g) * 0.05)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+        sae.b_dec.copy_(torch.randn(576, generator=g) * 0.05)
+    return sae.eval()
+
+
+def view_for_saebench(sae):
+    """What SAEBench's SCR/TPP/sparse-probing code reads from an SAE, backed by ours."""
+    return SimpleNamespace(
+        encode=sae.encode, decode=sae.decode, W_dec=sae.W_dec, W_enc=sae.W_enc, dtype=torch.float32,
+        device=torch.device("cpu"), cfg=SimpleNamespace(hook_layer=6, hook_name=HOOK, d_sae=sae.d_sae),
+    )  # fmt: skip
+
+
+SMALL_SCR = {
+    "mode": "saebench", "dataset_names": ["LabHC/bias_in_bios_class_set1"], "train_set_size": 24,
+    "test_set_size": 8, "context_length": 16, "llm_batch_size": 8, "n_values": [2, 5, 20],
+    "column1_vals_lookup": {"LabHC/bias_in_bios_class_set1": [["professor", "nurse"], ["architect", "journalist"]]},
+}  # fmt: skip
+SMALL_TPP = {
+    "mode": "saebench", "dataset_names": ["LabHC/bias_in_bios_class_set1", "canrager/amazon_reviews_mcauley_1and5"],
+    "train_set_size": 16, "test_set_size": 8, "context_length": 16, "llm_batch_size": 8, "n_values": [2, 5, 20],
+}  # fmt: skip
+
+
+def _saebench_config(small: dict, scr: bool):
+    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
+
+    cfg = ScrAndTppEvalConfig(model_name="smollm2-135m", perform_scr=scr)
+    for k, v in small.items():
+        if k != "mode":
+            setattr(cfg, k, {d: [tuple(p) for p in ps] for d, ps in v.items()} if k == "column1_vals_lookup" else v)
+    cfg.llm_dtype, cfg.random_seed = "float32", 7
+    return cfg
+
+
+@pytest.mark.parametrize("scr", [True, False], ids=["scr", "tpp"])
+def test_scr_tpp_equal_saebench_run_eval_single_sae(scr, model, token_set, cache_env, tmp_path, monkeypatch):
+    """SAEBench's ``run_eval_single_sae`` (its data sampling, tokenization, activations, AdamW probe
+    training with the best-test-accuracy epoch, node effects, ablations with freshly drawn TPP
+    negatives, aggregation) on local stand-in files gives every number our ``mode=saebench`` gives,
+    at several N and over two runs (the generator's stream carries across runs)."""
+    sb = pytest.importorskip("sae_bench.evals.scr_and_tpp.main", reason="sae-bench not installed")
+    import sae_bench.evals.scr_and_tpp.dataset_creation as dc
+    import sae_bench.sae_bench_utils.dataset_utils as du
+
+    from saebench.runner import evaluate
+
+    root = write_layout(tmp_path / "data")
+    small = SMALL_SCR if scr else SMALL_TPP
+    sae = relu_sae()
+    ev = "scr" if scr else "tpp"
+    ours = evaluate(sae, model=model, hook=HOOK, evals=[ev], token_set=token_set, seed=7, progress=False,
+                    eval_config={ev: {**small, "data_dir": str(root)}}, name="sae").results["sae"][ev]  # fmt: skip
+    assert ours.details["naming"]["names"] == "variant"  # small sizes: SAEBench's procedure, our names
+    monkeypatch.setattr(dc, "load_dataset", local_load_dataset(root))
+    monkeypatch.setattr(du, "load_dataset", local_load_dataset(root))
+    with saebench_view(model) as ht, torch.random.fork_rng():
+        theirs, _ = sb.run_eval_single_sae(_saebench_config(small, scr), view_for_saebench(sae), ht, "cpu",
+                                           str(tmp_path / "artifacts"), save_activations=False)  # fmt: skip
+    from saebench.evaluators.scr import variant_name as scr_name
+    from saebench.evaluators.tpp import variant_name as tpp_name
+
+    rename = scr_name if scr else tpp_name
+    keys = [k for k in theirs if isinstance(theirs[k], float)]
+    assert len(keys) == 3 * len(small["n_values"])
+    print({k: (round(ours.metrics[rename(k)], 4), round(theirs[k], 4)) for k in keys})
+    for k in keys:
+        assert ours.metrics[rename(k)] == pytest.approx(theirs[k], abs=1e-6), k
+    per_run = [k for k in theirs if isinstance(theirs[k], dict)]
+    assert len(per_run) == len(ours.details["runs"]) == (2 if scr else 2)
+    for row in ours.details["runs"]:
+        for k, v in theirs[f"{row['run']}_results"].items():
+            got = row[rename(k)] if scr else sum(c[rename(k)] for c in row["per_class"].values()) / len(row["per_class"])
+            assert got == pytest.approx(v, abs=1e-6), (row["run"], k)
+
+
+def test_saebench_names_only_with_saebench_settings():
+    """The names a result carries: SAEBench's only for its procedure, data and every setting."""
+    from saebench.evaluators.scr import ScrConfig
+    from saebench.evaluators.scr_tpp_saebench import naming
+    from saebench.evaluators.tpp import TppConfig
+
+    assert naming(ScrConfig())["names"] == "variant" and ScrConfig().data == "offline"
+    assert naming(ScrConfig(mode="saebench"))["names"] == "saebench" and ScrConfig(mode="saebench").data == "saebench"
+    assert naming(TppConfig(mode="saebench", llm_batch_size=4, sae_batch_size=3))["names"] == "saebench"
+    for change in ({"train_set_size": 400}, {"context_length": 64}, {"probe_epochs": 5}, {"n_values": [2, 20]},
+                   {"dataset_names": ["LabHC/bias_in_bios_class_set1"]}):  # fmt: skip
+        got = naming(TppConfig(mode="saebench", **change))
+        assert got["names"] == "variant" and next(iter(change)) in got["why"]
+    assert naming(ScrConfig(use_hub=True))["names"] == "variant"  # our probes on SAEBench's data
+
+
+def test_missing_saebench_data_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """A SAEBench-mode run without SAEBench's files: one line naming the files and the layout, exit
+    2, before the model loads, and nothing written."""
+    from saebench.cli import main
+
+    monkeypatch.delenv("SAEBENCH_DATA_DIR", raising=False)
+    out = tmp_path / "out"
+    for ev in ("scr", "tpp"):
+        rc = main(["run", "--sae", "reference", "--evals", ev, "--set", f"{ev}.mode=saebench",
+                   "--set", f"{ev}.data_dir={tmp_path / 'nothing'}", "--out", str(out), "--threads", "1"])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert "LabHC/bias_in_bios/train.parquet" in err[0] and "docs/saebench_mode.md" in err[0]
+    assert not out.exists() or not any(out.rglob("*.json"))
+    with pytest.raises(SaebenchError, match="mode=variant"):
+        from saebench.evaluators.scr import ScrConfig, ScrEvaluator
+
+        ScrEvaluator().preflight(ScrConfig(mode="saebench", data="offline"))
+
+
+def test_local_layout_reads_saebench_samplers_like_saebench(tmp_path, monkeypatch):
+    """SAEBench's own samplers on its loader patched to the local files give our texts, key for key."""
+    pytest.importorskip("sae_bench")
+    import sae_bench.evals.scr_and_tpp.dataset_creation as dc
+    import sae_bench.sae_bench_utils.dataset_utils as du
+
+    from saebench.tasks.saebench_data import missing_files, multi_label_data, scr_data
+
+    root = write_layout(tmp_path / "data", per_cell=24)
+    assert missing_files(["LabHC/bias_in_bios_class_set1", "canrager/amazon_reviews_mcauley_1and5"], str(root)) == []
+    assert missing_files(["fancyzhx/ag_news"], str(root)) == ["fancyzhx/ag_news/test", "fancyzhx/ag_news/train"]
+    monkeypatch.setattr(dc, "load_dataset", local_load_dataset(root))
+    monkeypatch.setattr(du, "load_dataset", local_load_dataset(root))
+    for d in ("LabHC/bias_in_bios_class_set1", "canrager/amazon_reviews_mcauley_1and5"):
+        pair = {"LabHC/bias_in_bios_class_set1": ("professor", "nurse"),
+                "canrager/amazon_reviews_mcauley_1and5": ("Books", "CDs_and_Vinyl")}[d]  # fmt: skip
+        col2 = {"LabHC/bias_in_bios_class_set1": ("male", "female"), "canrager/amazon_reviews_mcauley_1and5": (1.0, 5.0)}
+        assert scr_data(d, pair, 40, 20, 5, str(root), False) == dc.get_train_test_data(d, True, 40, 20, 5, pair, col2[d])
+        theirs = du.get_multi_label_train_test_data(d, 32, 16, 5)
+        ours = multi_label_data(d, 32, 16, 5, str(root), False)
+        chosen = list(ours[0])
+        assert ours == ({c: theirs[0][c] for c in chosen}, {c: theirs[1][c] for c in chosen})
