@@ -61,8 +61,9 @@ def write_layout(root: Path, per_cell: int = 30, seed: int = 0) -> Path:
 
 @contextlib.contextmanager
 def saebench_view(model):
-    """The shared HookedTransformer as SAEBench expects it: its tokenizer set the way
-    transformer-lens sets one (BOS prepended: the embedded model's ``<|endoftext|>``), restored after."""
+    """The shared HookedTransformer as SAEBench expects it, as transformer-lens' loader leaves a
+    Llama model: its tokenizer set with the BOS prepended (the embedded model's ``<|endoftext|>``)
+    and ``default_prepend_bos`` on (our split passes take token ids and leave it off); restored after."""
     from transformers import AutoTokenizer
 
     from saebench.models import _hf_folder
@@ -70,8 +71,9 @@ def saebench_view(model):
     ht = model.model
     saved = (ht.tokenizer, ht.cfg.tokenizer_prepends_bos, ht.cfg.default_prepend_bos)
     tok = AutoTokenizer.from_pretrained(str(_hf_folder()), bos_token="<|endoftext|>", add_bos_token=True)
+    ht.cfg.default_prepend_bos = True
     ht.set_tokenizer(tok)
-    assert tok("a b")["input_ids"][0] == model.bos_id
+    assert tok("a b")["input_ids"][0] == model.bos_id and int(ht.to_tokens(["a b"])[0, 0]) == model.bos_id
     try:
         yield ht
     finally:

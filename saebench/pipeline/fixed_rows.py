@@ -123,3 +123,54 @@ def _pass(pipe: ActivationPipeline, texts: list[str], ctx: int, bs: int) -> tupl
     if not parts:
         raise SaebenchError("saebench rows: no texts to run; the dataset split is empty")
     return torch.cat(parts), keep
+
+
+def prompt_activations(
+    pipe: ActivationPipeline, texts: list[str], position: int, batch_rows: int, label: str
+) -> torch.Tensor:
+    """``[R, d]``: the hook activation at ``position`` (from the end) of each prompt, as SAEBench's
+    ``model.run_with_cache(prompts)[:, position]`` reads it: rows are ``[BOS] + tokenize(text)``,
+    run ``batch_rows`` at a time in order, right-padded with the pad id to the longest row of
+    their batch, and read at ``width + position`` of the padded batch (a shorter row is read
+    where SAEBench reads it, padding included). Memoised and cached on disk like the other passes."""
+    if position >= 0:
+        raise SaebenchError(f"prompt_token_pos {position} must count from the end (SAEBench: -6)")
+    h = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
+    key = pipe.cache_key("saebench-prompts", h, str(position), str(batch_rows))
+
+    def load() -> torch.Tensor:
+        t0 = time.perf_counter()
+
+        def compute() -> dict[str, torch.Tensor]:
+            return {"acts": _prompt_pass(pipe, texts, position, batch_rows)}
+
+        found, cached = pipe.cached_tensors(
+            "saebench-prompts", key, compute, valid=lambda t: t["acts"].shape[0] == len(texts), label=label
+        )
+        pipe.add_time("positions_cached_s" if cached else "positions_forward_s", t0)
+        return found["acts"]
+
+    return pipe.shared(f"saebench-prompts:{key}", load)
+
+
+@torch.no_grad()
+def _prompt_pass(pipe: ActivationPipeline, texts: list[str], position: int, batch_rows: int) -> torch.Tensor:
+    pad, _ = special_ids(pipe)
+    out: torch.Tensor | None = None
+    for s in range(0, len(texts), batch_rows):
+        rows = [[pipe.model.bos_id, *pipe.model.tokenize(t)] for t in texts[s : s + batch_rows]]
+        width = max(len(r) for r in rows)
+        if width + position < 0:
+            raise SaebenchError(f"a prompt has {width} tokens, fewer than prompt_token_pos {position} reaches back")
+        batch = torch.full((len(rows), width), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            batch[i, : len(r)] = torch.as_tensor(r)
+        acts = pipe.acts_batch(pipe.model.prefix(batch, pipe.site))[:, width + position].float().cpu()
+        if out is None:
+            out = torch.zeros(len(texts), acts.shape[-1])
+        out[s : s + len(rows)] = acts
+        pipe.counters.position_forward_batches += 1
+        pipe.counters.position_rows += len(rows)
+    if out is None:
+        raise SaebenchError("no prompts to run")
+    return out
