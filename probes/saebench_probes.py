@@ -204,30 +204,33 @@ def pool_mean(
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
     budget: int = 1 << 25,
+    rows: int | None = None,
 ) -> torch.Tensor:
-    """``[n, d_out]``: SAEBench's mean pool (``create_meaned_model_activations``, and with ``fn``
-    the SAE's ``get_sae_meaned_activations``) of rows whose kept positions are ``mask [n, ctx]``
-    and whose kept activations are ``acts [mask.sum(), d]`` (row by row): each row rebuilt at full
-    width with exact zeros at masked positions (``fn`` applied to the kept ones), summed over
-    positions, divided by its kept count, float32 throughout like SAEBench. Rows go in chunks of
-    at most ``budget`` floats."""
+    """``[n, d_out]``: SAEBench's mean pool (``create_meaned_model_activations``; with ``fn`` the
+    SAE's ``get_sae_meaned_activations``) of rows whose kept positions are ``mask [n, ctx]`` and
+    whose kept activations are ``acts [mask.sum(), d]`` (row by row): each row rebuilt at full
+    width with exact zeros at masked positions, summed over positions, divided by its kept count,
+    float32 like SAEBench. ``fn`` sees the full rebuilt rows ``[b, ctx, d]`` (masked positions
+    too, zeroed after, as SAEBench encodes them), ``rows`` at a time (SAEBench's ``sae_batch_size``)
+    or as many as fit ``budget`` floats."""
     n, ctx = mask.shape
-    counts = mask.sum(dim=1)
-    starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(dim=1).cumsum(0)])
     out: torch.Tensor | None = None
     s = 0
     while s < n:
-        width = out.shape[1] if out is not None else acts.shape[1]
-        e = min(n, s + max(1, budget // max(1, ctx * width)))
-        x = acts[int(starts[s]) : int(starts[e])]
-        z = (fn(x.to(device)) if fn is not None else x).float().cpu()
+        if rows is not None:
+            e = min(n, s + rows)
+        elif out is None:  # one row first: its output width sizes the chunks
+            e = s + 1
+        else:
+            e = min(n, s + max(1, budget // max(1, ctx * max(out.shape[1], acts.shape[1]))))
+        m = mask[s:e]
+        full = torch.zeros(e - s, ctx, acts.shape[1], dtype=acts.dtype)
+        full[m] = acts[int(starts[s]) : int(starts[e])]
+        z = (fn(full.to(device)) if fn is not None else full).float().cpu() * m[:, :, None].float()
         if out is None:
-            out = torch.zeros(n, z.shape[1], dtype=torch.float32)
-            e = min(e, s + max(1, budget // max(1, ctx * z.shape[1])))
-            z = z[: int(starts[e] - starts[s])]
-        full = torch.zeros(e - s, ctx, z.shape[1], dtype=torch.float32)
-        full[mask[s:e]] = z
-        out[s:e] = full.sum(dim=1) / mask[s:e].to(torch.float32).sum(dim=1)[:, None]
+            out = torch.zeros(n, z.shape[-1], dtype=torch.float32)
+        out[s:e] = z.sum(dim=1) / m.to(torch.float32).sum(dim=1)[:, None]
         s = e
     assert out is not None
     return out

@@ -364,17 +364,13 @@ def test_saebench_mode_equals_saebench_absorption_end_to_end(model, token_set, c
 
     from saebench.evaluators import absorption_saebench
 
-    import time
-
-    t0 = time.perf_counter()
     vocab, seed = _small_vocab(model)
     sae = relu_sae(d_sae=96)
     settings = {"mode": "saebench", "min_feats_for_eval": 1, "min_GT_probe_f1": 0.3}
     monkeypatch.setattr(absorption_saebench, "saebench_vocab", lambda tok, d: vocab)
-    ours = evaluate(sae, model=model, hook=HOOK, evals=["absorption"], token_set=token_set, seed=seed,
-                    progress=False, eval_config={"absorption": settings}, name="s").results["s"]["absorption"]  # fmt: skip
-    print("ours", time.perf_counter() - t0, ours.timing)
-    t0 = time.perf_counter()
+    run = evaluate(sae, model=model, hook=HOOK, evals=["absorption"], token_set=token_set, seed=seed,
+                   progress=False, eval_config={"absorption": settings}, name="s")  # fmt: skip
+    ours = run.results["s"]["absorption"]
     assert ours.details["naming"]["names"] == "variant"  # settings changed: SAEBench's procedure, our names
     assert ours.details["contribution_rule"]["rule"].startswith("a_i * cos")
 
@@ -398,7 +394,6 @@ def test_saebench_mode_equals_saebench_absorption_end_to_end(model, token_set, c
             **kw, experiment_dir=tmp_path / "fa", sparse_probing_experiment_dir=tmp_path / "ksp", batch_size=10
         )
     random.setstate(state)
-    print("theirs", time.perf_counter() - t0)
     agg = _aggregate_results_df(raw).set_index("letter")
     rows = {r["letter"]: r for r in ours.details["letters"]}
     compared = 0
@@ -417,4 +412,6 @@ def test_saebench_mode_equals_saebench_absorption_end_to_end(model, token_set, c
     assert compared == len(good) >= 5
     mean = sum(agg.loc[c, "mean_absorption_fraction"] for c in good) / len(good)
     assert ours.metrics["absorption_rate"] == pytest.approx(mean, abs=1e-9)
-    assert ours.metrics["num_main_latents"] == pytest.approx(sum(len(agg.loc[c, "split_feats"]) for c in good) / len(good))
+    assert ours.metrics["num_main_latents"] == pytest.approx(
+        sum(len(agg.loc[c, "split_feats"]) for c in good) / len(good)
+    )

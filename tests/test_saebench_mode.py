@@ -170,7 +170,9 @@ def test_scr_tpp_equal_saebench_run_eval_single_sae(scr, model, token_set, cache
     assert len(per_run) == len(ours.details["runs"]) == (2 if scr else 2)
     for row in ours.details["runs"]:
         for k, v in theirs[f"{row['run']}_results"].items():
-            got = row[rename(k)] if scr else sum(c[rename(k)] for c in row["per_class"].values()) / len(row["per_class"])
+            got = (
+                row[rename(k)] if scr else sum(c[rename(k)] for c in row["per_class"].values()) / len(row["per_class"])
+            )
             assert got == pytest.approx(v, abs=1e-6), (row["run"], k)
 
 
@@ -226,8 +228,13 @@ def test_local_layout_reads_saebench_samplers_like_saebench(tmp_path, monkeypatc
     for d in ("LabHC/bias_in_bios_class_set1", "canrager/amazon_reviews_mcauley_1and5"):
         pair = {"LabHC/bias_in_bios_class_set1": ("professor", "nurse"),
                 "canrager/amazon_reviews_mcauley_1and5": ("Books", "CDs_and_Vinyl")}[d]  # fmt: skip
-        col2 = {"LabHC/bias_in_bios_class_set1": ("male", "female"), "canrager/amazon_reviews_mcauley_1and5": (1.0, 5.0)}
-        assert scr_data(d, pair, 40, 20, 5, str(root), False) == dc.get_train_test_data(d, True, 40, 20, 5, pair, col2[d])
+        col2 = {
+            "LabHC/bias_in_bios_class_set1": ("male", "female"),
+            "canrager/amazon_reviews_mcauley_1and5": (1.0, 5.0),
+        }
+        assert scr_data(d, pair, 40, 20, 5, str(root), False) == dc.get_train_test_data(
+            d, True, 40, 20, 5, pair, col2[d]
+        )
         theirs = du.get_multi_label_train_test_data(d, 32, 16, 5)
         ours = multi_label_data(d, 32, 16, 5, str(root), False)
         chosen = list(ours[0])

@@ -251,3 +251,68 @@ def absorb(task: SbTask, sae: Any, dec: torch.Tensor, letters: list[dict[str, An
         })  # fmt: skip
         scored.append((c, fracs, full))
     return scored
+
+
+def naming(cfg: Any) -> dict[str, Any]:
+    """Which names a result carries: SAEBench's only for its procedure at every default setting."""
+    if cfg.mode != "saebench":
+        return {"names": "variant", "mode": cfg.mode, "data": "vocabulary", "why": "mode=variant: our procedure"}
+    changed = [f"{k}={getattr(cfg, k)!r}" for k, v in SB_DEFAULTS.items() if getattr(cfg, k) != v]
+    if changed:
+        return {"names": "variant", "mode": cfg.mode, "data": "vocabulary",
+                "why": "SAEBench's procedure with other settings: " + ", ".join(changed)}  # fmt: skip
+    return {"names": "saebench", "mode": cfg.mode, "data": "vocabulary",
+            "why": "SAEBench's procedure and settings on the whole alphabetic vocabulary"}  # fmt: skip
+
+
+def run(ctx: Any, cfg: Any) -> Any:
+    """``mode=saebench`` for one SAE: the result (module doc; names per :func:`naming`)."""
+    from saebench.evaluators.absorption import LETTERS, MIN_EFFECT, SB_UNIT, VARIANT_UNIT, rule_entry, word_steps
+    from saebench.evaluators.base import EvalOutput, mean_defined
+    from saebench.evaluators.scr_tpp_saebench import resolution_entry
+    from saebench.stats import Samples
+
+    task = prepare(ctx.pipeline, cfg, ctx.seed)
+    out = score(task, ctx.sae, ctx.sae_name, cfg, ctx.model.device)
+    names = naming(cfg)
+    sb = names["names"] == "saebench"
+    unit = SB_UNIT if sb else VARIANT_UNIT
+    scored = out["scored"]
+    enough = out["n_good_letters"] >= cfg.min_feats_for_eval
+    samples: dict[str, Samples] = {}
+    if enough and scored:
+        ids = [f"{LETTERS[c]}@{task.key}" for c, _, _ in scored]
+        cols = {
+            "absorption_fraction": [[round(float(v), 8) for v in f] for _, f, _ in scored],
+            "full_absorption": [full for _, _, full in scored],
+            "num_split_features": [out["letters"][c]["num_split_features"] for c, _, _ in scored],
+        }
+        samples[unit] = Samples(unit, ids, cols)
+    else:
+        ctx.notes.append(
+            f"absorption: only {out['n_good_letters']} letter(s) reach probe F1 > {cfg.min_GT_probe_f1} (SAEBench "
+            f"needs {cfg.min_feats_for_eval} and stops); no score"
+        )
+    if not sb:
+        ctx.notes.append(f"absorption: our names, not SAEBench's: {names['why']}")
+    heads = ("mean_absorption_fraction_score", "mean_full_absorption_score") if sb else (
+        "absorption_rate", "full_absorption_rate")  # fmt: skip
+    steps = word_steps([len(f) for _, f, _ in scored])
+    metrics: dict[str, Any] = {
+        "probe_f1": mean_defined(task.probe_f1),
+        "n_letters_scored": len(scored) if enough else 0,
+        "n_probe_true_positives": sum(len(f) for _, f, _ in scored),
+        "n_full_absorption": sum(sum(full) for _, _, full in scored),
+        "n_words_train": len(task.data.train),
+        "n_words_test": len(task.data.test),
+    }
+    details = {
+        "letters": out["letters"],
+        "naming": names,
+        "resolution": {h: resolution_entry(h, "word", steps, MIN_EFFECT, f"over {len(scored)} letters") for h in heads},
+        "contribution_rule": {**rule_entry("saebench", out["decoder_norms"]), "decoder_source": out["decoder_source"]},
+        "vocabulary_words": task.n_vocab,
+        "example_prompt": task.data.train_prompts[0] if task.data.train_prompts else "",
+        "model_forward_batches": task.forward_batches,
+    }
+    return EvalOutput(metrics, details, samples=samples, timing={**task.timing, **out["timing"]})
