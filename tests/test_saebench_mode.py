@@ -163,7 +163,6 @@ def test_scr_tpp_equal_saebench_run_eval_single_sae(scr, model, token_set, cache
     rename = scr_name if scr else tpp_name
     keys = [k for k in theirs if isinstance(theirs[k], float)]
     assert len(keys) == 3 * len(small["n_values"])
-    print({k: (round(ours.metrics[rename(k)], 4), round(theirs[k], 4)) for k in keys})
     for k in keys:
         assert ours.metrics[rename(k)] == pytest.approx(theirs[k], abs=1e-6), k
     per_run = [k for k in theirs if isinstance(theirs[k], dict)]
@@ -239,3 +238,46 @@ def test_local_layout_reads_saebench_samplers_like_saebench(tmp_path, monkeypatc
         ours = multi_label_data(d, 32, 16, 5, str(root), False)
         chosen = list(ours[0])
         assert ours == ({c: theirs[0][c] for c in chosen}, {c: theirs[1][c] for c in chosen})
+
+
+def test_sparse_probing_equals_saebench_run_eval_single_sae(model, token_set, cache_env, tmp_path, monkeypatch):
+    """SAEBench's sparse-probing ``run_eval_single_sae`` (torch probes with early stopping on the
+    pooled residual and on the SAE's pooled latents, sklearn top-k probes on raw inputs, one
+    generator through every dataset) on local stand-in files gives every number ours gives."""
+    sp = pytest.importorskip("sae_bench.evals.sparse_probing.main", reason="sae-bench not installed")
+    import sae_bench.evals.sparse_probing.probe_training as pt
+    import sae_bench.sae_bench_utils.dataset_utils as du
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+    from saebench.evaluators.sparse_probing import variant_name
+    from saebench.runner import evaluate
+
+    root = write_layout(tmp_path / "data")
+    small = {"dataset_names": ["LabHC/bias_in_bios_class_set1", "canrager/amazon_reviews_mcauley_1and5_sentiment"],
+             "probe_train_set_size": 16, "probe_test_set_size": 8, "context_length": 16, "llm_batch_size": 8,
+             "k_values": [1, 2]}  # fmt: skip
+    sae = relu_sae()
+    ours = evaluate(sae, model=model, hook=HOOK, evals=["sparse_probing"], token_set=token_set, seed=7, progress=False,
+                    eval_config={"sparse_probing": {**small, "data_dir": str(root)}}, name="sae")  # fmt: skip
+    ours = ours.results["sae"]["sparse_probing"]
+    assert ours.details["naming"]["names"] == "variant"
+    monkeypatch.setattr(du, "load_dataset", local_load_dataset(root))
+    # SAEBench's sklearn probe is beartype-checked against the caller's jaxtyping dimensions, which its
+    # own top-k path violates (per-class size vs probe-set size) with the jaxtyping installed here: the
+    # same function without the check
+    monkeypatch.setattr(pt, "train_sklearn_probe", pt.train_sklearn_probe.__wrapped__)
+    cfg = SparseProbingEvalConfig(model_name="smollm2-135m", random_seed=7, llm_dtype="float32", **small)
+    with saebench_view(model) as ht, torch.random.fork_rng():
+        theirs, _ = sp.run_eval_single_sae(cfg, view_for_saebench(sae), ht, "cpu", str(tmp_path / "artifacts"),
+                                           save_activations=False)  # fmt: skip
+    keys = [k for k, v in theirs.items() if isinstance(v, float)]
+    want = ["llm_test_accuracy", "sae_test_accuracy"] + [
+        f"{w}_top_{k}_test_accuracy" for w in ("llm", "sae") for k in (1, 2)
+    ]
+    assert sorted(keys) == sorted(want)
+    for k in keys:
+        assert ours.metrics[variant_name(k)] == pytest.approx(theirs[k], abs=1e-6), k
+    for row in ours.details["datasets"]:
+        for k, v in theirs[f"{row['dataset_name']}_results"].items():
+            got = row[variant_name(k)]
+            assert sum(got.values()) / len(got) == pytest.approx(v, abs=1e-6), (row["dataset_name"], k)

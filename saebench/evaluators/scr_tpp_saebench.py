@@ -234,7 +234,9 @@ def score_run(run: Run, sae: Any, label: str, proc: Procedure, device: Any, path
     xbar = pool_mean(acts, masks)
     abl = SaeAblation(sae, enc, acts, lengths, xbar, w, b, path, 1024, device, masks=masks)
     w_dec = getattr(sae, "W_dec", None)
-    zbar_tr = {k: pool_mean(v.acts, v.mask, fn=enc, device=device) for k, v in run.train.items()}
+    zbar_tr = {
+        k: pool_mean(v.acts, v.mask, fn=enc, device=device, rows=proc.sae_batch_size) for k, v in run.train.items()
+    }
     ablated: dict[str, dict[int, dict[str, float]]] = {}
     latents: dict[str, list[int]] = {}
     targets = [SPURIOUS, INTENDED] if proc.perform_scr else run.chosen
