@@ -236,7 +236,9 @@ TPP_DATASETS: dict[str, TppDataset] = {
     )
 }
 
-OFFLINE_SCR = [p.name for p in SCR_PAIRS.values() if p.sources]
+# the default offline pairs: hist_fig_politician_gender is selectable by name, but its occupation probe on
+# bare names barely beats chance (~0.54), so one text moves its score by ~0.25 (docs/scr_tpp.md, "Resolution")
+OFFLINE_SCR = [p.name for p in SCR_PAIRS.values() if p.sources and p.name.startswith("reviews_")]
 OFFLINE_TPP = [d.name for d in TPP_DATASETS.values() if d.source]
 
 

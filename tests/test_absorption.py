@@ -8,6 +8,8 @@ bad settings give one-line errors."""
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,6 +29,7 @@ from saebench.probes.absorption import (
     split_features,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 CFG = AbsorptionConfig(icl_examples=3, min_probe_f1=0.0, min_letters=1, max_k=5)
 
@@ -357,10 +360,11 @@ def test_saebench_mode_equals_saebench_absorption_end_to_end(model, token_set, c
     and ``a·cos`` absorption) and its aggregation, seeded and given the same vocabulary in the same
     order, give every per-letter number and every aggregate our ``mode=saebench`` gives."""
     pytest.importorskip("sae_bench", reason="sae-bench not installed")
+    from crosscheck_saebench import saebench_view
     from sae_bench.evals.absorption import common, k_sparse_probing
     from sae_bench.evals.absorption import feature_absorption as fa
     from sae_bench.evals.absorption.main import _aggregate_results_df
-    from test_saebench_mode import relu_sae, saebench_view
+    from test_saebench_mode import relu_sae
 
     from saebench.evaluators import absorption_saebench
 

@@ -4,90 +4,17 @@ documented local layout; a SAEBench-mode run without them is one line and exit 2
 
 from __future__ import annotations
 
-import contextlib
-import random
+import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-import pandas as pd
 import pytest
 import torch
 from conftest import HOOK
 
 from saebench.errors import SaebenchError
 
-NAMES = ["Ann", "Bea", "Cal", "Dan", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lou", "Max", "Ned", "Ola"]
-TOWNS = ["Leeds", "Porto", "Oslo", "Kyoto", "Lima", "Quito", "Cairo", "Perth"]
-WORDS = ["quietly", "often", "with care", "at night", "every day", "for years", "in teams", "alone"]
-
-
-def _bios(n: int, profession: int, gender: int, rng: random.Random) -> list[dict]:
-    pron = "She" if gender else "He"
-    rows = []
-    for i in range(n):
-        rows.append({
-            "hard_text": f"{pron} works {rng.choice(WORDS)} as job {profession} near {rng.choice(TOWNS)}; "
-            f"{rng.choice(NAMES)} says case {i} of {profession}-{gender}.",
-            "profession": profession, "gender": gender,
-        })  # fmt: skip
-    return rows
-
-
-def write_layout(root: Path, per_cell: int = 30, seed: int = 0) -> Path:
-    """Small stand-ins for SAEBench's Bias in Bios and Amazon files, in the documented layout."""
-    rng = random.Random(seed)
-    for split, n in (("train", per_cell), ("test", per_cell // 2)):
-        rows = []
-        for prof in (0, 1, 2, 6, 9, 13, 21, 11):
-            for g in (0, 1):
-                rows += _bios(n, prof, g, rng)
-        rng.shuffle(rows)
-        folder = root / "LabHC" / "bias_in_bios"
-        folder.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_parquet(folder / f"{split}.parquet")
-        reviews = []
-        for cat in (1, 2, 3, 5, 6, 24, 26):
-            for rating in (1.0, 5.0):
-                for i in range(n):
-                    mood = "awful" if rating == 1.0 else "great"
-                    reviews.append({"text": f"A {mood} item {i} of kind {cat}, {rng.choice(WORDS)}.",
-                                    "category": cat, "rating": rating})  # fmt: skip
-        rng.shuffle(reviews)
-        folder = root / "canrager" / "amazon_reviews_mcauley_1and5"
-        folder.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(reviews).to_csv(folder / f"{split}.csv", index=False)
-    return root
-
-
-@contextlib.contextmanager
-def saebench_view(model):
-    """The shared HookedTransformer as SAEBench expects it, as transformer-lens' loader leaves a
-    Llama model: its tokenizer set with the BOS prepended (the embedded model's ``<|endoftext|>``)
-    and ``default_prepend_bos`` on (our split passes take token ids and leave it off); restored after."""
-    from transformers import AutoTokenizer
-
-    from saebench.models import _hf_folder
-
-    ht = model.model
-    saved = (ht.tokenizer, ht.cfg.tokenizer_prepends_bos, ht.cfg.default_prepend_bos)
-    tok = AutoTokenizer.from_pretrained(str(_hf_folder()), bos_token="<|endoftext|>", add_bos_token=True)
-    ht.cfg.default_prepend_bos = True
-    ht.set_tokenizer(tok)
-    assert tok("a b")["input_ids"][0] == model.bos_id and int(ht.to_tokens(["a b"])[0, 0]) == model.bos_id
-    try:
-        yield ht
-    finally:
-        ht.tokenizer, ht.cfg.tokenizer_prepends_bos, ht.cfg.default_prepend_bos = saved
-
-
-def local_load_dataset(root: Path):
-    """``datasets.load_dataset`` for SAEBench's code, answered from the local layout."""
-    from saebench.tasks.saebench_data import load_split
-
-    def load(name, *args, **kwargs):
-        return {s: load_split(name, s, str(root), False) for s in ("train", "test")}
-
-    return load
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from crosscheck_saebench import local_load_dataset, saebench_view, view_for_saebench, write_layout  # noqa: E402
 
 
 def relu_sae(d_sae: int = 64, seed: int = 3):
@@ -101,14 +28,6 @@ def relu_sae(d_sae: int = 64, seed: int = 3):
         sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
         sae.b_dec.copy_(torch.randn(576, generator=g) * 0.05)
     return sae.eval()
-
-
-def view_for_saebench(sae):
-    """What SAEBench's SCR/TPP/sparse-probing code reads from an SAE, backed by ours."""
-    return SimpleNamespace(
-        encode=sae.encode, decode=sae.decode, W_dec=sae.W_dec, W_enc=sae.W_enc, dtype=torch.float32,
-        device=torch.device("cpu"), cfg=SimpleNamespace(hook_layer=6, hook_name=HOOK, d_sae=sae.d_sae),
-    )  # fmt: skip
 
 
 SMALL_SCR = {

@@ -111,6 +111,8 @@ class AbsorptionConfig(EvalConfig):
     f1_jump: float = 0.03
     min_probe_f1: float = 0.6
     min_letters: int = 10  # fewer well-probed letters: scores undefined (SAEBench: 20, and stops)
+    min_true_positives: int = 5  # a letter with fewer probe true positives is not scored: one word would move
+    # the headline by >= 1 / (4 x letters), above the minimum effect (docs/absorption.md, "Resolution")
     token_chunk: int = 1024  # words encoded at once (memory token_chunk x d_sae floats)
     n_absorbed_reported: int = 20  # absorbed words listed per letter
 
@@ -500,7 +502,8 @@ def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: A
             continue
         tp = ((y_test == c) & (task.test_scores[:, c] > 0)).nonzero().squeeze(1)
         row["n_probe_true_positives"] = int(tp.numel())
-        if tp.numel() == 0:
+        if tp.numel() == 0 or tp.numel() < cfg.min_true_positives:
+            row["not_scored"] = f"{tp.numel()} probe true positive(s), fewer than min_true_positives"
             continue
         res = absorption_scores(
             task.acts[n_train:][tp],

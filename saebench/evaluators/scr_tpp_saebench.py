@@ -395,15 +395,16 @@ def text_step(n_texts: int, gap: float | None, n_units: int) -> float | None:
 
 
 def resolution_entry(metric: str, unit: str, steps: list[float | None], min_effect: float, what: str) -> dict:
-    """The ``details.resolution`` entry of one headline: the median and largest one-unit step over
-    the scored units (``steps`` already divided by the unit count) against the minimum effect."""
+    """The ``details.resolution`` entry of one headline: the median and the largest one-unit step over
+    the scored units (``steps`` already divided by the unit count). ``resolves`` when even the largest
+    is below the minimum effect: no single text / word can make a difference the gate counts."""
     vals = sorted(s for s in steps if s is not None)
     if not vals:
         return {"metric": metric, "unit": unit, "step": None, "step_max": None, "min_effect": min_effect,
                 "resolves": False, "why": f"no {unit} can move it (every score is pinned or undefined)"}  # fmt: skip
     med = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
-    ok = med < min_effect
-    why = (f"one {unit} moves {metric} by {med:.3g} (median; largest {vals[-1]:.3g}) {what}; "
+    ok = vals[-1] < min_effect
+    why = (f"one {unit} moves {metric} by up to {vals[-1]:.3g} (median {med:.3g}) {what}; "
            + ("below" if ok else "not below") + f" its minimum effect {min_effect:g}")  # fmt: skip
     return {"metric": metric, "unit": unit, "step": med, "step_max": vals[-1], "min_effect": min_effect,
             "resolves": ok, "why": why}  # fmt: skip
