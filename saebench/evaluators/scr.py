@@ -75,7 +75,7 @@ class ScrConfig(SaebenchFields):
         return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": {"n_train": 32, "n_test": 96},  # the three review pairs: one text < 0.02 (docs/scr_tpp.md)
+        "quick": {"n_train": 32, "n_test": 48},  # the three review pairs: one text moves < 0.02 (docs/scr_tpp.md)
         "standard": {"n_train": 250, "n_test": 100, "max_tokens": 128},
         "paper": {"n_train": 1000, "n_test": 250, "max_tokens": 128},
     }
