@@ -393,3 +393,24 @@ def test_scr_and_tpp_run_on_the_model_and_a_second_sae_costs_no_model_pass(model
         # every model pass was shared: both SAEs report the same passes, and the hook made no more
         assert scr.details["model_forward_batches"] + tpp.details["model_forward_batches"] == passes
     assert run.results["a"]["tpp"].samples["class"]["ids"] == run.results["b"]["tpp"].samples["class"]["ids"]
+
+
+def test_board_marks_columns_one_text_can_move():
+    """A result whose ``details.resolution`` says one unit moves the headline by its minimum effect or
+    more gets its column marked on the board, with the reason under the table."""
+    from saebench.leaderboard import render
+    from saebench.results import Result, SAERecord
+
+    def result(name: str, resolves: bool) -> Result:
+        why = f"one text moves scr_top_20 by up to {0.01 if resolves else 0.12} over 3 pairs"
+        entry = {"metric": "scr_top_20", "unit": "text", "step_max": 0.01 if resolves else 0.12, "resolves": resolves,
+                 "why": why}  # fmt: skip
+        sae = SAERecord(name=name, source="native", architecture="topk", d_in=576, d_sae=64, fingerprint=name)
+        return Result(evaluator="scr", run_key=name, sae=sae, metrics={"scr_top_20": 0.2},
+                      config={"model": "m", "hook": "h", "profile": "quick", "seed": 0},
+                      details={"resolution": {"scr_top_20": entry}})  # fmt: skip
+
+    assert "⚠" not in render([result("a", True)])
+    board = render([result("a", True), result("b", False)])
+    assert "SCR top-20 ↑ ⚠" in board
+    assert "not resolved at this profile: one text moves scr_top_20 by up to 0.12" in board
