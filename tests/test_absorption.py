@@ -31,7 +31,7 @@ from saebench.probes.absorption import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-CFG = AbsorptionConfig(icl_examples=3, min_probe_f1=0.0, min_letters=1, max_k=5)
+CFG = AbsorptionConfig(icl_examples=3, min_probe_f1=0.0, min_letters=1, max_k=5, min_true_positives=1)
 
 
 # -- the math, on hand-built numbers ----------------------------------------------------------------
@@ -308,7 +308,8 @@ def test_second_sae_costs_no_model_pass(cache_env, model, tmp_path):
     a, _ = write_native(tmp_path / "a", "topk", d_sae=64, seed=1)
     b, _ = write_native(tmp_path / "b", "topk", d_sae=64, seed=2)
     c, _ = write_native(tmp_path / "c", "relu", d_sae=64, seed=3)
-    cfg = {"absorption": {"n_words": 200, "icl_examples": 2, "min_probe_f1": 0.0, "min_letters": 1, "max_k": 2}}
+    cfg = {"absorption": {"n_words": 200, "icl_examples": 2, "min_probe_f1": 0.0, "min_letters": 1, "max_k": 2,
+                          "min_true_positives": 1}}  # fmt: skip
     both = evaluate([str(a), str(b)], model=model, evals=["absorption"], progress=False, eval_config=cfg)
     counters = both.counters[HOOK]
     assert counters.position_forward_batches > 0 and counters.position_rows == 200  # once for both SAEs
@@ -317,8 +318,13 @@ def test_second_sae_costs_no_model_pass(cache_env, model, tmp_path):
     assert alone.counters[HOOK].position_forward_batches == 0  # from the disk cache: SAE encodes only
     res = both.results["a"]["absorption"]
     assert res.metrics["n_words_train"] == 160 and res.metrics["n_letters_scored"] >= 1
-    assert res.uncertainty["mean_absorption_fraction_score"]["unit"] == "letter"
+    assert res.uncertainty["absorption_rate"]["unit"] == "letter"  # our names: our procedure
+    assert not [k for k in res.metrics if k.startswith("mean_")]  # none of SAEBench's names, not even null
     assert res.details["example_prompt"].endswith(" has the first letter:")
+    # random decoder rows are not unit-norm: the rule used is stated, with the norms, never switched
+    rule = res.details["contribution_rule"]
+    assert rule["rule"].startswith("a_i * (d_i . p)") and "not unit-norm" in rule["note"]
+    assert res.details["resolution"]["absorption_rate"]["unit"] == "word"
 
 
 def test_bad_settings_give_one_line_errors(model):
@@ -376,7 +382,8 @@ def test_saebench_mode_equals_saebench_absorption_end_to_end(model, token_set, c
                    progress=False, eval_config={"absorption": settings}, name="s")  # fmt: skip
     ours = run.results["s"]["absorption"]
     assert ours.details["naming"]["names"] == "variant"  # settings changed: SAEBench's procedure, our names
-    assert ours.details["contribution_rule"]["rule"].startswith("a_i * cos")
+    rule = ours.details["contribution_rule"]
+    assert rule["rule"].startswith("a_i * cos") and "not unit-norm" in rule["note"]  # SAEBench's rule, stated
 
     monkeypatch.setattr(common, "get_alpha_tokens", lambda tok: vocab)
     monkeypatch.setattr(fa, "get_alpha_tokens", lambda tok: vocab)
