@@ -124,14 +124,33 @@ def require(evaluator: str, datasets: list[str], data_dir: str | None, use_hub: 
         return
     root = data_root(data_dir)
     where = f"under {root}" if root else f"(no data_dir: --set {evaluator}.data_dir=DIR or ${ENV_DATA_DIR})"
-    shown = ", ".join(f"{m}.parquet" for m in missing[:4]) + (
-        f" and {len(missing) - 4} more" if len(missing) > 4 else ""
-    )
     raise SaebenchError(
-        f"{evaluator} mode=saebench needs SAEBench's datasets; missing {shown} {where} "
-        f"(one file per split, .parquet/.csv/.jsonl with the hub's columns: {LAYOUT_DOC}); "
-        f"or pass --set {evaluator}.use_hub=true with network"
+        f"{evaluator} mode=saebench needs SAEBench's datasets; missing {compact(missing)} {where} (one file per "
+        f"split, .parquet/.csv/.jsonl with the hub's columns: {LAYOUT_DOC}); or pass --set {evaluator}.use_hub=true "
+        "with network"
     )
+
+
+def compact(paths: list[str]) -> str:
+    """``a/b/{train,test}.parquet`` for files sharing a folder: every missing file, one line."""
+    groups: dict[str, list[str]] = {}
+    for p in paths:
+        folder, _, name = p.rpartition("/")
+        groups.setdefault(folder, []).append(name)
+    if any("/" in f for f in groups):  # europarl's per-pair folders: group once more by their parent
+        parents: dict[str, list[str]] = {}
+        for folder, names in groups.items():
+            parent, _, leaf = folder.rpartition("/")
+            key = f"{parent}|{','.join(names)}"
+            parents.setdefault(key, []).append(leaf)
+        out = []
+        for key, leaves in parents.items():
+            parent, names = key.split("|")
+            mid = leaves[0] if len(leaves) == 1 else "{" + ",".join(leaves) + "}"
+            files = names if "," not in names else "{" + names + "}"
+            out.append(f"{parent}/{mid}/{files}.parquet" if parent else f"{mid}/{files}.parquet")
+        return ", ".join(out)
+    return ", ".join(f"{f}/{n[0] if len(n) == 1 else '{' + ','.join(n) + '}'}.parquet" for f, n in groups.items())
 
 
 def _read(path: Path) -> Any:

@@ -117,12 +117,13 @@ def test_missing_saebench_data_is_one_line_exit_2(tmp_path, monkeypatch, capsys)
 
     monkeypatch.delenv("SAEBENCH_DATA_DIR", raising=False)
     out = tmp_path / "out"
-    for ev in ("scr", "tpp"):
-        rc = main(["run", "--sae", "reference", "--evals", ev, "--set", f"{ev}.mode=saebench",
-                   "--set", f"{ev}.data_dir={tmp_path / 'nothing'}", "--out", str(out), "--threads", "1"])  # fmt: skip
+    for ev in ("scr", "tpp", "sparse_probing"):
+        mode = [] if ev == "sparse_probing" else ["--set", f"{ev}.mode=saebench"]
+        rc = main(["run", "--sae", "reference", "--evals", ev, *mode, "--set", f"{ev}.data_dir={tmp_path / 'nothing'}",
+                   "--out", str(out), "--threads", "1"])  # fmt: skip
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1, err
-        assert "LabHC/bias_in_bios/train.parquet" in err[0] and "docs/saebench_mode.md" in err[0]
+        assert "LabHC/bias_in_bios/{test,train}.parquet" in err[0] and "docs/saebench_mode.md" in err[0]
     assert not out.exists() or not any(out.rglob("*.json"))
     with pytest.raises(SaebenchError, match="mode=variant"):
         from saebench.evaluators.scr import ScrConfig, ScrEvaluator

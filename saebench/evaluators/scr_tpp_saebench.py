@@ -353,9 +353,7 @@ def check_mode(cfg: Any, evaluator: str) -> None:
         small = [k for k in sizes if getattr(cfg, k) < 1]
         if small or cfg.context_length < 2:
             raise SaebenchError(f"{evaluator}: {', '.join(small) or 'context_length'} too small; fix --set")
-    if cfg.data == "saebench":
-        datasets = cfg.dataset_names if cfg.mode == "saebench" else SB_DATASETS
-        require(evaluator, datasets, cfg.data_dir, cfg.use_hub)
+        require(evaluator, cfg.dataset_names, cfg.data_dir, cfg.use_hub)  # (mode=variant skips a pair, with why)
 
 
 def naming(cfg: Any, extra_changed: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
