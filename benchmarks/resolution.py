@@ -53,7 +53,8 @@ def main() -> None:
                 u = res.uncertainty.get(name, {})
                 print(json.dumps({
                     "profile": label, "eval": ev, "metric": name, "wall_s": round(wall, 1),
-                    "shared_s": round(shared, 1), "per_sae_s": round(t.get("evaluator_s", 0.0), 1), "value": res.metrics.get(name),
+                    "shared_s": round(shared, 1), "per_sae_s": round(t.get("evaluator_s", 0.0), 1),
+                    "value": res.metrics.get(name),
                     "ci": [u.get("ci_low"), u.get("ci_high")], "step_median": r["step"], "step_max": r["step_max"],
                     "min_effect": r["min_effect"], "resolves": r["resolves"],
                 }))  # fmt: skip
