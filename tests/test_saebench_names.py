@@ -69,6 +69,7 @@ def test_every_saebench_named_metric_comes_from_a_saebench_path():
     unproven = sorted(set(emitted) - set(proven))
     assert not unproven, f"SAEBench-named metrics without a SAEBench path: {unproven}"
     assert {n for (ev, n) in emitted if ev == "core"} <= set(CORE_EQUAL) | set(CORE_DIFFERENT)
+    assert set(CORE_EQUAL) == set(SHARED)  # the export fills exactly the fields the crosscheck proves
     for ev, mod in SAEBENCH_MODE.items():  # and no variant metric of these evaluators takes a SAEBench name
         unit = importlib.import_module(mod).SB_UNIT
         sb_named = {n for (e, n) in emitted if e == ev}

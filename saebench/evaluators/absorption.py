@@ -1,6 +1,7 @@
 """``--evals absorption``: feature absorption on first-letter identification (Chanin et al. 2024,
 "A is for Absorption: Studying Feature Splitting and Absorption in Sparse Autoencoders";
-SAEBench's ``absorption`` eval, whose definitions, constants and metric names are kept).
+SAEBench's ``absorption`` eval, whose definitions and constants are kept; its metric names only in
+``mode=saebench``, below).
 
 The task is built offline from the tokenizer's vocabulary: every token whose text is ASCII
 letters (optionally after one leading space) is a word; ``n_words`` of them are sampled (seeded)
@@ -18,15 +19,16 @@ activations, the 26 ground-truth letter probes — is done once per hook in ``pr
 Per SAE (``saebench.probes.absorption`` has the formulas): encode train and test words, find
 each letter's main latents by k-sparse probing (L1 probe ranking, k = 1..``max_k``, F1-jump rule:
 ``num_split_features`` = their count), then for each letter whose probe reaches test F1 >
-``min_probe_f1`` (0.6) score every test word the probe gets right (a *probe true positive*):
+``min_probe_f1`` (0.6) and has at least ``min_true_positives`` (5) true positives, score every test
+word the probe gets right (a *probe true positive*):
 
-- ``mean_absorption_fraction_score`` — mean over letters of the mean absorption fraction over the
+- ``absorption_rate`` — mean over letters of the mean absorption fraction over the
   letter's probe true positives: the share of the probe projection that non-main latents aligned
   with the probe carry instead of the main latents (partial and full absorption);
-- ``mean_full_absorption_score`` — mean over letters of the rate of *full absorption*: the main
+- ``full_absorption_rate`` — mean over letters of the rate of *full absorption*: the main
   latents are all off, yet one latent aligned with the probe (cos ≥ 0.025) carries ≥ 40% of the
   probe projection;
-- ``mean_num_split_features`` — mean over letters of the number of main latents.
+- ``num_main_latents`` — mean over letters of the number of main latents.
 
 The sampling unit is the letter (``letter@hash`` of the words scored), with its tokens as
 sub-units, so the two absorption scores get a two-level bootstrap interval; two SAEs at one hook
