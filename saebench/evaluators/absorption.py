@@ -121,7 +121,7 @@ class AbsorptionConfig(EvalConfig):
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {"n_words": 1500, "icl_examples": 5},
         "standard": {"n_words": 8000, "min_letters": 20},
-        "paper": {"n_words": None, "min_letters": 20},
+        "paper": {"mode": "saebench", "n_words": None, "min_letters": 20},  # SAEBench's procedure, its names
     }
 
 
