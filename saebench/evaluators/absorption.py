@@ -345,8 +345,9 @@ def rule_entry(mode: str, norms: tuple[float, float] | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"rule": CONTRIBUTION_RULES[mode], "decoder_row_norms": norms}
     if norms is not None and (abs(norms[0] - 1) > 1e-3 or abs(norms[1] - 1) > 1e-3):
         entry["note"] = (
-            f"decoder rows are not unit-norm (norms {norms[0]:.3g}-{norms[1]:.3g}): "
-            + ("SAEBench's a*cos rule is applied as SAEBench applies it; mode=variant uses a*(d.p)"
+            f"decoder rows are not unit-norm in model units (norms {norms[0]:.3g}-{norms[1]:.3g}): "
+            + ("SAEBench's a*cos is applied to the SAE as given, as SAEBench does for a custom SAE object (it folds "
+               "the norms into the encoder only for SAELens SAEs); mode=variant uses a*(d.p)"
                if mode == "saebench" else "SAEBench's a*cos would scale each contribution by 1/norm; not used here")
         )  # fmt: skip
     return entry

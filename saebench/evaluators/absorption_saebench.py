@@ -215,7 +215,9 @@ def score(task: SbTask, sae: Any, label: str, cfg: Any, device: Any = "cpu") -> 
     dec, dec_source = decoder_rows(sae)
     scored, n_good = absorb(task, sae, dec, letters, cfg, device), sum(f > cfg.min_GT_probe_f1 for f in task.probe_f1)
     timing = {"sae_l1_probe_s": t_l1, "sae_k_sparse_s": t_k, "sae_absorption_s": time.perf_counter() - t0}
-    norms = dec.norm(dim=1)
+    from saebench.probes.geometry import decoder_directions
+
+    norms = decoder_directions(sae)[0].double().norm(dim=1)  # in model units: what the rule's meaning depends on
     return {"letters": letters, "scored": scored, "n_good_letters": n_good, "decoder_source": dec_source,
             "decoder_norms": (float(norms.min()), float(norms.max())), "timing": timing}  # fmt: skip
 
