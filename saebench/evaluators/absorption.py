@@ -127,7 +127,7 @@ class AbsorptionConfig(EvalConfig):
 
 def _declare() -> tuple[Metric, ...]:
     out = []
-    for sb in (True, False):
+    for sb in (False, True):  # ours first: the board's summary shows an evaluator's first headline
         unit = SB_UNIT if sb else VARIANT_UNIT
         how = "SAEBench's procedure (mode=saebench)" if sb else "our procedure (variant)"
         names = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")

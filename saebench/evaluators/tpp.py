@@ -93,18 +93,7 @@ def _declare() -> tuple[Metric, ...]:
         ):
             key = f"tpp_threshold_{n}_{suffix}"
             title = "TPP top-20"
-            out.append(
-                Metric(
-                    key,
-                    meaning + "; SAEBench's procedure and data, mean over datasets of per-dataset class means",
-                    direction,
-                    is_head,
-                    "",
-                    title + " (SAEBench)" if is_head else "",
-                    MIN_EFFECT,
-                    MeanOfMeans(SB_UNIT, key),
-                )
-            )
+            # ours first: the board's summary shows an evaluator's first headline
             out.append(
                 Metric(
                     variant_name(key),
@@ -115,6 +104,18 @@ def _declare() -> tuple[Metric, ...]:
                     title if is_head else "",
                     MIN_EFFECT,
                     mean_of(VARIANT_UNIT, variant_name(key)),
+                )
+            )
+            out.append(
+                Metric(
+                    key,
+                    meaning + "; SAEBench's procedure and data, mean over datasets of per-dataset class means",
+                    direction,
+                    is_head,
+                    "",
+                    title + " (SAEBench)" if is_head else "",
+                    MIN_EFFECT,
+                    MeanOfMeans(SB_UNIT, key),
                 )
             )
     out += [
