@@ -87,10 +87,27 @@ def cell(r: Result | None, name: str) -> str:
     return fmt(v)
 
 
+def resolution_flags(rows: Rows, cols: list[tuple[str, Metric]]) -> dict[tuple[str, str], str]:
+    """``{(evaluator, metric): why}`` for the columns a group cannot resolve: some result's
+    ``details.resolution[metric]`` (written by scr, tpp, absorption, sparse_probing) says one sampled
+    unit (a text, a word) moves the number by at least the metric's minimum effect at this profile.
+    The board marks those columns (⚠) and prints why under the table."""
+    out: dict[tuple[str, str], str] = {}
+    for row in rows.values():
+        for ev, m in cols:
+            r = row["results"].get(ev)
+            entry = (r.details.get("resolution") or {}).get(m.name) if r is not None else None
+            if isinstance(entry, dict) and entry.get("resolves") is False:
+                out.setdefault((ev, m.name), str(entry.get("why", "")))
+    return out
+
+
 def _table(rows: Rows, cols: list[tuple[str, Metric]]) -> str:
     from tabulate import tabulate
 
-    headers = ["SAE", "arch", "d_sae"] + [m.column + ARROW[m.direction] for _, m in cols]
+    flagged = resolution_flags(rows, cols)
+    headers = ["SAE", "arch", "d_sae"] + [m.column + ARROW[m.direction] + (" ⚠" if (ev, m.name) in flagged else "")
+                                          for ev, m in cols]  # fmt: skip
     mixed = mixed_rows(rows)
     body = [
         [name + (" ⚠" if name in mixed else ""), row["architecture"], row["d_sae"]]
@@ -164,6 +181,8 @@ def render(results: list[Result], title: str = "saebench leaderboard",
             if heads[ev]:
                 title_ev = f"### {ev}" if len(evs) > 1 else ""
                 lines += ([title_ev, ""] if title_ev else []) + [_table(rows, [(ev, m) for m in heads[ev]]), ""]
+                flags = resolution_flags(rows, [(ev, m) for m in heads[ev]])
+                lines += [f"⚠ not resolved at this profile: {why}" for why in flags.values()] + ([""] if flags else [])
         if plots and plots.get(key):
             links = [f"![L0 vs {m.column}]({plots[key][f'{ev}.{m.name}']})" for ev, m in _plot_metrics(decl, evs)
                      if f"{ev}.{m.name}" in plots[key]]  # fmt: skip
