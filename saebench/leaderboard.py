@@ -117,6 +117,14 @@ def _table(rows: Rows, cols: list[tuple[str, Metric]]) -> str:
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _filled(rows: Rows, evaluator: str, metric: str) -> bool:
+    """Whether any row of a group reports ``metric`` (a headline no row has, e.g. a SAEBench-mode
+    name on a board of variant results, gets no empty column)."""
+    return any(
+        metric in (row["results"][evaluator].metrics if evaluator in row["results"] else {}) for row in rows.values()
+    )
+
+
 def _plot_metrics(decl: dict[str, dict[str, Metric]], evaluators: list[str]) -> list[tuple[str, Metric]]:
     """(evaluator, metric) of every headline metric but L0 itself: one frontier plot each."""
     return [(ev, m) for ev in evaluators for m in decl.get(ev, {}).values() if m.headline and m.name != "l0"]
@@ -170,7 +178,7 @@ def render(results: list[Result], title: str = "saebench leaderboard",
         rows = groups[key]
         evs = evaluator_order({e for row in rows.values() for e in row["results"]})
         decl = metric_table(evs, results)
-        heads = {ev: [m for m in decl.get(ev, {}).values() if m.headline] for ev in evs}
+        heads = {ev: [m for m in decl.get(ev, {}).values() if m.headline and _filled(rows, ev, m.name)] for ev in evs}
         lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
         for name, what in sorted(mixed_rows(rows).items()):
             lines += [f"⚠ **{name}** holds results of different SAEs ({what}): rerun them under distinct names.", ""]
