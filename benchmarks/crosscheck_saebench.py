@@ -22,6 +22,8 @@ printed for reference, never compared.
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -141,6 +143,89 @@ def crosscheck(
     ).metrics["core"]
     theirs = saebench_core(model, native, hook, ts.tokens, batch_size)
     return {k: (ours[k], theirs[k]) for k in SHARED + NOT_COMPARED}
+
+
+# -- handing SAEBench our model, SAEs and local data (shared with tests/test_saebench_mode.py) ----------
+
+NAMES = ["Ann", "Bea", "Cal", "Dan", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lou", "Max", "Ned", "Ola"]
+TOWNS = ["Leeds", "Porto", "Oslo", "Kyoto", "Lima", "Quito", "Cairo", "Perth"]
+WORDS = ["quietly", "often", "with care", "at night", "every day", "for years", "in teams", "alone"]
+
+
+def write_layout(root: Any, per_cell: int = 30, seed: int = 0) -> Any:
+    """Small stand-ins for SAEBench's Bias in Bios and Amazon files in the documented local layout
+    (``docs/saebench_mode.md#data``): synthetic texts with the hub's columns, ``per_cell`` train rows
+    per (class, second attribute) and half as many test rows."""
+    import random
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(root)
+    rng = random.Random(seed)
+    for split, n in (("train", per_cell), ("test", per_cell // 2)):
+        rows = []
+        for prof in (0, 1, 2, 6, 9, 13, 21, 11):
+            for g in (0, 1):
+                pron = "She" if g else "He"
+                rows += [{"hard_text": f"{pron} works {rng.choice(WORDS)} as job {prof} near {rng.choice(TOWNS)}; "
+                          f"{rng.choice(NAMES)} says case {i} of {prof}-{g}.", "profession": prof, "gender": g}
+                         for i in range(n)]  # fmt: skip
+        rng.shuffle(rows)
+        (root / "LabHC" / "bias_in_bios").mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(root / "LabHC" / "bias_in_bios" / f"{split}.parquet")
+        reviews = []
+        for cat in (1, 2, 3, 5, 6, 24, 26):
+            for rating in (1.0, 5.0):
+                mood = "awful" if rating == 1.0 else "great"
+                reviews += [{"text": f"A {mood} item {i} of kind {cat}, {rng.choice(WORDS)}.", "category": cat,
+                             "rating": rating} for i in range(n)]  # fmt: skip
+        rng.shuffle(reviews)
+        folder = root / "canrager" / "amazon_reviews_mcauley_1and5"
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(reviews).to_csv(folder / f"{split}.csv", index=False)
+    return root
+
+
+@contextlib.contextmanager
+def saebench_view(model: Any) -> Iterator[Any]:
+    """The shared HookedTransformer as SAEBench expects it, as transformer-lens' loader leaves a
+    Llama model: its tokenizer set with the BOS prepended (the embedded model's ``<|endoftext|>``)
+    and ``default_prepend_bos`` on (our split passes take token ids and leave it off); restored after."""
+    from transformers import AutoTokenizer
+
+    from saebench.models import _hf_folder
+
+    ht = model.model
+    saved = (ht.tokenizer, ht.cfg.tokenizer_prepends_bos, ht.cfg.default_prepend_bos)
+    tok = AutoTokenizer.from_pretrained(str(_hf_folder()), bos_token="<|endoftext|>", add_bos_token=True)
+    ht.cfg.default_prepend_bos = True
+    ht.set_tokenizer(tok)
+    assert tok("a b")["input_ids"][0] == model.bos_id and int(ht.to_tokens(["a b"])[0, 0]) == model.bos_id
+    try:
+        yield ht
+    finally:
+        ht.tokenizer, ht.cfg.tokenizer_prepends_bos, ht.cfg.default_prepend_bos = saved
+
+
+def local_load_dataset(root: Any) -> Any:
+    """``datasets.load_dataset`` for SAEBench's code, answered from the local layout."""
+    from saebench.tasks.saebench_data import load_split
+
+    def load(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {s: load_split(name, s, str(root), False) for s in ("train", "test")}
+
+    return load
+
+
+def view_for_saebench(sae: Any, layer: int = 6, hook: str = "blocks.6.hook_resid_post") -> Any:
+    """What SAEBench's SCR/TPP/sparse-probing/absorption code reads from an SAE, backed by ours."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        encode=sae.encode, decode=sae.decode, W_dec=sae.W_dec, W_enc=sae.W_enc, dtype=torch.float32,
+        device=torch.device("cpu"), cfg=SimpleNamespace(hook_layer=layer, hook_name=hook, d_sae=sae.d_sae),
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -244,13 +244,26 @@ class SaeAblation:
         path: str = "auto",
         token_chunk: int = 1024,
         device: torch.device | str = "cpu",
+        masks: torch.Tensor | None = None,
     ) -> None:
         from saebench.probes.sparse_probing import pool
 
         self.sae, self.encode, self.acts, self.lengths = sae, encode, acts, lengths
         self.w, self.b = probe_w.double(), probe_b.double()
         self.token_chunk, self.device = token_chunk, device
-        self.zbar = pool(acts, lengths, "mean", encode, token_chunk, device)  # [n, d_sae] float32
+        self.pad_counts: torch.Tensor | None = None
+        self.z_pad: torch.Tensor | None = None
+        if masks is None:
+            self.zbar = pool(acts, lengths, "mean", encode, token_chunk, device)  # [n, d_sae] float32
+            self.zbar_ablated = self.zbar
+        else:  # SAEBench's rows (module doc): its pool, and its ablation of the masked positions too
+            from saebench.probes.saebench_probes import pool_mean
+
+            self.zbar = pool_mean(acts, masks, fn=encode, device=device)
+            with torch.no_grad():
+                self.z_pad = encode(torch.zeros(1, acts.shape[1], dtype=acts.dtype, device=device)).float().cpu()[0]
+            self.pad_counts = (masks.shape[1] - masks.sum(dim=1)).float()
+            self.zbar_ablated = self.zbar + (self.pad_counts / lengths.float())[:, None] * self.z_pad[None]
         self.base = xbar.double() @ self.w + self.b  # [n, P] clean probe logits
         sample = acts[: min(64, acts.shape[0])].to(device)
         with torch.no_grad():
@@ -290,9 +303,23 @@ class SaeAblation:
         base = self.base[idx]
         if self.path == "linear":
             assert self.u is not None
-            return torch.stack([ablated_logits_linear(self.zbar[idx], base, self.u, m) for m in masks])
+            return torch.stack([ablated_logits_linear(self.zbar_ablated[idx], base, self.u, m) for m in masks])
         rows, lens = token_rows(self.acts, self.lengths, ids)
         shifts = ablated_shifts_exact(
             rows, lens, self.encode, self.sae.decode, self.w, masks, self.token_chunk, self.device
         )
+        if self.z_pad is not None and self.pad_counts is not None:  # SAEBench ablates masked positions too
+            z0 = self.z_pad.to(self.device)[None]
+            with torch.no_grad():
+                pad = torch.stack(
+                    [
+                        (
+                            self.sae.decode(z0).double()
+                            - self.sae.decode(z0.masked_fill(m.to(z0.device), 0.0)).double()
+                        ).cpu()[0]
+                        @ self.w
+                        for m in masks
+                    ]
+                )  # [M, P]
+            shifts = shifts + (self.pad_counts[idx] / self.lengths[idx].float()).double()[None, :, None] * pad[:, None]
         return base[None] - shifts

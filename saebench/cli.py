@@ -62,7 +62,8 @@ def _add_run(sub: Any) -> None:
         "--name",
         action="extend",
         nargs="+",
-        help="name(s) for the matching --sae in results (default: folder/factory name)",
+        help="name(s) for the matching --sae in results (default: its folder or factory name; SAEs whose "
+        "default names coincide, e.g. runs/*/final, are named by their shortest distinguishing paths)",
     )
     p.add_argument(
         "--model",
@@ -70,6 +71,11 @@ def _add_run(sub: Any) -> None:
         help="transformer-lens model name (default: the SAE's model_name, else the embedded smollm2-135m)",
     )
     p.add_argument("--hook", default=None, help="transformer-lens hook name (default: the SAE's hook_name)")
+    p.add_argument(
+        "--force-hook",
+        action="store_true",
+        help="evaluate at --hook even where it differs from the hook the SAE names (refused otherwise)",
+    )
     p.add_argument("--evals", default="core", help="comma list of evaluators or python:FILE.py:CLASS (default: core)")
     p.add_argument("--profile", default="quick", choices=list(PROFILES), help="sample sizes (default: quick)")
     p.add_argument("--tokens", type=int, help="tokens in the evaluation set (overrides the profile)")
@@ -91,7 +97,12 @@ def _add_run(sub: Any) -> None:
         metavar="EVAL.KEY=VALUE",
         help="override an evaluator setting, e.g. core.dense_threshold=0.05",
     )
-    p.add_argument("--force", action="store_true", help="recompute results that are already complete")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute results that are already complete, and replace results that another SAE of the same name "
+        "left in --out (refused otherwise)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the activation cache")
     p.add_argument(
         "--trust-pickle",
@@ -222,11 +233,13 @@ def cmd_run(a: argparse.Namespace) -> int:
         )
     else:
         runner = evaluate
-    run = runner(
-        specs,
+    from saebench.spec import RunSpec
+
+    spec = RunSpec(
         model=a.model,
         hook=a.hook,
-        evals=[e.strip() for e in a.evals.split(",") if e.strip()],
+        force_hook=a.force_hook,
+        evals=tuple(e.strip() for e in a.evals.split(",") if e.strip()),
         profile=a.profile,
         tokens=a.tokens,
         ctx_len=a.ctx_len,
@@ -244,6 +257,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         use_cache=not a.no_cache,
         max_memory=a.max_memory,
     )
+    run = runner(specs, spec)
     if run.distributed:
         d = run.distributed
         print(
@@ -368,10 +382,16 @@ def cmd_compare(a: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         try:
             result = compare(
-                new, base, parse_min_effects(a.min_effect), against=a.against, ignore=tuple(a.ignore), direct=direct
+                new,
+                base,
+                parse_min_effects(a.min_effect),
+                against=a.against,
+                ignore=tuple(a.ignore),
+                direct=direct,
+                only_run=a.only_run,
             )
         except IncomparableError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            _error(str(exc))
             return 3
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
@@ -426,10 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser(
         "compare",
         help="A vs B with intervals, or the CI gate: exit 1 when a metric got worse beyond noise",
-        description="saebench compare A B: per metric, the difference A - B with its 95%% interval (paired where the "
-        "two results share token contexts / tasks / latents) and a verdict (better, worse, within noise). "
-        "saebench compare NEW --baseline OLD: the CI gate; exit 1 when a metric is worse beyond its noise and its "
-        "minimum effect (named on the last line), 2 on bad input, 3 when the configurations differ.",
+        description="saebench compare A B: per metric, A's value, B's value, the difference A - B with its 95% "
+        "interval (paired where the two results share token contexts / tasks / latents) and a verdict (better, worse, "
+        "within noise, same). saebench compare NEW --baseline OLD: the CI gate; exit 1 when a metric is worse beyond "
+        "its noise and its minimum effect, or when the new results lack an evaluator or metric the baseline has "
+        "(named on the last line; --only-run gates only what ran), 2 on bad input, 3 when the configurations differ.",
     )
     cp.add_argument("new", nargs="+", help="new result files or folders (or A B without --baseline)")
     cp.add_argument("--baseline", help="folder (or file) of baseline results: the gate")
@@ -448,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare every new SAE with this baseline SAE (e.g. a zoo member) instead of matching by name",
     )
     cp.add_argument("--only-changes", action="store_true", help="hide metrics that are identical or within noise")
+    cp.add_argument(
+        "--only-run",
+        action="store_true",
+        help="gate only the evaluators and metrics the new results hold (default: a baseline result or metric the new "
+        "side lacks fails the gate, naming it)",
+    )
     ex = sub.add_parser(
         "export",
         help="write results in another tool's layout (SAEBench's eval_results JSON)",
@@ -531,8 +558,12 @@ def _resource_error(exc: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``saebench`` command and return its exit status (see the module doc)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
     handlers = {
         "run": cmd_run,
         "leaderboard": cmd_leaderboard,
@@ -552,15 +583,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except SaebenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; completed results are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Terminated:
-        print(
-            "error: terminated (SIGTERM); completed results are kept, rerun the same command to resume", file=sys.stderr
-        )
+        _error("terminated (SIGTERM); completed results are kept, rerun the same command to resume")
         return 143
     except BrokenPipeError:  # output piped into a reader that went away (| head): nothing left to say
         with contextlib.suppress(OSError):
@@ -570,12 +598,54 @@ def main(argv: list[str] | None = None) -> int:
         message = _resource_error(exc)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        _error(message)
         return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _error(message: str) -> None:
+    """``error: MESSAGE`` on a line of its own: progress bars still drawn (an exception left their
+    loops) are closed first, so the line never continues a bar."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # noqa: BLE001 - cosmetic: the message matters, not the bars
+        pass
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _interrupted() -> int:
+    _error("interrupted; completed results are kept, rerun the same command to resume")
+    return 130
+
+
+def entry() -> None:
+    """The ``saebench`` command (and ``python -m saebench.cli``): :func:`main`, then exit with its status.
+
+    Exit 130 on Ctrl-C, always. CPython (3.8+) kills itself with SIGINT at exit, instead of
+    returning the status, when a flag "a KeyboardInterrupt went unhandled" is set; the flag is set
+    whenever a KeyboardInterrupt leaves code run by ``exec``/``eval`` of a *string* (dataclasses,
+    namedtuples, pydantic and torch define methods that way while transformers and torch import),
+    and is not cleared when the exception is then caught. A Ctrl-C during those imports thus ended
+    the process by the signal after it had printed its one line (seen in CI as exit -2). Leaving
+    through ``os._exit`` after flushing keeps the promised status; every lock and temp file was
+    already released while the exception unwound.
+    """
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one is being handled
+        code = _interrupted()
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -16,13 +16,16 @@ with its 95% interval and a verdict:
   gate tests dozens at once and must not fail on noise; see :func:`_family_wise`) *and* the
   change exceeds its minimum effect (the metric's declared ``min_effect``, absolute, or
   ``min_rel_effect`` × |baseline|; ``--min-effect`` overrides), ``better`` symmetrically, else
-  ``within noise`` (``same`` when identical). A metric with no interval (too few independent
-  units, no spread) is judged by its minimum effect alone, and says so in ``Row.basis``; one
-  with neither interval nor minimum effect is not judged (``changed``): it cannot fail the gate
-  on its own. Descriptive metrics (no direction) are ``same`` or ``changed``;
-- a directional metric missing from the new results, or undefined (null), NaN or infinite on
-  either side, is a failure naming it: a gate that cannot check a metric must not pass it
-  (``--ignore`` skips one). A metric only the new results have is reported as ``new metric``.
+  ``within noise`` (``same`` when identical, whatever the intervals). A metric with no interval
+  (too few independent units, no spread) is judged by its minimum effect alone, and says so in
+  ``Row.basis``; one with neither interval nor minimum effect is not judged (``changed``): it
+  cannot fail the gate on its own. Descriptive metrics (no direction) are ``same`` or ``changed``;
+- a metric the new results lack (any metric, directional or not), and every baseline evaluator the
+  new results lack for an SAE they hold (a run that crashed before it), is a failure naming it:
+  a gate that did not measure something must not pass it (``--only-run`` gates only what ran;
+  ``--ignore`` skips one metric). A directional metric undefined (null), NaN or infinite on one
+  side fails too; null on *both* sides is ``same`` (e.g. a free-text autointerp score of an
+  offline run). A metric only the new results have is reported as ``new metric``.
 
 Results made with different configurations (model, hook, token count, context, corpus, dtype,
 evaluator settings) are not compared: that is its own error (exit 3) naming the differing keys,
@@ -45,7 +48,7 @@ from saebench import stats
 from saebench.display import fmt
 from saebench.errors import SaebenchError
 from saebench.evaluators import Metric, metric_table
-from saebench.results import Result, read_result, result_files
+from saebench.results import Result, read_results
 
 #: config keys whose difference makes two results measure different things
 INCOMPARABLE_KEYS = ("model", "hook", "n_tokens", "ctx_len", "corpus", "split", "dtype", "evaluator_config")
@@ -89,6 +92,7 @@ class Comparison:
     unmatched_baseline: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     labels: tuple[str, str] = ("new", "baseline")
+    direct: bool = False
 
     @property
     def failures(self) -> list[Row]:
@@ -115,14 +119,10 @@ def parse_min_effects(items: list[str]) -> dict[str, tuple[float, bool]]:
 
 
 def collect(paths: list[str | Path], what: str) -> dict[tuple[str, str], Result]:
-    """Results keyed by (SAE name, evaluator); unreadable files are skipped with a warning."""
+    """Results keyed by (SAE name, evaluator); damaged files are named in a warning (or, when nothing
+    readable is left, in the error)."""
     found: dict[tuple[str, str], tuple[Result, Path]] = {}
-    for f in result_files(paths, what):
-        try:
-            res = read_result(f)
-        except SaebenchError as exc:
-            warnings.warn(f"skipping {exc}", stacklevel=2)
-            continue
+    for f, res in read_results(paths, what):
         key = (res.sae.name, res.evaluator)
         if key in found:
             warnings.warn(
@@ -228,17 +228,21 @@ def compare_metric(
     key = (new.sae.name, new.evaluator, name, direction, base.metrics.get(name), new.metrics.get(name))
     if b == "absent" and n != "absent":
         return Row(*key, None, None, None, False, None, "new metric")  # nothing to regress from
+    if n == "absent":
+        return Row(*key, None, None, None, False, None, "missing")  # the new run did not measure it
+    if b is None and n is None:
+        return Row(*key, None, None, None, False, None, "same")  # undefined (null) on both sides: nothing changed
     if direction and (not _finite(b) or not _finite(n)):
-        return Row(*key, None, None, None, False, None, "missing" if n == "absent" else "undefined")
+        return Row(*key, None, None, None, False, None, "undefined")  # a gate that cannot check must not pass
     if not _finite(b) or not _finite(n):
         return Row(*key, None, None, None, False, None, "same" if b == n else "changed")
     diff = float(n) - float(b)
     effect = _threshold(decl, float(b), override, name)
+    if diff == 0:
+        return Row(*key, 0.0, None, None, False, effect if direction else None, "same")  # identical values
     if not direction:
-        return Row(*key, diff, None, None, False, None, "same" if diff == 0 else "changed")
+        return Row(*key, diff, None, None, False, None, "changed")
     low, high, paired, se, df, why = _interval(decl, name, new, base)
-    if diff == 0 and (low is None or (low == 0 and high == 0)):
-        return Row(*key, diff, low, high, paired, effect, "same", se, df)
     bad = diff > 0 if direction == "down" else diff < 0
     basis = ""
     if low is None:  # no interval: only the minimum effect decides, and with none the metric is not judged
@@ -264,11 +268,16 @@ def compare(
     against: str | None = None,
     ignore: tuple[str, ...] = (),
     direct: bool = False,
+    only_run: bool = False,
 ) -> Comparison:
     """Compare the results under ``new_paths`` with those under ``baseline_paths``.
 
     ``against``: compare every new SAE with this one baseline SAE (same evaluator). ``direct``:
     each side holds one SAE; compare them whatever their names (``saebench compare A B``).
+    The gate (not ``direct``) fails on every baseline result and metric the new side lacks: a run
+    that crashed before an evaluator, or no longer reports a metric, measured nothing there.
+    ``only_run`` restricts the gate to the evaluators the new side ran (a baseline evaluator the
+    new results do not hold is then a note, not a failure).
     """
     override = dict(min_effects or {})
     new = collect(list(new_paths), "new results")
@@ -279,7 +288,7 @@ def compare(
         )
     if not base:
         raise SaebenchError(f"no saebench results in baseline {', '.join(map(str, baseline_paths))}; check the path")
-    out = Comparison()
+    out = Comparison(direct=direct)
     if direct:
         names_a, names_b = sorted({s for s, _ in new}), sorted({s for s, _ in base})
         if len(names_a) != 1 or len(names_b) != 1:
@@ -294,7 +303,7 @@ def compare(
         if not chosen:
             names = sorted({s for s, _ in base})
             raise SaebenchError(f"--against {against!r}: no baseline SAE of that name (have: {', '.join(names[:8])})")
-        base = {(s, e): chosen[e] for (s, e) in new if e in chosen}
+        base = {(s, e): r for s in sorted({s for s, _ in new}) for e, r in chosen.items()}
     known = {m for r in list(new.values()) + list(base.values()) for m in r.metrics}
     unknown = sorted(set(override) - known - {"*"}) + sorted(set(ignore) - known)
     if unknown:
@@ -305,8 +314,16 @@ def compare(
     if not matched:
         raise SaebenchError(
             f"no new result matches a baseline by SAE name + evaluator (new: {', '.join(out.unmatched_new[:5])}; "
-            f"baseline: {', '.join(out.unmatched_baseline[:5])}); name the SAE with --name when running"
+            f"baseline: {', '.join(out.unmatched_baseline[:5])}); pass --against BASELINE_SAE to compare every new SAE "
+            "with one baseline SAE, or name the SAE with --name when running"
         )
+    if not direct and not only_run:
+        ran = {s for s, _ in new}
+        out.rows += [
+            Row(s, e, "(every metric)", "", None, None, None, None, None, False, None, "missing")
+            for s, e in sorted(set(base) - set(new))
+            if s in ran  # an SAE the new side does not hold at all is a name mismatch, reported below
+        ]
     incomparable = [
         f"{s}/{e}: {', '.join(d)}" for (s, e) in matched if (d := config_differences(new[(s, e)], base[(s, e)]))
     ]
@@ -322,7 +339,12 @@ def compare(
     for key in matched:
         b, n = base[key], new[key]
         names = sorted(m for m in set(b.metrics) | set(n.metrics) if m not in ignore)
-        out.rows += [compare_metric(m, decl.get(key[1], {}).get(m), n, b, override) for m in names]
+        rows = [compare_metric(m, decl.get(key[1], {}).get(m), n, b, override) for m in names]
+        if only_run or direct:  # a metric the new side did not compute is a note, not a failure
+            for r in rows:
+                if r.verdict == "missing":
+                    r.verdict = "not run"
+        out.rows += rows
     _family_wise(out.rows)
     return out
 
@@ -336,55 +358,57 @@ def _ci(r: Row) -> str:
 
 
 def render(cmp: Comparison, show_all: bool = True, direct: bool = False) -> str:
-    """The per-metric table and a summary line naming every failing metric."""
+    """The per-metric table and a summary line naming every failing metric.
+
+    ``compare A B`` (direct) shows A's value, then B's, under their names, and A − B; the gate
+    shows baseline, then new, and new − baseline."""
     from tabulate import tabulate
 
     arrow = {"up": "↑", "down": "↓", "": ""}
     a_label, b_label = cmp.labels
     words = {"WORSE": f"{a_label} worse", "better": f"{a_label} better"} if direct else {}
-    quiet = ("same", "within noise", "changed")
-    rows = [
-        [
-            r.sae,
-            r.evaluator,
-            f"{r.metric} {arrow[r.direction]}".rstrip(),
-            fmt(r.baseline),
-            fmt(r.new),
-            _ci(r),
-            "" if r.min_effect is None else f"{r.min_effect:.3g}",
-            words.get(r.verdict, r.verdict),
-        ]
-        for r in cmp.rows
-        if show_all or r.verdict not in quiet
-    ]
-    heads = [
-        "SAE",
-        "eval",
-        "metric",
-        b_label if direct else "baseline",
-        a_label if direct else "new",
-        "diff [95% CI]" + (" (p: paired)"),
-        "min effect",
-        "verdict",
-    ]
+    quiet = ("same", "within noise", "changed", "not run")
+    rows = []
+    for r in cmp.rows:
+        if not show_all and r.verdict not in FAILING and r.verdict in quiet:
+            continue
+        values = [fmt(r.new), fmt(r.baseline)] if direct else [fmt(r.baseline), fmt(r.new)]
+        rows.append(
+            ([] if direct else [r.sae])
+            + [r.evaluator, f"{r.metric} {arrow[r.direction]}".rstrip(), *values, _ci(r)]
+            + ["" if r.min_effect is None else f"{r.min_effect:.3g}", words.get(r.verdict, r.verdict)]
+        )
+    heads = (
+        ["eval", "metric", f"A: {a_label}", f"B: {b_label}", "A − B [95% CI] (p: paired)"]
+        if direct
+        else ["SAE", "eval", "metric", "baseline", "new", "new − baseline [95% CI] (p: paired)"]
+    ) + ["min effect", "verdict"]
     lines = [tabulate(rows, headers=heads, tablefmt="github")]
     lines += [f"note: {x} has no baseline (not compared)" for x in cmp.unmatched_new]
-    lines += [f"note: baseline {x} has no new result (not compared)" for x in cmp.unmatched_baseline]
+    missing_fail = {f"{r.sae}/{r.evaluator}" for r in cmp.rows if r.metric == "(every metric)"}
+    lines += [
+        f"note: baseline {x} has no new result (not compared)" for x in cmp.unmatched_baseline if x not in missing_fail
+    ]
     lines += [f"note: {x}" for x in cmp.notes]
     fails = cmp.failures
     if direct:
         better = sum(r.verdict == "better" for r in cmp.rows)
         worse = sum(r.verdict == "WORSE" for r in cmp.rows)
-        lines.append(f"{a_label} vs {b_label}: better on {better}, worse on {worse} metric(s) beyond noise")
+        lines.append(f"A = {a_label} vs B = {b_label}: A better on {better}, worse on {worse} metric(s) beyond noise")
     elif fails:
-        what = ", ".join(
-            f"{r.metric} of {r.sae}/{r.evaluator} ({fmt(r.baseline)} → {fmt(r.new)}, {_ci(r) or r.verdict})"
-            for r in fails
-        )
-        lines.append(f"FAIL: {len(fails)} metric(s) worse beyond noise: {what}")
+        what = ", ".join(_failure(r) for r in fails)
+        lines.append(f"FAIL: {len(fails)} metric(s) worse beyond noise or not measured: {what}")
     else:
         n = len(cmp.rows)
         same = sum(r.verdict == "same" for r in cmp.rows)
         noise = sum(r.verdict == "within noise" for r in cmp.rows)
         lines.append(f"OK: {n} metric(s) compared, none worse beyond noise ({same} identical, {noise} within noise)")
     return "\n".join(lines)
+
+
+def _failure(r: Row) -> str:
+    if r.metric == "(every metric)":
+        return f"{r.sae}/{r.evaluator} (the baseline has it, the new results do not; --only-run to gate only what ran)"
+    if r.verdict == "missing":
+        return f"{r.metric} of {r.sae}/{r.evaluator} (the new result does not report it)"
+    return f"{r.metric} of {r.sae}/{r.evaluator} ({fmt(r.baseline)} → {fmt(r.new)}, {_ci(r) or r.verdict})"

@@ -151,13 +151,94 @@ def _datasets_docs(corpus: str, seed: int) -> Iterator[str]:
         kind = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
         if kind is None:
             raise SaebenchError(f"corpus file {corpus!r}: use .txt (one document per line), .jsonl or .parquet")
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train").shuffle(seed=seed)
+        check_local_corpus(path, kind)
+        try:
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train").shuffle(seed=seed)
+        except Exception as exc:  # datasets wraps every parse failure (DatasetGenerationError, ArrowInvalid, ...)
+            cause = exc.__cause__ or exc.__context__ or exc
+            detail = str(cause).splitlines()[0][:120] if str(cause) else type(cause).__name__
+            raise SaebenchError(
+                f"corpus file {corpus!r} could not be read as {kind} ({type(cause).__name__}: {detail}); "
+                + FIX_CORPUS[kind]
+            ) from exc
     for row in ds:
         text = row.get("text")
-        if text is None:
-            raise SaebenchError(f"corpus {corpus!r} has no 'text' column (columns: {', '.join(row)})")
+        if text is None and "text" not in row:
+            raise SaebenchError(
+                f"corpus {corpus!r} has no 'text' column (columns: {', '.join(row)}); rename the column holding the "
+                "documents to 'text'"
+            )
+        if not isinstance(text, str):
+            if text is None:
+                continue
+            raise SaebenchError(
+                f"corpus {corpus!r}: column 'text' holds {type(text).__name__} values, not strings; store the "
+                "documents as text"
+            )
         if text.strip():
             yield text.strip()[:MAX_DOC_CHARS]
+
+
+#: how to fix a local corpus file that does not parse, by kind
+FIX_CORPUS = {
+    "text": "give a UTF-8 text file with one document per line",
+    "json": 'give JSON lines, one object per line with a "text" field',
+    "parquet": "give a parquet file with a string column 'text'",
+}
+
+
+def check_corpus(corpus: str) -> None:
+    """Refuse a ``--corpus`` that cannot work before any model loads: a local file that does not
+    exist, has an unknown suffix or cannot hold documents (``sae-probes`` and ``hf:`` corpora are
+    checked when read)."""
+    if corpus == "sae-probes" or corpus.startswith("hf:"):
+        return
+    path = Path(corpus)
+    if not path.is_file():
+        raise SaebenchError(f"corpus {corpus!r} is neither 'sae-probes', hf:NAME[:CONFIG[:SPLIT]] nor an existing file")
+    kind = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+    if kind is None:
+        raise SaebenchError(f"corpus file {corpus!r}: use .txt (one document per line), .jsonl or .parquet")
+    check_local_corpus(path, kind)
+
+
+def check_local_corpus(path: Path, kind: str) -> None:
+    """Refuse, in one line, a local corpus file that cannot hold documents: empty, binary (NUL bytes
+    in its first 64 KiB), text or JSON that is not UTF-8, or a parquet file without a ``text``
+    column, before ``datasets`` turns it into a cache and a multi-line traceback."""
+    size = path.stat().st_size
+    if size == 0:
+        raise SaebenchError(f"corpus file {str(path)!r} is empty; {FIX_CORPUS[kind]}")
+    if kind == "parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+        except Exception as exc:  # noqa: BLE001 - any unreadable parquet is the same user error
+            raise SaebenchError(
+                f"corpus file {str(path)!r} is not a readable parquet file ({type(exc).__name__}); {FIX_CORPUS[kind]}"
+            ) from exc
+        if "text" not in names:
+            raise SaebenchError(
+                f"corpus file {str(path)!r} has no 'text' column (columns: {', '.join(names[:10])}); rename the column "
+                "holding the documents to 'text'"
+            )
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    if b"\x00" in head:
+        raise SaebenchError(
+            f"corpus file {str(path)!r} looks binary (it holds NUL bytes), not text; {FIX_CORPUS[kind]}"
+        )
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for _ in iter(lambda: fh.read(1 << 20), ""):
+                pass
+    except UnicodeDecodeError as exc:
+        raise SaebenchError(
+            f"corpus file {str(path)!r} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} cannot be decoded); convert "
+            f"it, e.g. `iconv -f latin1 -t utf-8`, or {FIX_CORPUS[kind]}"
+        ) from exc
 
 
 def build_token_set(

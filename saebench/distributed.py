@@ -46,10 +46,9 @@ from tqdm.auto import tqdm
 
 from saebench.errors import SaebenchError
 from saebench.results import complete_result
+from saebench.spec import RunSpec
 
 INSTALL_RAY = "pip install 'saebench[ray]'"
-PLAN_ARGS = ("evals", "profile", "tokens", "ctx_len", "batch_size", "seed", "corpus", "eval_config", "token_set")
-RUN_ARGS = (*PLAN_ARGS, "use_cache", "max_memory")
 
 
 def _ray() -> Any:
@@ -73,14 +72,16 @@ class Unit:
 class Worker:
     """A Ray actor (created through ``ray.remote``) that holds the model and serves jobs."""
 
-    def __init__(self, model: Any, device: str, dtype: str, threads: int, run_args: dict[str, Any]) -> None:
+    def __init__(self, model: Any, threads: int, spec: RunSpec) -> None:
         import torch
 
         torch.set_num_threads(threads)
         from saebench.models import SubjectModel, load_model
 
-        self.subject = model if isinstance(model, SubjectModel) else load_model(model, device=device, dtype=dtype)
-        self.args = run_args
+        self.subject = (
+            model if isinstance(model, SubjectModel) else load_model(model, device=spec.device, dtype=spec.dtype)
+        )
+        self.spec = spec
         self.reuse: dict[Any, Any] = {}
         self._reported: dict[str, dict[str, int]] = {}  # counters already sent, per hook
 
@@ -99,37 +100,30 @@ class Worker:
         from saebench.evaluators import get_evaluator
         from saebench.runner import prepare_hook, resolve_sizes, shared_pipeline, shared_token_set
 
-        a = self.args
-        token_set = a.get("token_set")
+        sp = self.spec
+        ts = sp.token_set
         sizes = (
-            resolve_sizes(a["profile"], token_set.n_tokens, token_set.ctx_len, a.get("batch_size"))
-            if token_set is not None
-            else resolve_sizes(a["profile"], a.get("tokens"), a.get("ctx_len"), a.get("batch_size"))
+            resolve_sizes(sp.profile, ts.n_tokens, ts.ctx_len, sp.batch_size)
+            if ts is not None
+            else resolve_sizes(sp.profile, sp.tokens, sp.ctx_len, sp.batch_size)
         )
-        tokens = shared_token_set(self.reuse, self.subject, sizes, a["seed"], a["corpus"], token_set)
-        pipe = shared_pipeline(self.reuse, self.subject, tokens, hook, sizes["batch_size"], a["use_cache"], False)
-        evaluators = [get_evaluator(e) for e in a["evals"]]
-        cfgs = {
-            ev.name: ev.Config.for_profile(a["profile"], **(a.get("eval_config") or {}).get(ev.name, {}))
-            for ev in evaluators
-        }
-        prepare_hook(pipe, evaluators, cfgs, a["seed"])
+        tokens = shared_token_set(self.reuse, self.subject, sizes, sp.seed, sp.corpus, ts)
+        pipe = shared_pipeline(self.reuse, self.subject, tokens, hook, sizes["batch_size"], sp.use_cache, False)
+        evaluators = [get_evaluator(e) for e in sp.evals]
+        cfgs = {ev.name: ev.Config.for_profile(sp.profile, **sp.eval_config.get(ev.name, {})) for ev in evaluators}
+        prepare_hook(pipe, evaluators, cfgs, sp.seed)
         return {"hook": hook, "counters": self._delta(hook, pipe.counters), "pid": os.getpid()}
 
     def run_group(self, hook: str, saes: list[tuple[Any, str]], force: bool) -> dict[str, Any]:
         from saebench.runner import evaluate
 
-        a = dict(self.args)
         t0 = time.perf_counter()
         run = evaluate(
             [s for s, _ in saes],
-            name=[n for _, n in saes],
-            model=self.subject,
-            hook=hook,
-            force=force,
-            progress=False,
+            self.spec.replace(
+                name=[n for _, n in saes], model=self.subject, hook=hook, force=force, force_hook=True, progress=False
+            ),
             reuse=self.reuse,
-            **a,
         )
         return {
             "hook": hook,
@@ -153,50 +147,30 @@ def _cluster_default_workers(ray: Any, device: str, threads: int) -> int:
 
 def evaluate_ray(
     sae: Any,
+    spec: RunSpec | None = None,
     address: str | None = None,
     workers: int | None = None,
     threads: int = 1,
     max_attempts: int = 3,
-    out: str | Path = "saebench-results",
-    model: Any = None,
-    force: bool = False,
-    progress: bool = True,
-    device: str = "cpu",
-    dtype: str = "float32",
-    hook: str | None = None,
-    name: str | list[str] | None = None,
-    trust_pickle: bool = False,
-    **run_args: Any,
+    **options: Any,
 ) -> Any:
     """Evaluate ``sae`` (spec(s) or objects) on a Ray cluster and return a :class:`RunResults`.
 
     ``address``: a running cluster (``ray://HOST:10001``, ``HOST:6379`` or ``auto``); None starts
     a local one. ``workers``: actors to start (default: one per GPU with ``device="cuda"``, else
-    the cluster's CPUs / ``threads``). Every other argument is :func:`saebench.evaluate`'s.
+    the cluster's CPUs / ``threads``). The run's options are :func:`saebench.evaluate`'s (a
+    :class:`~saebench.spec.RunSpec` and/or its fields as keywords); ``out`` defaults to
+    ``saebench-results`` here, because workers write their results there.
     """
     from saebench.runner import plan_run
 
-    unknown = sorted(set(run_args) - set(RUN_ARGS))
-    if unknown:
-        raise SaebenchError(f"evaluate_ray got unknown argument(s) {', '.join(unknown)}")
+    spec = RunSpec.build(spec, **{"out": "saebench-results", **options})
     ray = _ray()
-    if out is None:
+    if spec.out is None:
         raise SaebenchError("--ray writes results into --out; pass a folder on a filesystem all nodes share")
-    out = Path(out)
+    out = Path(spec.out)
     t_start = time.perf_counter()
-    plan = plan_run(
-        sae,
-        model=model,
-        hook=hook,
-        out=out,
-        device=device,
-        dtype=dtype,
-        force=force,
-        name=name,
-        trust_pickle=trust_pickle,
-        release_weights=True,
-        **{k: v for k, v in run_args.items() if k in PLAN_ARGS},
-    )
+    plan = plan_run(sae, spec, release_weights=True)
     run = plan.run
     if not plan.pending:
         return run
@@ -211,26 +185,12 @@ def evaluate_ray(
             logging_level="ERROR",
         )
     try:
-        n_workers = workers or _cluster_default_workers(ray, device, threads)
+        n_workers = workers or _cluster_default_workers(ray, spec.device, threads)
         units = _plan_units(plan, n_workers)
+        model = spec.model
         model_arg = ray.put(model) if model is not None and not isinstance(model, str) else plan.model_name
-        worker_args = {
-            "evals": run_args.get("evals", ("core",)),
-            "profile": run_args.get("profile", "quick"),
-            "tokens": run_args.get("tokens"),
-            "ctx_len": run_args.get("ctx_len"),
-            "batch_size": run_args.get("batch_size"),
-            "seed": run_args.get("seed", 0),
-            "corpus": run_args.get("corpus", "sae-probes"),
-            "out": str(out),
-            "device": device,
-            "dtype": dtype,
-            "eval_config": run_args.get("eval_config"),
-            "trust_pickle": trust_pickle,
-            "use_cache": run_args.get("use_cache", True),
-            "token_set": run_args.get("token_set"),
-            "max_memory": run_args.get("max_memory"),
-        }
+        # each worker evaluates exactly the planned jobs: the hook is fixed per job and was checked here
+        worker_spec = spec.replace(model=None, out=str(out), progress=False)
         env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env["TOKENIZERS_PARALLELISM"] = "false"
         for var in ("SAEBENCH_CACHE",):
@@ -238,15 +198,17 @@ def evaluate_ray(
                 env[var] = os.environ[var]
         actor_cls = ray.remote(Worker).options(
             num_cpus=threads,
-            num_gpus=1 if str(device).startswith("cuda") else 0,
+            num_gpus=1 if str(spec.device).startswith("cuda") else 0,
             max_restarts=-1,
             max_task_retries=0,
             runtime_env={"env_vars": env},
         )
-        actors = [actor_cls.remote(model_arg, device, dtype, threads, worker_args) for _ in range(n_workers)]
+        actors = [actor_cls.remote(model_arg, threads, worker_spec) for _ in range(n_workers)]
         _check_shared_out(ray, actors, out)  # waits for every actor to be up (model loaded)
         t_ready = time.perf_counter()
-        stats = _schedule(ray, actors, units, force, max_attempts, progress, len({j.sae.name for j in plan.pending}))
+        stats = _schedule(
+            ray, actors, units, spec.force, max_attempts, spec.progress, len({j.sae.name for j in plan.pending})
+        )
     finally:
         if started:
             ray.shutdown()

@@ -61,6 +61,20 @@ def group_results(results: list[Result]) -> dict[Group, Rows]:
     return groups
 
 
+def mixed_rows(rows: Rows) -> dict[str, str]:
+    """Rows whose results come from different SAEs (different fingerprints under one name: two SAEs
+    given the same name, evaluated into one folder), each with a description naming them. Such a
+    row is flagged on the board (``⚠``): its numbers do not describe one SAE."""
+    out = {}
+    for name, row in rows.items():
+        fps: dict[str, list[str]] = {}
+        for ev, r in sorted(row["results"].items()):
+            fps.setdefault(r.sae.fingerprint, []).append(ev)
+        if len(fps) > 1:
+            out[name] = "; ".join(f"fingerprint {fp}: {', '.join(evs)}" for fp, evs in sorted(fps.items()))
+    return out
+
+
 def cell(r: Result | None, name: str) -> str:
     """The metric's value with its 95% interval as :func:`saebench.display.with_interval` writes it
     (``v ± h``, ``v [lo, hi]`` when asymmetric, ``v (n=k)`` with too few independent units for
@@ -70,15 +84,42 @@ def cell(r: Result | None, name: str) -> str:
     return with_interval(r.metrics[name], r.uncertainty.get(name))
 
 
+def resolution_flags(rows: Rows, cols: list[tuple[str, Metric]]) -> dict[tuple[str, str], str]:
+    """``{(evaluator, metric): why}`` for the columns a group cannot resolve: some result's
+    ``details.resolution[metric]`` (written by scr, tpp, absorption, sparse_probing) says one sampled
+    unit (a text, a word) moves the number by at least the metric's minimum effect at this profile.
+    The board marks those columns (⚠) and prints why under the table."""
+    out: dict[tuple[str, str], str] = {}
+    for row in rows.values():
+        for ev, m in cols:
+            r = row["results"].get(ev)
+            entry = (r.details.get("resolution") or {}).get(m.name) if r is not None else None
+            if isinstance(entry, dict) and entry.get("resolves") is False:
+                out.setdefault((ev, m.name), str(entry.get("why", "")))
+    return out
+
+
 def _table(rows: Rows, cols: list[tuple[str, Metric]]) -> str:
     from tabulate import tabulate
 
-    headers = ["SAE", "arch", "d_sae"] + [m.column + ARROW[m.direction] for _, m in cols]
+    flagged = resolution_flags(rows, cols)
+    headers = ["SAE", "arch", "d_sae"] + [m.column + ARROW[m.direction] + (" ⚠" if (ev, m.name) in flagged else "")
+                                          for ev, m in cols]  # fmt: skip
+    mixed = mixed_rows(rows)
     body = [
-        [name, row["architecture"], row["d_sae"]] + [cell(row["results"].get(ev), m.name) for ev, m in cols]
+        [name + (" ⚠" if name in mixed else ""), row["architecture"], row["d_sae"]]
+        + [cell(row["results"].get(ev), m.name) for ev, m in cols]
         for name, row in sorted(rows.items())
     ]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _filled(rows: Rows, evaluator: str, metric: str) -> bool:
+    """Whether any row of a group reports ``metric`` (a headline no row has, e.g. a SAEBench-mode
+    name on a board of variant results, gets no empty column)."""
+    return any(
+        metric in (row["results"][evaluator].metrics if evaluator in row["results"] else {}) for row in rows.values()
+    )
 
 
 def _plot_metrics(decl: dict[str, dict[str, Metric]], evaluators: list[str]) -> list[tuple[str, Metric]]:
@@ -137,8 +178,10 @@ def render(results: list[Result], title: str = "saebench leaderboard",
         rows = groups[key]
         evs = evaluator_order({e for row in rows.values() for e in row["results"]})
         decl = metric_table(evs, results)
-        heads = {ev: [m for m in decl.get(ev, {}).values() if m.headline] for ev in evs}
+        heads = {ev: [m for m in decl.get(ev, {}).values() if m.headline and _filled(rows, ev, m.name)] for ev in evs}
         lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
+        for name, what in sorted(mixed_rows(rows).items()):
+            lines += [f"⚠ **{name}** holds results of different SAEs ({what}): rerun them under distinct names.", ""]
         if len(evs) > 1:
             summary = [(ev, m) for ev in evs for m in heads[ev][: SUMMARY_CORE if ev == "core" else SUMMARY_OTHER]]
             lines += ["### Summary", "", _table(rows, summary), ""]
@@ -146,6 +189,8 @@ def render(results: list[Result], title: str = "saebench leaderboard",
             if heads[ev]:
                 title_ev = f"### {ev}" if len(evs) > 1 else ""
                 lines += ([title_ev, ""] if title_ev else []) + [_table(rows, [(ev, m) for m in heads[ev]]), ""]
+                flags = resolution_flags(rows, [(ev, m) for m in heads[ev]])
+                lines += [f"⚠ not resolved at this profile: {why}" for why in flags.values()] + ([""] if flags else [])
         if plots and plots.get(key):
             links = [f"![L0 vs {m.column}]({plots[key][f'{ev}.{m.name}']})" for ev, m in _plot_metrics(decl, evs)
                      if f"{ev}.{m.name}" in plots[key]]  # fmt: skip
@@ -303,6 +348,10 @@ def write_leaderboard(paths: list[str | Path], out: str | Path, title: str = "sa
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     groups = group_results(results)
+    for rows in groups.values():
+        for name, what in sorted(mixed_rows(rows).items()):
+            warnings.warn(f"row {name!r} holds results of different SAEs ({what}); it is flagged ⚠ on the board: "
+                          "rerun them under distinct --name", stacklevel=2)  # fmt: skip
     names: dict[Group, dict[str, str]] = {}
     if plots:
         try:

@@ -103,9 +103,10 @@ def _load_sae(spec: str, device: str, trust_pickle: bool, name: str | None) -> L
         with malformed_as_error(spec, formats.LABELS[fmt]):
             conv = formats.load_format(fmt, prefixed[1] if prefixed else spec)
         sae = conv.sae.to(device)
+        target = Path(prefixed[1]) if prefixed else path
         return LoadedSAE(
             sae,
-            name or conv.name or path.resolve().name,
+            name or conv.name or default_name(target),
             spec,
             conv.architecture,
             sae.hook_name,
@@ -129,7 +130,7 @@ def _load_sae(spec: str, device: str, trust_pickle: bool, name: str | None) -> L
         with malformed_as_error(spec, "state dict with cfg.json"):
             return _from_torch_file(path, device, trust_pickle, name)
     if path.is_file() and path.suffix == ".safetensors":
-        return _load_sae(str(path.parent), device, trust_pickle, name)
+        return _load_sae(str(path.parent), device, trust_pickle, name or path.resolve().parent.name)
     if ":" in spec and not path.exists():
         obj, label = plugins.load_object(spec)
         return wrap_sae(obj, spec, name or label, device)
@@ -137,6 +138,56 @@ def _load_sae(spec: str, device: str, trust_pickle: bool, name: str | None) -> L
         f"--sae {spec!r} is neither a folder, a .pt/.safetensors file, 'reference', "
         "python:FILE.py:FACTORY nor MODULE:FACTORY; check the path"
     )
+
+
+def default_name(path: Path) -> str:
+    """An SAE's name when none is given: its folder's name (a weights file is named by its folder:
+    ``run/sae_weights.safetensors`` is ``run``, not ``sae_weights.safetensors``)."""
+    p = path.resolve()
+    return p.parent.name if p.is_file() or p.suffix in (".safetensors", ".pt", ".pth", ".bin") else p.name
+
+
+def _spec_path(spec: Any) -> Path | None:
+    """The file or folder a spec names (``python:FILE.py:F`` → ``FILE.py/F``), None for objects."""
+    if not isinstance(spec, (str, Path)):
+        return None
+    text = str(spec)
+    if plugins.is_python_spec(text):
+        file, _, fn = text[len("python:") :].rpartition(":")
+        return Path(file).resolve() / fn
+    prefixed = formats.split_prefix(text) if not Path(text).exists() else None
+    target = Path(prefixed[1]) if prefixed else Path(text)
+    if text == "reference" or (":" in text and not target.exists()):
+        return None
+    target = target.resolve()
+    return target.parent if target.is_file() else target
+
+
+def distinct_names(specs: list[Any], names: list[str]) -> tuple[list[str], list[str]]:
+    """Default names made distinct: SAEs whose default names coincide (a sweep's ``runs/*/final``,
+    two factories both called ``build``) are named by the shortest path suffix that tells them
+    apart (``a/final``, ``b/final``). Returns the names and one note per renamed group; names
+    that still coincide are left for the caller to refuse."""
+    out, notes = list(names), []
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(n, []).append(i)
+    for n, idx in groups.items():
+        paths = [_spec_path(specs[i]) for i in idx]
+        if len(idx) < 2 or any(p is None for p in paths):
+            continue
+        parts = [p.parts for p in paths]  # type: ignore[union-attr]
+        for depth in range(2, max(len(x) for x in parts) + 1):
+            cand = ["/".join(x[-depth:]) for x in parts]
+            if len(set(cand)) == len(cand):
+                for i, c in zip(idx, cand, strict=True):
+                    out[i] = clean_name(c)
+                notes.append(
+                    f"{len(idx)} SAEs share the name {n!r}; named by their shortest distinguishing paths: "
+                    f"{', '.join(cand[:4])}{'...' if len(cand) > 4 else ''} (--name to choose)"
+                )
+                break
+    return out, notes
 
 
 def reference_sae_path() -> Path:
@@ -152,9 +203,15 @@ def wrap_sae(obj: Any, spec: str, name: str, device: str) -> LoadedSAE:
     missing = [m for m in ("encode", "decode") if not callable(getattr(obj, m, None))]
     missing += [m for m in ("d_in", "d_sae") if not isinstance(getattr(obj, m, None), int)]
     if missing:
+        cfg = getattr(obj, "cfg", None)
+        hint = (
+            "; its config has them (obj.cfg.d_in): expose them as attributes"
+            if isinstance(getattr(cfg, "d_in", None), int)
+            else ""
+        )
         raise SaebenchError(
             f"{spec} returned a {type(obj).__name__} without {', '.join(missing)}; an SAE needs "
-            "encode(x), decode(z) and integer d_in, d_sae"
+            f"encode(x), decode(z) and integer d_in, d_sae{hint}"
         )
     notes = []
     if isinstance(obj, torch.nn.Module):
@@ -177,6 +234,20 @@ def as_loaded(sae: Any, device: str = "cpu", trust_pickle: bool = False, name: s
     check_name(name)
     if isinstance(sae, (str, Path)):
         return load_sae(str(sae), device=device, trust_pickle=trust_pickle, name=name)
+    with malformed_as_error(f"a {type(sae).__name__} object", "SAELens / sparsify SAE"):
+        conv = formats.from_library_object(sae)
+    if conv is not None:
+        native = conv.sae.to(device)
+        return LoadedSAE(
+            native,
+            clean_name(name or conv.name or type(sae).__name__),
+            f"object:{type(sae).__module__}.{type(sae).__name__}",
+            conv.architecture,
+            native.hook_name,
+            native.model_name,
+            fingerprint_module(native),
+            conv.notes,
+        )
     label = name or getattr(sae, "name", None) or type(sae).__name__
     loaded = wrap_sae(sae, f"object:{type(sae).__name__}", str(label), device)
     loaded.name = clean_name(loaded.name, fallback=type(sae).__name__)

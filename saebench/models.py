@@ -45,7 +45,17 @@ from typing import Any
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.io import TMP_MARK, as_os_error, cache_dir, file_lock, is_out_of_space, lock_path, warn_once, writing_in
+from saebench.io import (
+    TMP_MARK,
+    as_os_error,
+    cache_dir,
+    file_lock,
+    is_out_of_space,
+    lock_path,
+    log,
+    warn_once,
+    writing_in,
+)
 from saebench.profiles import DTYPE_NAMES
 
 EMBEDDED_MODEL = "smollm2-135m"
@@ -218,6 +228,78 @@ class SubjectModel:
 
 
 # ---------------------------------------------------------------------------------------------
+# checks that need no model: names and shapes
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The widths a hook can have, known without loading the model's weights."""
+
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+
+
+#: SmolLM2-135M-Instruct (the embedded model): its config, so hooks and widths are checked before
+#: the ~20 s load (tests/test_models assert it equals the loaded model's)
+EMBEDDED_SHAPE = ModelShape(n_layers=30, d_model=576, d_mlp=1536, n_heads=9, n_kv_heads=3, d_head=64)
+#: names under which users (and SAELens configs) refer to the embedded model itself
+EMBEDDED_ALIASES = frozenset(
+    {"smollm2-135m", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct", "smollm2-135m-instruct-q4_1"}
+)
+#: the base (not instruct-tuned) SmolLM2-135M: same architecture, other weights, not shipped
+SMOLLM2_BASE = frozenset({"huggingfacetb/smollm2-135m", "smollm2-135m-base"})
+
+
+def resolve_model_name(name: str | None, sae_label: str) -> str:
+    """The model an SAE is evaluated on when ``--model`` is not given: the embedded model for no name
+    or one of its aliases; the name itself otherwise (loaded through transformer-lens). An SAE
+    trained on base SmolLM2-135M is refused in one line: the embedded model is the Instruct variant."""
+    if name is None or name.lower() in EMBEDDED_ALIASES:
+        return EMBEDDED_MODEL
+    if name.lower() in SMOLLM2_BASE:
+        raise SaebenchError(
+            f"SAE {sae_label} was trained on {name} (base), but the embedded model is SmolLM2-135M-Instruct (same "
+            f"architecture, instruct-tuned weights): pass --model {EMBEDDED_MODEL} to evaluate it there anyway, or a "
+            "transformer-lens model name with hub access"
+        )
+    return name
+
+
+def hook_width(shape: ModelShape, hook: str) -> int | None:
+    """The width an SAE at ``hook`` reads (per-head hooks flattened), None for a hook kind we do not
+    know the width of without the model. A hook outside the model is a one-line error."""
+    parse_hook(hook, shape.n_layers)
+    rest = hook.split(".", 2)[2]
+    resid = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_mlp_in")
+    if rest in resid or rest in ("ln1.hook_normalized", "ln2.hook_normalized", "hook_attn_in"):
+        return shape.d_model
+    if rest in ("mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear"):
+        return shape.d_mlp
+    if rest in ("attn.hook_z", "attn.hook_q", "hook_q_input"):
+        return shape.n_heads * shape.d_head
+    if rest in ("attn.hook_k", "attn.hook_v"):
+        return shape.n_kv_heads * shape.d_head
+    return None
+
+
+def check_hook_width(model: str, hook: str, d_in: int, sae_label: str) -> None:
+    """Before any load: on the embedded model, refuse a hook outside it or an SAE whose ``d_in`` is not
+    the hook's width (other models are checked once loaded: their shapes need the hub)."""
+    if model != EMBEDDED_MODEL:
+        return
+    width = hook_width(EMBEDDED_SHAPE, hook)
+    if width is not None and width != d_in:
+        raise SaebenchError(
+            f"SAE {sae_label} has d_in={d_in} but hook {hook} of {EMBEDDED_MODEL} has width {width}; pass the hook "
+            "(--hook) and model (--model) the SAE was trained on"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # loading
 
 
@@ -233,10 +315,11 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "cpu", dtype: str = "fl
     try:
         model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=torch_dtype)
     except Exception as exc:
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise SaebenchError(
-            f"could not load model {name!r} through transformer-lens ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); pass a transformer-lens model name "
-            f"with hub access, or --model {EMBEDDED_MODEL} for the embedded offline default"
+            f"could not load model {name!r} through transformer-lens ({type(exc).__name__}: {detail}); pass "
+            f"--model {EMBEDDED_MODEL} for the embedded offline model (SmolLM2-135M-Instruct), or a transformer-lens "
+            "model name with hub access"
         ) from exc
     tok = model.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -290,6 +373,10 @@ def embedded_hf_ready() -> bool:
 def _convert_embedded() -> tuple[Any, Any]:
     """Dequantize the GGUF (20-30 s): fp32 ``LlamaForCausalLM`` and its tokenizer, in memory."""
     gguf = embedded_gguf_path()
+    log.info(
+        f"first use: converting the embedded model ({gguf.name}) to a cached fp32 folder in {cache_dir() / 'models'}; "
+        "this one-time step takes about half a minute, later runs read the cache"
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

@@ -1,7 +1,8 @@
 """User code by reference: ``python:FILE.py:NAME`` and ``MODULE:NAME``.
 
 SAEs (``--sae python:my_arch.py:build``) and evaluators (``--evals python:my_eval.py:MyEval``)
-are both loaded here. ``NAME`` must be callable; it is called with no arguments and its return
+are both loaded here. A file's folder is put on ``sys.path`` first, as ``python FILE.py`` does, so
+it can import the modules beside it. ``NAME`` must be callable; it is called with no arguments and its return
 value is the object (an SAE, an evaluator instance). Every failure is a one-line error naming
 the spec.
 """
@@ -48,6 +49,9 @@ def _module_from_file(rest: str) -> tuple[Any, str]:
     path = Path(file)
     if not path.is_file():
         raise SaebenchError(f"file {file!r} does not exist; pass python:PATH/TO/FILE.py:NAME")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:  # as `python FILE.py` does: the file may import modules that sit beside it
+        sys.path.insert(0, folder)
     mod_name = f"saebench_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:

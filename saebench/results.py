@@ -61,6 +61,8 @@ from saebench.io import (
 )
 
 SCHEMA_VERSION = 2
+#: the numbers of a metric's uncertainty record that the data frames carry
+UNCERTAINTY_FIELDS = ("se", "ci_low", "ci_high", "n")
 TRACKED_PACKAGES = ("saebench", "torch", "transformer-lens", "transformers", "numpy", "sae-lens", "sae-probes")
 
 
@@ -218,6 +220,22 @@ def complete_result(path: Path, key: str, report: bool = True) -> Result | None:
     return res if res.schema_version == SCHEMA_VERSION and res.run_key == key else None
 
 
+def results_of_other_saes(folder: Path, fingerprint: str) -> list[Result]:
+    """The readable results in one SAE's results folder whose SAE has another fingerprint (a
+    different SAE that was given the same name). Damaged files are not counted: a run recomputes them."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for f in sorted(folder.glob("*.json")):
+        try:
+            res = read_result(f)
+        except SaebenchError:
+            continue
+        if res.sae.fingerprint != fingerprint:
+            found.append(res)
+    return found
+
+
 def result_files(paths: list[str | Path], what: str = "results path") -> list[Path]:
     """The JSON files named by ``paths`` (files as given, folders searched recursively)."""
     files: list[Path] = []
@@ -231,19 +249,33 @@ def result_files(paths: list[str | Path], what: str = "results path") -> list[Pa
     return files
 
 
-def load_results(paths: list[str | Path]) -> list[Result]:
-    """Results from files and folders (recursively); unreadable files are skipped with a warning."""
-    out = []
-    for f in result_files(paths):
+def read_results(paths: list[str | Path], what: str = "results path") -> list[tuple[Path, Result]]:
+    """Every readable result under ``paths`` with its file. A damaged or foreign file is named in one
+    warning beside readable ones; when it is all there is, the error names it (and the fix) instead
+    of claiming the folder holds no results."""
+    found, damaged = [], []
+    for f in result_files(paths, what):
         try:
-            out.append(read_result(f))
+            found.append((f, read_result(f)))
         except SaebenchError as exc:
-            warnings.warn(f"skipping {exc}", stacklevel=2)
-    return out
+            damaged.append(str(exc))
+    if damaged and not found:
+        more = f" (and {len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+        raise SaebenchError(f"no readable saebench results under {', '.join(map(str, paths))}: {damaged[0]}{more}")
+    for why in damaged:
+        warnings.warn(f"skipping {why}", stacklevel=3)
+    return found
+
+
+def load_results(paths: list[str | Path]) -> list[Result]:
+    """Results from files and folders (recursively); damaged files are skipped with a warning naming
+    them (an error naming them when nothing else is readable)."""
+    return [res for _, res in read_results(paths)]
 
 
 def results_frame(results: list[Result]) -> Any:
-    """One row per result: sae.*, config.*, metrics (scalars only), evaluator."""
+    """One row per result: ``evaluator``, ``sae.*``, ``config.*``, every scalar metric, and each sampled
+    metric's uncertainty as ``METRIC.se``, ``METRIC.ci_low``, ``METRIC.ci_high`` and ``METRIC.n``."""
     import pandas as pd
 
     rows = []
@@ -252,7 +284,35 @@ def results_frame(results: list[Result]) -> Any:
         row.update({f"sae.{k}": v for k, v in r.sae.model_dump().items()})
         row.update({f"config.{k}": v for k, v in r.config.items() if not isinstance(v, (dict, list))})
         row.update({k: v for k, v in r.metrics.items() if not isinstance(v, (dict, list))})
+        for k, u in r.uncertainty.items():
+            row.update({f"{k}.{f}": u.get(f) for f in UNCERTAINTY_FIELDS})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metrics_frame(results: list[Result]) -> Any:
+    """The long form: one row per (result, metric) with ``sae``, ``evaluator``, ``metric``, ``value``,
+    its ``se``, ``ci_low``, ``ci_high``, ``n`` and ``unit`` (empty where not sampled) and the SAE's
+    fingerprint: what a notebook filters, groups and plots."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        for k, v in r.metrics.items():
+            u = r.uncertainty.get(k) or {}
+            rows.append(
+                {
+                    "sae": r.sae.name,
+                    "evaluator": r.evaluator,
+                    "metric": k,
+                    "value": v,
+                    **{f: u.get(f) for f in UNCERTAINTY_FIELDS},
+                    "unit": u.get("unit"),
+                    "fingerprint": r.sae.fingerprint,
+                    "profile": r.config.get("profile"),
+                    "seed": r.config.get("seed"),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -32,11 +32,12 @@ from saebench.budget import (
     return_freed_memory,
     sae_bytes,
 )
+from saebench.data import check_corpus
 from saebench.errors import SaebenchError
 from saebench.evaluators import EvalConfig, EvalContext, EvalOutput, Evaluator, get_evaluator
-from saebench.io import cache_dir, check_memory, file_lock, human_bytes, lock_path, remove_stale_temps
-from saebench.loading import LoadedSAE, as_loaded
-from saebench.models import EMBEDDED_MODEL, SubjectModel, load_model
+from saebench.io import cache_dir, check_memory, file_lock, human_bytes, lock_path, log, remove_stale_temps, slug
+from saebench.loading import LoadedSAE, as_loaded, distinct_names
+from saebench.models import SubjectModel, check_hook_width, load_model, resolve_model_name
 from saebench.pipeline import PassCounters
 from saebench.profiles import PROFILES
 from saebench.results import (
@@ -47,9 +48,11 @@ from saebench.results import (
     environment,
     now,
     result_path,
+    results_of_other_saes,
     run_key,
     write_result,
 )
+from saebench.spec import RunSpec
 
 
 @dataclass
@@ -158,6 +161,8 @@ def finish_metrics(ev: Evaluator, output: EvalOutput) -> tuple[dict[str, Any], d
     for m in getattr(ev, "metrics", ()):
         if m.estimator is None or m.estimator.unit not in output.samples:
             continue
+        if m.optional and not stats.has_columns(m.estimator, output.samples):
+            continue  # an optional metric this run was not asked for: absent, not null
         iv = stats.interval(m.estimator, output.samples)
         given = metrics.get(m.name, iv.value)
         if (given is None) != (iv.value is None) or (
@@ -281,6 +286,16 @@ def shared_pipeline(
     return reuse[key]
 
 
+def splice_ablations(jobs: list[Job]) -> tuple[str, ...]:
+    """The ablation baselines the splice loop computes for these jobs: ``zero_all`` plus whatever an
+    evaluator's config asks for through an optional ``splice_ablations()`` (core's variants)."""
+    asked = {"zero_all"}
+    for job in jobs:
+        if "splice" in job.evaluator.needs and hasattr(job.cfg, "splice_ablations"):
+            asked.update(job.cfg.splice_ablations())
+    return tuple(sorted(asked))
+
+
 def prepare_hook(pipe: Any, evaluators: list[Evaluator], cfgs: dict[str, EvalConfig], seed: int) -> set[str]:
     """Every SAE-independent input of these evaluators at the pipeline's hook (states, ablation
     baselines, each evaluator's ``prepare``), computed once; returns the union of their needs."""
@@ -293,80 +308,73 @@ def prepare_hook(pipe: Any, evaluators: list[Evaluator], cfgs: dict[str, EvalCon
     return needs
 
 
-def plan_run(
-    sae: Any,
-    model: str | SubjectModel | None = None,
-    hook: str | None = None,
-    evals: list[str] | tuple[str, ...] = ("core",),
-    profile: str = "quick",
-    tokens: int | None = None,
-    ctx_len: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    corpus: str = "sae-probes",
-    out: str | Path | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    force: bool = False,
-    eval_config: dict[str, dict[str, Any]] | None = None,
-    name: str | list[str] | None = None,
-    trust_pickle: bool = False,
-    token_set: Any = None,
-    max_memory: int | str | None = None,
-    release_weights: bool = False,
-    use_cache: bool = True,
-) -> RunPlan:
-    """Resolve SAEs, evaluators and sizes into jobs, and find which are already complete in ``out``.
+def plan_run(sae: Any, spec: RunSpec, release_weights: bool = False) -> RunPlan:
+    """Resolve SAEs, evaluators and sizes into jobs, and find which are already complete in ``spec.out``.
 
-    Arguments as in :func:`evaluate`. SAE weights are loaded once (for their fingerprints) and,
-    under a memory budget or with ``release_weights``, freed again until their group runs.
+    SAE weights are loaded once (for their fingerprints) and, under a memory budget or with
+    ``release_weights``, freed again until their group runs. Everything a user can get wrong
+    about place and model (a ``--hook`` other than the SAE's own, a hook outside the model, an
+    SAE wider or narrower than its hook, a model that is not the embedded one, a result folder
+    that holds another SAE under the same name) is refused here, in one line, before the model
+    loads.
     """
+    token_set = spec.token_set
+    tokens, ctx_len, corpus = spec.tokens, spec.ctx_len, spec.corpus
     if token_set is not None:
         tokens, ctx_len, corpus = token_set.n_tokens, token_set.ctx_len, f"{token_set.corpus}@{token_set.fingerprint()}"
-    sizes = resolve_sizes(profile, tokens, ctx_len, batch_size)
+    sizes = resolve_sizes(spec.profile, tokens, ctx_len, spec.batch_size)
+    if token_set is None:
+        check_corpus(corpus)
     specs = list(sae) if isinstance(sae, (list, tuple)) else [sae]
-    names = list(name) if isinstance(name, (list, tuple)) else [name] * len(specs)
+    names = list(spec.name) if isinstance(spec.name, (list, tuple)) else [spec.name] * len(specs)
     if len(names) != len(specs):
         raise SaebenchError(f"got {len(names)} names for {len(specs)} SAEs; pass one --name per --sae")
-    budget = parse_size(max_memory) if max_memory is not None else None
-    loaded: list[LoadedSAE] = []
+    budget = parse_size(spec.max_memory) if spec.max_memory is not None else None
+    release = budget is not None or release_weights
+    loaded = [as_loaded(s, spec.device, spec.trust_pickle, n) for s, n in zip(specs, names, strict=True)]
+    defaults = [i for i, n in enumerate(names) if n is None and not isinstance(specs[i], LoadedSAE)]
+    renamed, notes = distinct_names([specs[i] for i in defaults], [loaded[i].name for i in defaults])
+    for i, n in zip(defaults, renamed, strict=True):
+        loaded[i].name = n
+    for note in notes:
+        log.info(note)
     handles: dict[str, _Handle] = {}
-    for s, n in zip(specs, names, strict=True):
-        ls = as_loaded(s, device, trust_pickle, n)
+    for s, n, ls in zip(specs, names, loaded, strict=True):
         if ls.name in handles:
             raise SaebenchError(f"two SAEs are both named {ls.name!r}; give each a distinct --name")
-        handles[ls.name] = _Handle(ls, s if isinstance(s, (str, Path)) else None, n, device, trust_pickle)
-        if budget is not None or release_weights:
+        reload_name = n if n is not None else ls.name
+        handles[ls.name] = _Handle(
+            ls, s if isinstance(s, (str, Path)) else None, reload_name, spec.device, spec.trust_pickle
+        )
+        if release:
             handles[ls.name].release()  # reloaded when its group runs: never all SAEs in memory at once
-        loaded.append(ls)
-    if budget is not None or release_weights:
+    if release:
         return_freed_memory()
-    evaluators = [get_evaluator(e) for e in evals]
-    eval_config = eval_config or {}
-    cfgs = {ev.name: ev.Config.for_profile(profile, **eval_config.get(ev.name, {})) for ev in evaluators}
+    evaluators = [get_evaluator(e) for e in spec.evals]
+    cfgs = {ev.name: ev.Config.for_profile(spec.profile, **spec.eval_config.get(ev.name, {})) for ev in evaluators}
 
-    model_name = model.name if isinstance(model, SubjectModel) else model
+    model_name = spec.model.name if isinstance(spec.model, SubjectModel) else spec.model
     jobs: list[Job] = []
     for ls in loaded:
-        m_name = model_name or ls.model_name or EMBEDDED_MODEL
-        h = hook or ls.hook_name
-        if not h:
-            raise SaebenchError(f"SAE {ls.name} names no hook_name; pass --hook (e.g. blocks.6.hook_resid_post)")
+        m_name = model_name or resolve_model_name(ls.model_name, ls.name)
+        h = check_place(ls, spec.hook, spec.force_hook)
         if ls.model_name and ls.model_name != m_name:
             ls.notes.append(f"SAE was trained on {ls.model_name!r}, evaluated on {m_name!r}")
+        if not isinstance(spec.model, SubjectModel):
+            check_hook_width(m_name, h, int(ls.sae.d_in), ls.name)
         for ev in evaluators:
             run_cfg = {
                 "model": m_name,
                 "hook": h,
-                "profile": profile,
+                "profile": spec.profile,
                 **sizes,
-                "seed": seed,
+                "seed": spec.seed,
                 "corpus": corpus,
-                "dtype": dtype,
-                "device": device,
+                "dtype": spec.dtype,
+                "device": spec.device,
                 "evaluator_config": cfgs[ev.name].model_dump(),
             }
-            path = result_path(Path(out), ls.name, ev.name) if out is not None else None
+            path = result_path(Path(spec.out), ls.name, ev.name) if spec.out is not None else None
             jobs.append(Job(ls, ev, cfgs[ev.name], run_cfg, run_key(ls.fingerprint, ev.name, run_cfg), path))
 
     by_path: dict[Path, Job] = {}
@@ -379,14 +387,17 @@ def plan_run(
             )
 
     run = RunResults()
-    if out is not None:
-        check_writable(Path(out))
-        remove_stale_temps(Path(out), depth=1)  # temp files of runs killed mid-write
-    if use_cache:
+    if spec.out is not None:
+        out = Path(spec.out)
+        check_writable(out)
+        remove_stale_temps(out, depth=1)  # temp files of runs killed mid-write
+        for ls in loaded:
+            check_same_sae(out, ls, spec.force, [ev.name for ev in evaluators])
+    if spec.use_cache:
         remove_stale_temps(cache_dir(), depth=2)
     pending = []
     for job in jobs:
-        done = complete_result(job.path, job.key) if (job.path is not None and not force) else None
+        done = complete_result(job.path, job.key) if (job.path is not None and not spec.force) else None
         if done is not None:
             run.results.setdefault(job.sae.name, {})[job.evaluator.name] = done
             run.paths.setdefault(job.sae.name, {})[job.evaluator.name] = job.path
@@ -400,7 +411,7 @@ def plan_run(
         if hasattr(ev, "preflight"):  # optional: refuse bad settings (e.g. an unreachable LLM) before any work
             ev.preflight(cfgs[ev.name])
 
-    check_batch_memory(pending, sizes["batch_size"], sizes["ctx_len"], device)
+    check_batch_memory(pending, sizes["batch_size"], sizes["ctx_len"], spec.device)
     model_names = {job.run_config["model"] for job in pending}
     if len(model_names) > 1:
         raise SaebenchError(
@@ -411,38 +422,56 @@ def plan_run(
     return plan
 
 
-def evaluate(
-    sae: Any,
-    model: str | SubjectModel | None = None,
-    hook: str | None = None,
-    evals: list[str] | tuple[str, ...] = ("core",),
-    profile: str = "quick",
-    tokens: int | None = None,
-    ctx_len: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    corpus: str = "sae-probes",
-    out: str | Path | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    force: bool = False,
-    progress: bool = True,
-    eval_config: dict[str, dict[str, Any]] | None = None,
-    name: str | list[str] | None = None,
-    trust_pickle: bool = False,
-    use_cache: bool = True,
-    token_set: Any = None,
-    max_memory: int | str | None = None,
-    reuse: dict[Any, Any] | None = None,
-) -> RunResults:
+def check_place(ls: LoadedSAE, hook: str | None, force_hook: bool) -> str:
+    """The hook to evaluate ``ls`` at: ``hook`` when given, else the SAE's own. An explicit hook that
+    differs from the one the SAE names is refused unless ``force_hook`` (then it is noted)."""
+    if hook is None:
+        if not ls.hook_name:
+            raise SaebenchError(f"SAE {ls.name} names no hook_name; pass --hook (e.g. blocks.6.hook_resid_post)")
+        return ls.hook_name
+    if ls.hook_name and hook != ls.hook_name:
+        if not force_hook:
+            raise SaebenchError(
+                f"SAE {ls.name} was trained at {ls.hook_name} (its config) but --hook asks for {hook}; drop --hook, "
+                "or add --force-hook to evaluate it there anyway"
+            )
+        ls.notes.append(f"evaluated at {hook}, not at {ls.hook_name} where it was trained (--force-hook)")
+    return hook
+
+
+def check_same_sae(out: Path, ls: LoadedSAE, force: bool, evals: list[str]) -> None:
+    """Refuse to write ``ls``'s results into a folder that holds results of another SAE (a different
+    fingerprint) under the same name: that would replace its numbers, or merge two SAEs into one
+    board row. ``force`` replaces the results this run recomputes (``evals``) and names the other
+    SAE's results it leaves there (the board flags that row until they are removed or redone)."""
+    others = results_of_other_saes(out / slug(ls.name), ls.fingerprint)
+    if not others:
+        return
+    first = others[0]
+    what = f"results of another SAE named {ls.name!r} ({first.sae.source}, fingerprint {first.sae.fingerprint})"
+    if not force:
+        raise SaebenchError(
+            f"{out / slug(ls.name)} holds {what}; this SAE ({ls.source}) has fingerprint {ls.fingerprint}: pass "
+            "--name to keep both, or --force to replace them"
+        )
+    left = sorted(r.evaluator for r in others if r.evaluator not in evals)
+    log.warning(
+        f"replacing {what} in {out / slug(ls.name)} (--force)"
+        + (f"; its {', '.join(left)} result(s) stay there until recomputed or removed" if left else "")
+    )
+
+
+def evaluate(sae: Any, spec: RunSpec | None = None, reuse: dict[Any, Any] | None = None, **options: Any) -> RunResults:
     """Evaluate one SAE (or a list) and return its metrics; write JSON results when ``out`` is set.
 
     ``sae`` is a spec (native folder, ``reference``, ``.pt``, ``python:FILE.py:FACTORY``,
-    ``MODULE:FACTORY``), an object following the SAE protocol, or a list of them. ``model``
-    defaults to the SAE's ``model_name`` or the embedded SmolLM2-135M; ``hook`` to the SAE's
-    ``hook_name``. Sizes come from ``profile`` unless given. ``token_set`` (a
-    :class:`saebench.data.TokenSet`) evaluates on exactly those token ids instead of sampling
-    ``corpus``; its size then overrides ``tokens``/``ctx_len``.
+    ``MODULE:FACTORY``), an object following the SAE protocol (a SAELens or sparsify SAE object
+    is read through its own config), or a list of them. The run's options are a
+    :class:`~saebench.spec.RunSpec` (``spec``) and/or its fields as keywords (``hook=``,
+    ``evals=``, ``tokens=``, ``out=``...; see :class:`~saebench.spec.RunSpec` for each and its
+    default). ``model`` defaults to the SAE's ``model_name`` or the embedded SmolLM2-135M-Instruct;
+    ``hook`` to the SAE's ``hook_name``. ``token_set`` (a :class:`saebench.data.TokenSet`)
+    evaluates on exactly those token ids instead of sampling ``corpus``.
 
     ``max_memory`` (bytes or a size like ``"8GB"``) bounds the run's peak memory: SAEs are loaded
     and spliced in groups that fit (see :mod:`saebench.budget`), their weights freed in between;
@@ -451,58 +480,42 @@ def evaluate(
     calls with the same model object (a long-lived worker serving many SAE groups).
     """
     t_start = time.perf_counter()
-    p = plan_run(
-        sae,
-        model=model,
-        hook=hook,
-        evals=evals,
-        profile=profile,
-        tokens=tokens,
-        ctx_len=ctx_len,
-        batch_size=batch_size,
-        seed=seed,
-        corpus=corpus,
-        out=out,
-        device=device,
-        dtype=dtype,
-        force=force,
-        eval_config=eval_config,
-        name=name,
-        trust_pickle=trust_pickle,
-        token_set=token_set,
-        max_memory=max_memory,
-        use_cache=use_cache,
-    )
+    spec = RunSpec.build(spec, **options)
+    p = plan_run(sae, spec)
     run, pending, handles, sizes, cfgs, budget = p.run, p.pending, p.handles, p.sizes, p.cfgs, p.budget
     if not pending:
         return run
     with ResultLocks() as locks:
-        if out is not None:
-            pending = claim(pending, locks, run, force)
+        if spec.out is not None:
+            pending = claim(pending, locks, run, spec.force)
             if not pending:
                 return run
         reuse = {} if reuse is None else reuse
         t0 = time.perf_counter()
-        subject = model if isinstance(model, SubjectModel) else load_model(p.model_name, device=device, dtype=dtype)
+        model = spec.model
+        subject = (
+            model if isinstance(model, SubjectModel) else load_model(p.model_name, device=spec.device, dtype=spec.dtype)
+        )
         t_model = time.perf_counter() - t0
         env = environment()
 
         from saebench.pipeline.splice import splice_stats
 
         t0 = time.perf_counter()
-        token_set = shared_token_set(reuse, subject, sizes, seed, corpus, token_set)
+        token_set = shared_token_set(reuse, subject, sizes, spec.seed, spec.corpus, spec.token_set)
         t_tok = time.perf_counter() - t0
 
-        bar = tqdm(total=len({job.sae.name for job in pending}), desc="SAEs", unit="SAE", disable=not progress)
+        bar = tqdm(total=len({job.sae.name for job in pending}), desc="SAEs", unit="SAE", disable=not spec.progress)
         for h in sorted({job.hook for job in pending}):
             hook_jobs = [job for job in pending if job.hook == h]
-            pipe = shared_pipeline(reuse, subject, token_set, h, sizes["batch_size"], use_cache, progress)
+            pipe = shared_pipeline(reuse, subject, token_set, h, sizes["batch_size"], spec.use_cache, spec.progress)
             run.counters[h] = pipe.counters
             for job in hook_jobs:
                 pipe.check_sae(job.sae.sae, job.sae.name)
             # shared inputs: computed once for every pending SAE at this hook
+            bar.set_postfix_str(f"{h}: shared inputs", refresh=True)
             t0 = time.perf_counter()
-            needs = prepare_hook(pipe, [job.evaluator for job in hook_jobs], cfgs, seed)
+            needs = prepare_hook(pipe, [job.evaluator for job in hook_jobs], cfgs, spec.seed)
             t_prepare = time.perf_counter() - t0
             sae_names = list(dict.fromkeys(job.sae.name for job in hook_jobs))
             plan = plan_groups(
@@ -510,7 +523,7 @@ def evaluate(
                 {n: handles[n].nbytes for n in sae_names},
                 {n: handles[n].d_sae for n in sae_names},
                 budget,
-                device_used(device) if budget is not None else 0,
+                device_used(spec.device) if budget is not None else 0,
                 batch_working_set(
                     subject,
                     sizes["batch_size"],
@@ -532,16 +545,27 @@ def evaluate(
                 t0 = time.perf_counter()
                 splice = {}
                 if "splice" in needs:
+                    bar.set_postfix_str(f"{h}: spliced passes", refresh=True)
                     splice = splice_stats(
-                        pipe, {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs}
+                        pipe,
+                        {job.sae.name: job.sae.sae for job in group if "splice" in job.evaluator.needs},
+                        splice_ablations(group),
                     )
                 t_shared = t_prepare + time.perf_counter() - t0
                 shared_timing = dict(pipe.timing)
                 for job in group:
                     ls, ev = job.sae, job.evaluator
                     ctx = EvalContext(
-                        pipe, ls.sae, ls.name, ls.fingerprint, seed, profile, splice.get(ls.name), list(ls.notes)
+                        pipe,
+                        ls.sae,
+                        ls.name,
+                        ls.fingerprint,
+                        spec.seed,
+                        spec.profile,
+                        splice.get(ls.name),
+                        list(ls.notes),
                     )
+                    bar.set_postfix_str(f"{ls.name}: {ev.name}", refresh=True)
                     t0 = time.perf_counter()
                     output = ev.run(ctx, job.cfg)
                     if not isinstance(output, EvalOutput):

@@ -317,6 +317,20 @@ def _cluster_df(n: int, clusters: list[str] | None) -> float:
     return float(min(m.size - 1, max(1.0, m.sum() ** 2 / float(np.sum(m**2)) - 1)))
 
 
+def columns_of(est: Estimator) -> set[str]:
+    """The sample columns an estimator reads."""
+    if isinstance(est, Ratio):
+        return set(est.num) | set(est.den or {})
+    return {est.col}
+
+
+def has_columns(est: Estimator, samples: dict[str, Samples]) -> bool:
+    """Whether the samples hold every column ``est`` reads: a metric whose columns an evaluator did
+    not produce in this run (an optional variant it was not asked for) is absent, not undefined."""
+    s = samples.get(est.unit)
+    return s is not None and columns_of(est) <= set(s.columns)
+
+
 def estimate(est: Estimator, samples: dict[str, Samples]) -> float | None:
     """The metric's value from the samples (None where undefined, never NaN)."""
     s = samples.get(est.unit)

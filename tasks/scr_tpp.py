@@ -21,11 +21,11 @@ mean over datasets of per-dataset means): ``news_class`` (``97_news_class``: new
 counterpart of SAEBench's Amazon categories / AG News), ``twt_emotion`` (``102_twt_emotion``),
 ``it_tick`` (``103_it_tick``, four of its seven ticket types).
 
-With network access (``use_hub=true``) the SAEBench datasets themselves are available:
-``bias_in_bios_*`` and ``amazon_*`` pairs (SAEBench's ``column1_vals_lookup``) and the
-``bias_in_bios_set1`` / ``amazon_categories`` TPP datasets (SAEBench's chosen classes), read with
-``datasets.load_dataset`` from ``LabHC/bias_in_bios`` and ``canrager/amazon_reviews_mcauley_1and5``
-(or a local copy: ``hub_paths.{dataset}=FOLDER`` for ``load_dataset(FOLDER)``).
+With SAEBench's data (``data=saebench``: its local layout under ``data_dir``, or the hub with
+``use_hub=true``; :mod:`saebench.tasks.saebench_data`) the variant also runs on SAEBench's
+datasets: ``bias_in_bios_*`` and ``amazon_*`` pairs (SAEBench's ``column1_vals_lookup``) and the
+``bias_in_bios_set1`` / ``amazon_categories`` TPP datasets (SAEBench's chosen classes) from
+``LabHC/bias_in_bios`` and ``canrager/amazon_reviews_mcauley_1and5``, sampled our way.
 """
 
 from __future__ import annotations
@@ -236,7 +236,9 @@ TPP_DATASETS: dict[str, TppDataset] = {
     )
 }
 
-OFFLINE_SCR = [p.name for p in SCR_PAIRS.values() if p.sources]
+# the default offline pairs: hist_fig_politician_gender is selectable by name, but its occupation probe on
+# bare names barely beats chance (~0.54), so one text moves its score by ~0.25 (docs/scr_tpp.md, "Resolution")
+OFFLINE_SCR = [p.name for p in SCR_PAIRS.values() if p.sources and p.name.startswith("reviews_")]
 OFFLINE_TPP = [d.name for d in TPP_DATASETS.values() if d.source]
 
 
@@ -282,22 +284,21 @@ def _unique(df: Any) -> Any:
     return df[~df.duplicated("text", keep=False)] if attrs else df
 
 
-def _load_hub(hub: HubSource, hub_paths: dict[str, str] | None) -> dict[str, Any]:
-    """``{split: DataFrame}`` (``train``, ``test``) with ``text`` and the attribute columns mapped."""
+def _load_hub(hub: HubSource, data_dir: str | None, use_hub: bool) -> dict[str, Any]:
+    """``{split: DataFrame}`` (``train``, ``test``) with ``text`` and the attribute columns mapped,
+    read from SAEBench's local layout (:mod:`saebench.tasks.saebench_data`) or, with ``use_hub``,
+    the hub."""
     import pandas as pd
 
-    where = (hub_paths or {}).get(hub.dataset, hub.dataset)
-    try:
-        import datasets
+    from saebench.tasks.saebench_data import load_split, missing_files
 
-        ds = datasets.load_dataset(where)
-    except Exception as exc:
-        raise TaskUnavailable(f"hub dataset {hub.dataset} unavailable ({type(exc).__name__})") from exc
+    if not use_hub and missing_files([hub.dataset], data_dir):
+        raise TaskUnavailable(
+            f"{hub.dataset}: missing {', '.join(missing_files([hub.dataset], data_dir))} (data_dir or use_hub=true)"
+        )
     out = {}
     for split in ("train", "test"):
-        if split not in ds:
-            raise TaskUnavailable(f"hub dataset {hub.dataset} has no {split!r} split (splits: {', '.join(ds)})")
-        df = ds[split].to_pandas()
+        df = load_split(hub.dataset, split, data_dir, use_hub)
         missing = [c for c in [hub.text, *hub.columns.values()] if c not in df.columns]
         if missing:
             raise SaebenchError(
@@ -379,7 +380,13 @@ def _fit_sizes(n_tr: int, n_te: int, cap: int) -> tuple[int, int]:
 
 
 def load_scr(
-    pair: ScrPair, n_train: int, n_test: int, seed: int, use_hub: bool = False, hub_paths: dict[str, str] | None = None
+    pair: ScrPair,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    saebench_data: bool = False,
+    data_dir: str | None = None,
+    use_hub: bool = False,
 ) -> ScrData:
     """Sample a pair as SAEBench's ``get_spurious_corr_data`` does: per split and quadrant ``n``
     texts (``2n`` for the two diagonal quadrants, whose extra texts fill the biased set); offline
@@ -387,7 +394,7 @@ def load_scr(
     shrink (with a note) to what the smallest quadrant allows; TaskUnavailable when data is missing."""
     rng = random.Random(f"{seed}:scr:{pair.name}")
     notes: list[str] = []
-    if pair.sources:
+    if pair.sources and not saebench_data:
         q = _quadrants(_scr_frame(pair), pair, rng)
         cap = min(len(q[(1, 0)]), len(q[(0, 1)]), len(q[(1, 1)]) // 2, len(q[(0, 0)]) // 2)
         tr, te = _fit_sizes(n_train, n_test, cap)
@@ -399,8 +406,8 @@ def load_scr(
             "test": {k: v[mult[k] * tr : mult[k] * (tr + te)] for k, v in q.items()},
         }
         origin = "sae-probes:" + "+".join(s.file for s in pair.sources)
-    elif use_hub and pair.hub is not None:
-        frames = _load_hub(pair.hub, hub_paths)
+    elif saebench_data and pair.hub is not None:
+        frames = _load_hub(pair.hub, data_dir, use_hub)
         per_split, sizes = {}, {}
         for split, want in (("train", n_train), ("test", n_test)):
             q = _quadrants(frames[split], pair, rng)
@@ -410,12 +417,10 @@ def load_scr(
                 raise TaskUnavailable(f"{pair.name}: the {split} split has a quadrant with {cap} usable examples")
             per_split[split] = {k: v[: (2 if k[0] == k[1] else 1) * sizes[split]] for k, v in q.items()}
         tr, te = sizes["train"], sizes["test"]
-        origin = f"hf:{pair.hub.dataset}" + (
-            f" (local {hub_paths[pair.hub.dataset]})" if pair.hub.dataset in (hub_paths or {}) else ""
-        )
+        origin = f"saebench-data:{pair.hub.dataset}"
     else:
-        hint = "; with network pass use_hub=true" if pair.hub else ""
-        raise TaskUnavailable(f"{pair.name} has no offline data{hint}")
+        hint = "; it is SAEBench's: pass data=saebench (data_dir or use_hub)" if pair.hub else ""
+        raise TaskUnavailable(f"{pair.name} has no {'SAEBench' if saebench_data else 'offline'} data{hint}")
     if (tr, te) != (n_train, n_test):
         notes.append(f"scr: {pair.name}: quadrants allow {tr} train / {te} test texts each (asked {n_train}/{n_test})")
     texts: list[str] = []
@@ -487,7 +492,13 @@ def _balanced(frame: Any, label: str, value: str, by: str | None, n: int, rng: r
 
 
 def load_tpp(
-    ds: TppDataset, n_train: int, n_test: int, seed: int, use_hub: bool = False, hub_paths: dict[str, str] | None = None
+    ds: TppDataset,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    saebench_data: bool = False,
+    data_dir: str | None = None,
+    use_hub: bool = False,
 ) -> TppData:
     """Sample ``n_train + n_test`` texts per class (SAEBench: per class, balanced over the second
     column where the hub data has one), and each class's one-vs-rest negatives."""
@@ -495,7 +506,7 @@ def load_tpp(
     notes: list[str] = []
     classes = list(ds.classes)
     per_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
-    if ds.source is not None:
+    if ds.source is not None and not saebench_data:
         df = _read_source(ds.source)
         present = set(df["label"])
         missing = [c for c in classes if c not in present]
@@ -508,20 +519,18 @@ def load_tpp(
             per_split["train"][c] = texts[c][:tr]
             per_split["test"][c] = texts[c][tr : tr + te]
         origin = f"sae-probes:{ds.source.file}"
-    elif use_hub and ds.hub is not None:
-        frames = _load_hub(ds.hub, hub_paths)
+    elif saebench_data and ds.hub is not None:
+        frames = _load_hub(ds.hub, data_dir, use_hub)
         sizes = {}
         for split, want in (("train", n_train), ("test", n_test)):
             got = {c: _balanced(frames[split], "label", c, ds.balance_by, want, rng) for c in classes}
             sizes[split] = min(len(v) for v in got.values())
             per_split[split] = {c: v[: sizes[split]] for c, v in got.items()}
         tr, te = sizes["train"], sizes["test"]
-        origin = f"hf:{ds.hub.dataset}" + (
-            f" (local {hub_paths[ds.hub.dataset]})" if ds.hub.dataset in (hub_paths or {}) else ""
-        )
+        origin = f"saebench-data:{ds.hub.dataset}"
     else:
-        hint = "; with network pass use_hub=true" if ds.hub else ""
-        raise TaskUnavailable(f"{ds.name} has no offline data{hint}")
+        hint = "; it is SAEBench's: pass data=saebench (data_dir or use_hub)" if ds.hub else ""
+        raise TaskUnavailable(f"{ds.name} has no {'SAEBench' if saebench_data else 'offline'} data{hint}")
     if min(tr, te) < 2:
         raise TaskUnavailable(f"{ds.name}: a class has too few examples ({tr} train / {te} test)")
     if (tr, te) != (n_train, n_test):

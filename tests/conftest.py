@@ -9,6 +9,70 @@ import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("SAEBENCH_TEST_THREADS", "2")))
+
+#: The slow tier: tests that take more than a few seconds on 2 cores (whole subprocess runs, real
+#: servers, reference implementations, training). ``pytest -m "not slow"`` is the fast tier (under
+#: 3 minutes on 2 cores: every module's known-answer tests at small sizes); CI runs both. Declared
+#: here, in one place, so the tier is read at a glance; tests/test_tiers.py checks every name exists.
+SLOW_MODULES = {
+    "test_crosscheck.py",  # SAEBench's and SAELens's own code on the embedded model
+    "test_ray.py",  # a local Ray cluster, a killed worker
+    "test_interrupts.py",  # Ctrl-C at each stage of real CLI runs
+    "test_autointerp_planted.py",  # in-process scorer on planted latents
+}
+SLOW_TESTS = {
+    "test_ablation.py::test_zero_decoder_latent_has_no_effect_and_batching_is_exact",
+    "test_absorption.py::test_matches_saebench_absorption_code",
+    "test_absorption.py::test_second_sae_costs_no_model_pass",
+    "test_autointerp.py::test_evaluate_end_to_end_and_rerun_costs_nothing",
+    "test_autointerp.py::test_hosted_explainer_with_the_embedded_scorer",
+    "test_autointerp.py::test_offline_default_scores_end_to_end_and_a_rerun_computes_nothing",
+    "test_autointerp.py::test_real_server_reply_is_cached_and_a_rerun_sends_nothing",
+    "test_autointerp_logprob.py::test_endpoint_judge_round_trip_equals_the_in_process_judge",
+    "test_autointerp_logprob.py::test_free_text_scoring_asks_the_scorer_endpoint_and_explaining_the_explainer",
+    "test_autointerp_logprob.py::test_shared_prefix_and_branch_rows_equal_plain_forwards",
+    "test_cli.py::test_leaderboard_command",
+    "test_cli.py::test_run_writes_result_then_skips_then_forces",
+    "test_core.py::test_metrics_do_not_depend_on_batch_size",
+    "test_core.py::test_rerun_is_identical_and_uses_cache",
+    "test_core.py::test_zero_sae_scores_zero_against_zero_ablation",
+    "test_core.py::test_default_core_computes_only_the_zero_ablation",
+    "test_export.py::test_core_export_fills_only_saebench_equal_fields",
+    "test_absorption.py::test_saebench_mode_equals_saebench_absorption_end_to_end",
+    "test_saebench_mode.py::test_scr_tpp_equal_saebench_run_eval_single_sae",
+    "test_saebench_mode.py::test_sparse_probing_equals_saebench_run_eval_single_sae",
+    "test_faults.py::test_concurrent_runs_wait_and_reuse_one_result",
+    "test_faults.py::test_sigterm_while_waiting",
+    "test_faults.py::test_damaged_cache_and_result_files_are_recomputed",
+    "test_faults.py::test_kill9_then_sigint_then_resume",
+    "test_faults.py::test_out_of_space_keeps_the_result_and_goes_on_without_cache",
+    "test_faults.py::test_hostile_configs_refused_before_allocating",
+    "test_ksweep.py::test_ksweep_on_the_reference_topk",
+    "test_planning.py::test_a_sae_lens_object_evaluates_end_to_end",
+    "test_ray.py::test_an_error_in_a_worker_is_one_line",
+    "test_runner.py::test_plugin_evaluator_from_a_file_runs_end_to_end",
+    "test_runner.py::test_shared_inputs_run_once_and_metrics_equal_separate_runs",
+    "test_sae_probes.py::test_cross_validation_is_sae_probes_find_best_reg",
+    "test_sae_probes.py::test_sae_probes_runs_on_the_model_and_a_second_sae_costs_no_model_pass",
+    "test_scr_tpp.py::test_scr_and_tpp_run_on_the_model_and_a_second_sae_costs_no_model_pass",
+    "test_splitting.py::test_bad_references_give_one_line_errors",
+    "test_sweep.py::test_cli_max_memory_and_progress",
+    "test_sweep.py::test_groups_under_a_budget_give_bit_identical_results",
+    "test_train.py::test_each_architecture_learns",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: the slow tier (deselect with -m 'not slow'; see SLOW_TESTS)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.name
+        if module in SLOW_MODULES or f"{module}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 HOOK = "blocks.6.hook_resid_post"
 SMALL = {"tokens": 256, "ctx_len": 32, "batch_size": 4}
 
@@ -81,10 +145,12 @@ def write_native(folder: Path, arch: str = "relu", d_in: int = 576, d_sae: int =
         architecture=arch,
         d_in=d_in,
         d_sae=d_sae,
-        hook_name=HOOK,
-        model_name="smollm2-135m",
-        k=8 if arch in ("topk", "batchtopk") else None,
-        **cfg_extra,
+        **{
+            "hook_name": HOOK,
+            "model_name": "smollm2-135m",
+            "k": 8 if arch in ("topk", "batchtopk") else None,
+            **cfg_extra,  # overrides the defaults above
+        },
     )
     sae = NativeSAE(cfg)
     with torch.no_grad():

@@ -8,6 +8,8 @@ bad settings give one-line errors."""
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,8 +29,9 @@ from saebench.probes.absorption import (
     split_features,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-CFG = AbsorptionConfig(icl_examples=3, min_probe_f1=0.0, min_letters=1, max_k=5)
+CFG = AbsorptionConfig(icl_examples=3, min_probe_f1=0.0, min_letters=1, max_k=5, min_true_positives=1)
 
 
 # -- the math, on hand-built numbers ----------------------------------------------------------------
@@ -305,7 +308,8 @@ def test_second_sae_costs_no_model_pass(cache_env, model, tmp_path):
     a, _ = write_native(tmp_path / "a", "topk", d_sae=64, seed=1)
     b, _ = write_native(tmp_path / "b", "topk", d_sae=64, seed=2)
     c, _ = write_native(tmp_path / "c", "relu", d_sae=64, seed=3)
-    cfg = {"absorption": {"n_words": 200, "icl_examples": 2, "min_probe_f1": 0.0, "min_letters": 1, "max_k": 2}}
+    cfg = {"absorption": {"n_words": 200, "icl_examples": 2, "min_probe_f1": 0.0, "min_letters": 1, "max_k": 2,
+                          "min_true_positives": 1}}  # fmt: skip
     both = evaluate([str(a), str(b)], model=model, evals=["absorption"], progress=False, eval_config=cfg)
     counters = both.counters[HOOK]
     assert counters.position_forward_batches > 0 and counters.position_rows == 200  # once for both SAEs
@@ -314,8 +318,13 @@ def test_second_sae_costs_no_model_pass(cache_env, model, tmp_path):
     assert alone.counters[HOOK].position_forward_batches == 0  # from the disk cache: SAE encodes only
     res = both.results["a"]["absorption"]
     assert res.metrics["n_words_train"] == 160 and res.metrics["n_letters_scored"] >= 1
-    assert res.uncertainty["mean_absorption_fraction_score"]["unit"] == "letter"
+    assert res.uncertainty["absorption_rate"]["unit"] == "letter"  # our names: our procedure
+    assert not [k for k in res.metrics if k.startswith("mean_")]  # none of SAEBench's names, not even null
     assert res.details["example_prompt"].endswith(" has the first letter:")
+    # random decoder rows are not unit-norm: the rule used is stated, with the norms, never switched
+    rule = res.details["contribution_rule"]
+    assert rule["rule"].startswith("a_i * (d_i . p)") and "not unit-norm" in rule["note"]
+    assert res.details["resolution"]["absorption_rate"]["unit"] == "word"
 
 
 def test_bad_settings_give_one_line_errors(model):
@@ -327,3 +336,93 @@ def test_bad_settings_give_one_line_errors(model):
     ):
         with pytest.raises(SaebenchError, match=match):
             evaluate("reference", model=model, evals=["absorption"], progress=False, eval_config={"absorption": bad})
+
+
+# -- mode=saebench: SAEBench's own code end to end ---------------------------------------------------
+
+
+def _small_vocab(model, per_letter: int = 10) -> tuple[list[str], int]:
+    """A small alphabetic vocabulary with every letter in both splits of SAEBench's 80/20 draw:
+    ``per_letter`` words per first letter, and the first seed whose split leaves none empty."""
+    from saebench.evaluators.absorption_saebench import saebench_vocab
+    from saebench.probes.absorption_saebench import probe_dataset
+
+    words: dict[str, list[str]] = {c: [] for c in LETTERS}
+    for w in saebench_vocab(model.tokenizer, model.d_vocab):
+        c = w.strip()[0].lower()
+        if len(words[c]) < per_letter:
+            words[c].append(w)
+    vocab = [w for c in LETTERS for w in words[c]]
+    for seed in range(100):
+        data = probe_dataset(vocab, "{word} has the first letter:", random.Random(seed))
+        if all(set(data.labels(s).tolist()) == set(range(26)) for s in ("train", "test")):
+            return vocab, seed
+    raise AssertionError("no seed splits every letter into both halves")
+
+
+def test_saebench_mode_equals_saebench_absorption_end_to_end(model, token_set, cache_env, tmp_path, monkeypatch):
+    """SAEBench's ``run_k_sparse_probing_experiment`` and ``run_feature_absortion_experiment`` (its
+    prompts, letter-probe and L1-probe Adam training, sklearn k-probes, F1-jump rule, re-prompting
+    and ``a·cos`` absorption) and its aggregation, seeded and given the same vocabulary in the same
+    order, give every per-letter number and every aggregate our ``mode=saebench`` gives."""
+    pytest.importorskip("sae_bench", reason="sae-bench not installed")
+    from crosscheck_saebench import saebench_view
+    from sae_bench.evals.absorption import common, k_sparse_probing
+    from sae_bench.evals.absorption import feature_absorption as fa
+    from sae_bench.evals.absorption.main import _aggregate_results_df
+    from test_saebench_mode import relu_sae
+
+    from saebench.evaluators import absorption_saebench
+
+    vocab, seed = _small_vocab(model)
+    sae = relu_sae(d_sae=96)
+    settings = {"mode": "saebench", "min_feats_for_eval": 1, "min_GT_probe_f1": 0.3}
+    monkeypatch.setattr(absorption_saebench, "saebench_vocab", lambda tok, d: vocab)
+    run = evaluate(sae, model=model, hook=HOOK, evals=["absorption"], token_set=token_set, seed=seed,
+                   progress=False, eval_config={"absorption": settings}, name="s")  # fmt: skip
+    ours = run.results["s"]["absorption"]
+    assert ours.details["naming"]["names"] == "variant"  # settings changed: SAEBench's procedure, our names
+    rule = ours.details["contribution_rule"]
+    assert rule["rule"].startswith("a_i * cos") and "not unit-norm" in rule["note"]  # SAEBench's rule, stated
+
+    monkeypatch.setattr(common, "get_alpha_tokens", lambda tok: vocab)
+    monkeypatch.setattr(fa, "get_alpha_tokens", lambda tok: vocab)
+    view = SimpleNamespace(encode=sae.encode, W_enc=sae.W_enc, W_dec=sae.W_dec, device=torch.device("cpu"),
+                           dtype=torch.float32, cfg=SimpleNamespace(d_sae=sae.d_sae))  # fmt: skip
+    state = random.getstate()
+    with saebench_view(model) as ht, torch.random.fork_rng():
+        lm = SimpleNamespace(tokenizer=ht.tokenizer, cfg=ht.cfg, to_tokens=ht.to_tokens,  # layers past 6: same acts
+                             run_with_cache=lambda *a, **k: ht.run_with_cache(*a, stop_at_layer=7, **k))  # fmt: skip
+        random.seed(seed)
+        torch.manual_seed(seed)
+        kw = {"model": lm, "sae": view, "layer": 6, "sae_name": "s", "max_k_value": 10, "device": "cpu",
+              "prompt_template": "{word} has the first letter:", "prompt_token_pos": -6,
+              "probes_dir": tmp_path / "probes"}  # fmt: skip
+        metrics = k_sparse_probing.run_k_sparse_probing_experiment(
+            **kw, experiment_dir=tmp_path / "ksp", precalc_k_sparse_probe_sae_acts=True, verbose=False
+        )
+        raw = fa.run_feature_absortion_experiment(
+            **kw, experiment_dir=tmp_path / "fa", sparse_probing_experiment_dir=tmp_path / "ksp", batch_size=10
+        )
+    random.setstate(state)
+    agg = _aggregate_results_df(raw).set_index("letter")
+    rows = {r["letter"]: r for r in ours.details["letters"]}
+    compared = 0
+    for c in LETTERS:
+        theirs = metrics[metrics["letter"] == c].iloc[0]
+        assert rows[c]["probe_f1"] == pytest.approx(theirs["f1_probe"], abs=1e-9), c
+        assert rows[c]["f1_by_k"] == pytest.approx([theirs[f"f1_sparse_sae_{k}"] for k in range(1, 11)], abs=1e-6), c
+        assert rows[c]["main_latents"] == list(theirs["split_feats"]), c
+        if rows[c].get("scored"):
+            a = agg.loc[c]
+            assert rows[c]["n_probe_true_positives"] == a["num_probe_true_positives"]
+            assert rows[c]["mean_absorption_fraction"] == pytest.approx(a["mean_absorption_fraction"], abs=1e-9), c
+            assert rows[c]["full_absorption_rate"] == pytest.approx(a["full_absorption_rate"], abs=1e-9), c
+            compared += 1
+    good = [c for c in LETTERS if rows[c].get("scored")]
+    assert compared == len(good) >= 5
+    mean = sum(agg.loc[c, "mean_absorption_fraction"] for c in good) / len(good)
+    assert ours.metrics["absorption_rate"] == pytest.approx(mean, abs=1e-9)
+    assert ours.metrics["num_main_latents"] == pytest.approx(
+        sum(len(agg.loc[c, "split_feats"]) for c in good) / len(good)
+    )

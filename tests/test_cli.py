@@ -57,9 +57,10 @@ def test_d_in_mismatch(tmp_path, capsys, cache_env, model):
 
 def test_bad_hook(native, tmp_path, capsys, cache_env, model):
     out = tmp_path / "res"
-    code, _, err = _run(
-        ["run", "--sae", str(native), "--hook", "blocks.6.hook_nothing", "--out", str(out)] + SMALL_ARGS, capsys
-    )
+    args = ["run", "--sae", str(native), "--hook", "blocks.6.hook_nothing", "--out", str(out)] + SMALL_ARGS
+    code, _, err = _run(args, capsys)  # not the SAE's own hook: refused before the model loads
+    _assert_clean_error(code, err, out, "trained at blocks.6.hook_resid_post (its config) but --hook asks for")
+    code, _, err = _run(args + ["--force-hook"], capsys)
     _assert_clean_error(code, err, out, "is not a hook of model")
 
 

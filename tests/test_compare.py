@@ -129,7 +129,12 @@ def test_a_versus_b(tmp_path, capsys):
     _write(tmp_path / "b", name="arch-b")
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
-    assert "arch-a better" in out and "arch-a vs arch-b: better on" in out
+    assert "arch-a better" in out and "A = arch-a vs B = arch-b: A better on" in out
+    head = out.splitlines()[0]
+    assert head.index("A: arch-a") < head.index("B: arch-b") < head.index("A − B")  # A's column first, both named
+    row = next(line for line in out.splitlines() if "| fvu" in line)
+    a_fvu, b_fvu = (float(c) for c in row.split("|")[3:5])
+    assert a_fvu < b_fvu  # arch-a reconstructs better: its value sits under its name
 
 
 def test_directions_come_from_the_evaluators_declarations():
@@ -200,3 +205,78 @@ def test_the_gate_controls_the_family_wise_error_over_many_metrics():
     rows.append(Row("s", "core", "mse", "down", 1.0, 2.0, 1.0, 0.8, 1.2, True, 0.0, "WORSE", 0.1))
     _family_wise(rows)
     assert rows[-2].verdict == "within noise" and rows[-1].verdict == "WORSE"
+
+
+def test_a_damaged_result_is_named_whether_or_not_others_are_readable(tmp_path, capsys):
+    """One digit of a number edited by hand: the checksum fails. Alone in its folder it is named in
+    the error (not "no saebench results"); beside others it is named in a warning."""
+    _write(tmp_path / "base")
+    _write(tmp_path / "new")
+    path = result_path(tmp_path / "new", "sae-a", "core")
+    path.write_text(path.read_text().replace('"l0": 32.0', '"l0": 33.0'))
+    for argv in (
+        ["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base")],
+        ["leaderboard", str(tmp_path / "new"), "-o", str(tmp_path / "board.md"), "--no-plots"],
+        ["export", "--format", "saebench", str(tmp_path / "new"), str(tmp_path / "exported")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            len(err) == 1
+            and err[0].startswith("error: no readable saebench results")
+            and "fails its checksum" in err[0]
+        )
+        assert str(path) in err[0]
+    _write(tmp_path / "new", name="sae-b")
+    assert main(["leaderboard", str(tmp_path / "new"), "-o", str(tmp_path / "board.md"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: skipping" in err and str(path) in err and "fails its checksum" in err
+
+
+def test_the_gate_fails_on_what_the_new_side_lacks(tmp_path, capsys):
+    """A run that crashed before core (or whose core.json is missing) must not pass the gate."""
+    _write(tmp_path / "base")
+    _write(tmp_path / "base", evaluator="probing")
+    _write(tmp_path / "new", evaluator="probing")
+    cmp = compare([tmp_path / "new"], [tmp_path / "base"])
+    assert [(r.evaluator, r.verdict) for r in cmp.failures] == [("core", "missing")]
+    assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base")]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "sae-a/core (the baseline has it, the new results do not" in out
+    assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base"), "--only-run"]) == 0
+    assert "note: baseline sae-a/core has no new result" in capsys.readouterr().out
+    # --against: the chosen baseline SAE's evaluators are expected from every new SAE
+    assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "base"), "--against", "sae-a"]) == 1
+    capsys.readouterr()
+    # a metric the new result no longer reports fails too, descriptive ones included
+    _write(tmp_path / "dropped", n_tokens_loss=...)
+    assert _verdicts(compare([tmp_path / "dropped"], [tmp_path / "base"], only_run=True))["n_tokens_loss"] == "not run"
+    assert _verdicts(compare([tmp_path / "dropped"], [tmp_path / "base"]))["n_tokens_loss"] == "missing"
+
+
+def test_undefined_on_both_sides_and_identical_values_are_same(tmp_path):
+    """An offline autointerp result has null free-text scores on both sides: not a regression. An
+    identical density metric with a stored interval reads "same", not "within noise"."""
+    for root in ("base", "new"):
+        r = _write(tmp_path / root, kl=None, dead_frac=0.25)
+        r.uncertainty = {"dead_frac": {"se": 0.02, "ci_low": 0.21, "ci_high": 0.29, "n": 64, "unit": "sequence"}}
+        write_result(r, result_path(tmp_path / root, "sae-a", "core"))
+    cmp = compare([tmp_path / "new"], [tmp_path / "base"])
+    v = _verdicts(cmp)
+    assert v["kl"] == "same" and v["dead_frac"] == "same" and not cmp.failures
+    _write(tmp_path / "defined", dead_frac=0.25)
+    assert _verdicts(compare([tmp_path / "base"], [tmp_path / "defined"]))["kl"] == "undefined"
+
+
+def test_a_name_mismatch_points_to_against(tmp_path):
+    _write(tmp_path / "base", name="zoo-member")
+    _write(tmp_path / "new", name="my-arch")
+    with pytest.raises(SaebenchError, match="--against BASELINE_SAE"):
+        compare([tmp_path / "new"], [tmp_path / "base"])
+
+
+def test_compare_help_prints_percent_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert "95% interval" in out and "%%" not in out

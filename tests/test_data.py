@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from saebench.data import _in_split, _sae_probes_docs, build_token_set
+from saebench.data import _in_split, _sae_probes_docs, build_token_set, check_corpus
 from saebench.errors import SaebenchError
 
 
@@ -41,3 +41,42 @@ def test_too_small_corpus_and_bad_corpus(model, tmp_path):
         build_token_set(model.tokenize, model.bos_id, 10_000, 32, seed=0, corpus=str(path))
     with pytest.raises(SaebenchError, match="neither 'sae-probes'"):
         build_token_set(model.tokenize, model.bos_id, 64, 32, seed=0, corpus=str(tmp_path / "nope.txt"))
+
+
+def _char_tokens(text: str) -> list[int]:
+    """A model-free tokenizer (one id per character) for tests of corpus handling."""
+    return [ord(c) % 1000 + 1 for c in text]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("junk.txt", bytes(range(256)) * 64, "looks binary"),
+        ("empty.txt", b"", "is empty"),
+        ("latin1.txt", "caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 20, "is not UTF-8"),
+        ("broken.jsonl", b'{"text": "fine"}\n{"text": unterminated\n', "could not be read as json"),
+        ("nulls.jsonl", b'{"text": null}\n{"text": 3}\n', "holds int values, not strings"),
+        ("wrong.jsonl", b'{"body": "a document"}\n' * 5, "no 'text' column"),
+        ("notparquet.parquet", b"PAR1 but not really", "not a readable parquet file"),
+        ("notes.docx", b"whatever", "use .txt"),
+    ],
+)
+def test_every_bad_corpus_is_one_line(tmp_path, name, content, needle):
+    """A corpus file that cannot hold documents is refused by a one-line SaebenchError naming it
+    and the fix (issue 24: random bytes ended in two tracebacks)."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SaebenchError, match=needle) as exc:
+        build_token_set(_char_tokens, 0, 64, 16, seed=0, corpus=str(path))
+    assert "\n" not in str(exc.value) and name in str(exc.value)
+
+
+def test_parquet_without_a_text_column_is_refused_before_any_model(tmp_path):
+    pd = pytest.importorskip("pandas")
+    path = tmp_path / "docs.parquet"
+    pd.DataFrame({"body": ["a document", "another one"]}).to_parquet(path)
+    with pytest.raises(SaebenchError, match=r"no 'text' column \(columns: body\)"):
+        check_corpus(str(path))
+    pd.DataFrame({"text": ["a document about apples " * 5] * 20}).to_parquet(path)
+    check_corpus(str(path))  # a good one passes
+    assert build_token_set(_char_tokens, 0, 64, 16, seed=0, corpus=str(path)).tokens.shape == (4, 16)

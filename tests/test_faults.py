@@ -26,6 +26,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import write_native
+from procs import (
+    LIMIT,
+    cli,
+    finish,
+    fresh_cache,
+    leftovers,
+    lines_of,
+    models_dir,
+    ok,
+    one_error,
+    run_env,
+    spawn,
+    wait_for,
+)
 from safetensors.torch import save_file
 
 from saebench.errors import SaebenchError
@@ -37,101 +51,6 @@ fcntl = pytest.importorskip("fcntl", reason="locks need POSIX flock")
 SAE = "smollm2-135m-topk-2304-k32"  # the reference SAE's folder name, its default result name
 RUN = ["run", "--sae", "reference", "--tokens", "256", "--ctx-len", "32", "--batch-size", "4", "--quiet"]
 RUN += ["--threads", "1"]
-LIMIT = 600  # seconds any one subprocess may take (2 shared cores can be slow); typical: 5-20 s
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-def _models() -> Path:
-    """The default cache's converted-model folder (converted here first on a fresh machine, so
-    no subprocess pays for it)."""
-    from saebench.models import _hf_folder
-
-    return _hf_folder().parent
-
-
-def _cache(root: Path) -> Path:
-    """An empty activation cache sharing the converted model with the default cache."""
-    cache = root / "cache"
-    cache.mkdir(parents=True)
-    (cache / "models").symlink_to(_models())
-    return cache
-
-
-def _env(cache: Path, tmp: Path) -> dict[str, str]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
-        "SAEBENCH_CACHE": str(cache),
-        "TMPDIR": str(tmp),  # where an unwritable result's fallback goes
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``python -m saebench.cli ARGS`` with stdout/stderr in ``LOG.out``/``LOG.err`` (pollable)."""
-    out, err = open(f"{log}.out", "w"), open(f"{log}.err", "w")  # noqa: SIM115 - closed by _finish
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "saebench.cli", *map(str, args)],
-        stdout=out,
-        stderr=err,
-        env=env,
-        # a foreground run, as at a terminal: a CI job started in the background (`cmd &` without job
-        # control) passes SIGINT down ignored, and Python then never raises KeyboardInterrupt
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    proc.logs = (Path(f"{log}.out"), Path(f"{log}.err"), out, err)  # type: ignore[attr-defined]
-    return proc
-
-
-def _finish(proc: subprocess.Popen) -> SimpleNamespace:
-    rc = proc.wait(timeout=LIMIT)
-    out_p, err_p, out_f, err_f = proc.logs  # type: ignore[attr-defined]
-    out_f.close()
-    err_f.close()
-    return SimpleNamespace(rc=rc, out=out_p.read_text(), err=err_p.read_text(), pid=proc.pid)
-
-
-def _cli(args: list[str], env: dict[str, str], log: Path) -> SimpleNamespace:
-    return _finish(_spawn(args, env, log))
-
-
-def _wait_for(predicate, timeout: float = LIMIT, procs: tuple = ()) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if any(p.poll() is not None for p in procs):
-            raise AssertionError(f"a process ended early (rc {[p.poll() for p in procs]})")
-        if time.monotonic() > end:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
-
-
-def _lines(err: str, prefix: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith(prefix)]
-
-
-def _one_error(res: SimpleNamespace, rc: int, needle: str) -> str:
-    """Exit ``rc``, exactly one ``error:`` line containing ``needle``, no traceback."""
-    assert res.rc == rc, (res.rc, res.err[-3000:])
-    assert "Traceback" not in res.err, res.err[-3000:]
-    errors = _lines(res.err, "error:")
-    assert len(errors) == 1 and needle in errors[0], res.err[-3000:]
-    return errors[0]
-
-
-def _ok(res: SimpleNamespace, warnings: int = 0) -> None:
-    """Exit 0, no traceback, no error, exactly ``warnings`` one-line warnings."""
-    assert res.rc == 0 and "Traceback" not in res.err and not _lines(res.err, "error:"), res.err[-3000:]
-    assert len(_lines(res.err, "warning:")) == warnings, res.err
-
-
-def _leftovers(*roots: Path) -> list[Path]:
-    """Temp and lock files anywhere under ``roots`` (a finished run leaves none)."""
-    return [p for r in roots for p in r.rglob(".*") if ".tmp-" in p.name or p.name.endswith(".lock")]
 
 
 def _entry(cache: Path, what: str) -> Path:
@@ -150,16 +69,16 @@ def concurrent(tmp_path_factory):
     keeps the result busy: each waits with one line; one then computes, one reuses its result,
     one is sent SIGTERM while waiting. The computed result is the clean baseline for the matrix."""
     root = tmp_path_factory.mktemp("concurrent")
-    cache, out = _cache(root), root / "out"
-    env = _env(cache, root / "tmp")
+    cache, out = fresh_cache(root), root / "out"
+    env = run_env(cache, root / "tmp")
     target = result_path(out, SAE, "core")
     with file_lock(lock_path(target), "a test holding the result"):
-        procs = [_spawn(RUN + ["--out", out], env, root / f"p{i}") for i in range(3)]
+        procs = [spawn(RUN + ["--out", out], env, root / f"p{i}") for i in range(3)]
         for p in procs:
-            _wait_for(lambda p=p: "waiting for" in p.logs[1].read_text(), procs=tuple(procs))
+            wait_for(lambda p=p: "waiting for" in p.logs[1].read_text(), procs=tuple(procs))
         procs[2].send_signal(signal.SIGTERM)
-        terminated = _finish(procs[2])
-    runs = [_finish(p) for p in procs[:2]]
+        terminated = finish(procs[2])
+    runs = [finish(p) for p in procs[:2]]
     return SimpleNamespace(
         cache=cache, out=out, runs=runs, terminated=terminated, metrics=read_result(target).metrics, path=target
     )
@@ -168,21 +87,21 @@ def concurrent(tmp_path_factory):
 def test_concurrent_runs_wait_and_reuse_one_result(concurrent):
     runs = concurrent.runs
     for r in runs:
-        _ok(r, warnings=1)
+        ok(r, warnings=1)
         assert f"waiting for saebench process {os.getpid()}" in r.err  # the holder is named
     wrote = [r for r in runs if f"wrote {concurrent.path}" in r.out]
     kept = [r for r in runs if f"kept {concurrent.path} (complete, skipped)" in r.out]
     assert len(wrote) == 1 and len(kept) == 1, [r.out for r in runs]  # computed once, reused once
     assert complete_result(concurrent.path, read_result(concurrent.path).run_key) is not None
-    assert not _leftovers(concurrent.out, concurrent.cache / "activations")
+    assert not leftovers(concurrent.out, concurrent.cache / "activations")
     m = concurrent.metrics
     assert 0 < m["fvu"] < 1 and m["l0"] == 32 and 0 < m["ce_loss_score"] <= 1  # a sane clean run
 
 
 def test_sigterm_while_waiting(concurrent):
     res = concurrent.terminated
-    _one_error(res, 143, "terminated (SIGTERM); completed results are kept")
-    assert len(_lines(res.err, "warning:")) == 1  # the wait it was in
+    one_error(res, 143, "terminated (SIGTERM); completed results are kept")
+    assert len(lines_of(res.err, "warning:")) == 1  # the wait it was in
 
 
 def test_kill9_then_sigint_then_resume(concurrent, tmp_path):
@@ -190,40 +109,37 @@ def test_kill9_then_sigint_then_resume(concurrent, tmp_path):
     result claimed), then a rerun: it resumes from the cached states and gives the clean metrics. The run is named
     ``..`` (issue 13: that name once wrote outside --out). Planted temp files of dead writers are
     removed at start."""
-    cache, out = _cache(tmp_path), tmp_path / "out"
-    env = _env(cache, tmp_path / "tmp")
+    cache, out = fresh_cache(tmp_path), tmp_path / "out"
+    env = run_env(cache, tmp_path / "tmp")
     args = RUN + ["--out", out, "--name", ".."]
 
-    p = _spawn(args, env, tmp_path / "killed")
-    _wait_for(lambda: list((cache / "activations").rglob("states-*.safetensors")), procs=(p,))
+    p = spawn(args, env, tmp_path / "killed")
+    wait_for(lambda: list((cache / "activations").rglob("states-*.safetensors")), procs=(p,))
     p.kill()
-    assert _finish(p).rc == -signal.SIGKILL
+    assert finish(p).rc == -signal.SIGKILL
     assert not list(out.rglob("*.json"))
 
     (out / "_" / ".core.json.lock").unlink(missing_ok=True)  # the killed run's (its flock died with it)
-    p = _spawn(args, env, tmp_path / "interrupted")
+    p = spawn(args, env, tmp_path / "interrupted")
     # its result is claimed (locked) before the model loads: SIGINT lands mid-run, never after it
-    _wait_for(lambda: (out / "_" / ".core.json.lock").exists(), procs=(p,))
+    wait_for(lambda: (out / "_" / ".core.json.lock").exists(), procs=(p,))
     p.send_signal(signal.SIGINT)
-    res = _finish(p)
-    # the CLI exits 130; once in a clean-clone CI run the process instead ended by the signal itself
-    # (-2, which a shell also reports as 130) after printing its one line: not yet explained
-    res.rc = 130 if res.rc == -signal.SIGINT else res.rc
-    _one_error(res, 130, "interrupted; completed results are kept, rerun the same command to resume")
+    res = finish(p)
+    one_error(res, 130, "interrupted; completed results are kept, rerun the same command to resume")  # never -2
     assert not list(out.rglob("*.json"))
 
     (out / "_").mkdir(parents=True, exist_ok=True)
     planted = [out / "_" / ".core.json.tmp-dead0001", _entry(cache, "states").parent / ".x.safetensors.tmp-dead0002"]
     for f in planted:
         f.write_text("left by a writer that was killed")
-    res = _cli(args, env, tmp_path / "resumed")
-    _ok(res)
+    res = cli(args, env, tmp_path / "resumed")
+    ok(res)
     assert not any(f.exists() for f in planted)
     logs = {f"{run}.{ext}" for run in ("killed", "interrupted", "resumed") for ext in ("out", "err")}
     assert {p.name for p in tmp_path.iterdir()} == {"cache", "out", "tmp"} | logs  # nothing beside --out
     assert [p.relative_to(out) for p in out.rglob("*.json")] == [Path("_/core.json")]
     assert read_result(out / "_" / "core.json").metrics == concurrent.metrics
-    assert not _leftovers(out, cache / "activations")
+    assert not leftovers(out, cache / "activations")
 
 
 def _overwrite_middle(path: Path) -> None:
@@ -254,8 +170,8 @@ def test_damaged_cache_and_result_files_are_recomputed(concurrent, tmp_path):
     ablation.write_bytes(ablation.read_bytes()[: ablation.stat().st_size // 2])  # truncated
     result = result_path(out, SAE, "core")
     _flip_digit(result, "fvu")
-    res = _cli(RUN + ["--out", out], _env(cache, tmp_path / "tmp"), tmp_path / "damaged")
-    _ok(res, warnings=3)
+    res = cli(RUN + ["--out", out], run_env(cache, tmp_path / "tmp"), tmp_path / "damaged")
+    ok(res, warnings=3)
     assert "fails its checksum" in res.err and res.err.count("is unusable") == 2
     assert read_result(result).metrics == concurrent.metrics
     from saebench.pipeline.states import verify_entry
@@ -282,7 +198,7 @@ def test_out_of_space_keeps_the_result_and_goes_on_without_cache(concurrent, tmp
     try:
         cache = disk / "cache"
         cache.mkdir()
-        (cache / "models").symlink_to(_models())
+        (cache / "models").symlink_to(models_dir())
         with open(disk / "filler", "wb") as fh:  # fill the disk
             with pytest.raises(OSError) as exc:
                 while True:
@@ -290,19 +206,19 @@ def test_out_of_space_keeps_the_result_and_goes_on_without_cache(concurrent, tmp
                     fh.flush()
             assert exc.value.errno == errno.ENOSPC
         out = disk / "out"
-        env = _env(cache, tmp_path / "tmp")
-        res = _cli(RUN + ["--out", out], env, tmp_path / "full")
-        line = _one_error(res, 2, f"out of space: writing {out / SAE / 'core.json'} needs ")
+        env = run_env(cache, tmp_path / "tmp")
+        res = cli(RUN + ["--out", out], env, tmp_path / "full")
+        line = one_error(res, 2, f"out of space: writing {out / SAE / 'core.json'} needs ")
         assert f"{out / SAE} has 0 bytes free" in line
-        warns = _lines(res.err, "warning:")
+        warns = lines_of(res.err, "warning:")
         assert len(warns) == 1 and "cannot write the activation cache" in warns[0] and "out of space" in warns[0]
         fallback = Path(line.split("the computed result is kept in ")[1].split(": ")[0])
         assert fallback.is_relative_to(tmp_path / "tmp") and read_result(fallback).metrics == concurrent.metrics
         (disk / "filler").unlink()  # free space, then do what the message says
         mv = line.split("`")[1].split()
         assert mv[0] == "mv" and subprocess.run(mv).returncode == 0
-        res = _cli(RUN + ["--out", out], env, tmp_path / "after")
-        _ok(res)
+        res = cli(RUN + ["--out", out], env, tmp_path / "after")
+        ok(res)
         assert f"kept {out / SAE / 'core.json'} (complete, skipped)" in res.out
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -396,7 +312,7 @@ def test_hostile_configs_refused_before_allocating(tmp_path):
         + (["--batch-size", "65536", "--tokens", str(65536 * 128)] if sae == "reference" else [])
         for sae, _, _ in cases
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAEBENCH_CACHE": str(_cache(tmp_path))}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAEBENCH_CACHE": str(fresh_cache(tmp_path))}
     done = subprocess.run(
         [sys.executable, "-c", CEILING_SCRIPT, json.dumps([[a, h] for a, (_, h, _) in zip(argv, cases, strict=True)])],
         capture_output=True,
@@ -408,7 +324,7 @@ def test_hostile_configs_refused_before_allocating(tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for (sae, _, needle), got in zip(cases, report["results"], strict=True):
         res = SimpleNamespace(rc=got["rc"], err=got["err"])
-        _one_error(res, 2, needle)
+        one_error(res, 2, needle)
         assert "out of memory" not in res.err, (sae, res.err)
     assert report["peak_rss"] < 1 << 30, report["peak_rss"]  # torch + saebench imported: ~0.25 GiB seen
     assert not list(out.rglob("*.json"))
@@ -555,7 +471,7 @@ def test_cache_entry_is_computed_once_across_processes_and_recomputed_when_damag
         tensors, cached = _pipe().cached_tensors("ablation", "k", compute)
     assert not cached and len(calls) == 2 and torch.equal(tensors["x"], torch.arange(10.0))
     assert len(caplog.records) == 1 and "is unusable (unreadable" in caplog.text
-    assert _pipe().cached_tensors("ablation", "k", compute)[1] and not _leftovers(cache_env)
+    assert _pipe().cached_tensors("ablation", "k", compute)[1] and not leftovers(cache_env)
 
 
 def test_full_cache_warns_once_and_goes_on(cache_env, monkeypatch, caplog):
@@ -669,7 +585,7 @@ def test_model_cache_that_cannot_be_written_runs_from_memory(tmp_path, monkeypat
     assert "out of space" in caplog.text and "using it from memory" in caplog.text
     with pytest.raises(SaebenchError, match="cannot cache the converted embedded model .* out of space"):
         models._hf_folder()
-    assert not _leftovers(tmp_path / "cache")
+    assert not leftovers(tmp_path / "cache")
 
 
 def test_header_bombs_and_lies_are_one_line_errors(tmp_path):

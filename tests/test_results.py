@@ -6,7 +6,16 @@ import pytest
 
 from saebench.errors import SaebenchError
 from saebench.leaderboard import render
-from saebench.results import Result, SAERecord, complete_result, load_results, read_result, results_frame, write_result
+from saebench.results import (
+    Result,
+    SAERecord,
+    complete_result,
+    load_results,
+    metrics_frame,
+    read_result,
+    results_frame,
+    write_result,
+)
 
 
 def _result(name="a", model="m1", hook="blocks.0.hook_resid_post", fvu=0.25, key="k1"):
@@ -24,6 +33,7 @@ def _result(name="a", model="m1", hook="blocks.0.hook_resid_post", fvu=0.25, key
             "corpus": "c",
         },
         metrics={"fvu": fvu, "l0": 3.0, "delta_ce": 0.1, "ce_loss_score": None},
+        uncertainty={"fvu": {"se": 0.05, "ci_low": fvu - 0.1, "ci_high": fvu + 0.1, "n": 64, "unit": "sequence"}},
         details={"density_histogram": {"counts": [1]}},
     )
 
@@ -44,14 +54,21 @@ def test_corrupt_file_is_named(tmp_path):
     with pytest.raises(SaebenchError, match="bad.json"):
         read_result(bad)
     assert complete_result(bad, "k1") is None
+    with pytest.raises(SaebenchError, match="no readable saebench results .*bad.json"):
+        load_results([tmp_path])  # all there is: named in the error, not "no results"
+    write_result(_result(), tmp_path / "a" / "core.json")
     with pytest.warns(UserWarning, match="bad.json"):
-        assert load_results([tmp_path]) == []
+        assert len(load_results([tmp_path])) == 1  # beside a readable one: named in a warning
 
 
 def test_frame_and_leaderboard_grouping(tmp_path):
     results = [_result("b", fvu=0.5), _result("a"), _result("c", model="m2")]
     df = results_frame(results)
     assert list(df["sae.name"]) == ["b", "a", "c"] and "fvu" in df and "density_histogram" not in df
+    assert list(df["fvu.ci_low"]) == pytest.approx([0.4, 0.15, 0.15]) and list(df["fvu.n"]) == [64] * 3  # kept
+    long = metrics_frame(results)
+    row = long[(long["sae"] == "b") & (long["metric"] == "fvu")].iloc[0]
+    assert (row["value"], row["unit"]) == (0.5, "sequence") and row["ci_high"] == pytest.approx(0.6)
     text = render(results)
     assert text.index("## m1") < text.index("## m2")
     m1 = text[text.index("## m1") : text.index("## m2")]

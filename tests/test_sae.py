@@ -127,3 +127,19 @@ def test_factory_loads_user_architecture(tmp_path):
     info = load_sae(f"python:{f}:build")
     assert info.name == "build" and info.architecture == "Mine" and info.sae.d_sae == 16
     assert len(info.fingerprint) == 16
+
+
+def test_factory_imports_a_module_beside_it(tmp_path):
+    """``python:arch.py:build`` where arch.py does ``from layers import ...`` (a file beside it)."""
+    (tmp_path / "layers_for_saebench_test.py").write_text(
+        "import torch\n"
+        "class Tied(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.d_in = 8; self.d_sae = 16\n"
+        "        self.W = torch.nn.Parameter(torch.eye(8, 16))\n"
+        "    def encode(self, x): return torch.relu(x @ self.W)\n"
+        "    def decode(self, z): return z @ self.W.T\n"
+    )
+    f = tmp_path / "arch.py"
+    f.write_text("from layers_for_saebench_test import Tied\n\ndef build():\n    return Tied()\n")
+    assert load_sae(f"python:{f}:build").sae.d_sae == 16

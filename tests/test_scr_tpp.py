@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.evaluators.scr import ScrConfig, ScrEvaluator, prepare_pair, score_pair
+from saebench.evaluators.scr import ScrConfig, ScrEvaluator, prepare_pair, score_pair, variant_name
 from saebench.evaluators.tpp import TppConfig, TppEvaluator, prepare_dataset, score_dataset
 from saebench.pipeline.tasks import TaskActs
 from saebench.probes.scr_tpp import SaeAblation, top_n_mask
@@ -111,14 +111,14 @@ def test_planted_spurious_latent_removes_the_bias_and_others_do_not():
     planted = _native(w_enc, w_enc.T.clone())
     scores, row = score_pair(pp, _ctx(planted), cfg)
     assert row["scr_metric_direction"] == "dir1" and row["ablation_path"] == "linear"
-    assert scores["scr_dir1_threshold_2"] == 1.0 and scores["scr_metric_threshold_2"] == 1.0
-    assert scores["scr_dir1_threshold_5"] == 1.0
-    assert 0.0 < scores["scr_dir1_threshold_1"] < 1.0  # one sign of the direction removed: partly
+    assert scores["scr_dir1_top_2"] == 1.0 and scores["scr_top_2"] == 1.0  # our names: our probes and data
+    assert scores["scr_dir1_top_5"] == 1.0
+    assert 0.0 < scores["scr_dir1_top_1"] < 1.0  # one sign of the direction removed: partly
     w_noise = torch.zeros(d, d_sae)
     for j in range(d_sae):
         w_noise[2 + j % (d - 2), j] = 1.0 if j < d - 2 else -1.0
     scores0, _ = score_pair(pp, _ctx(_native(w_noise, w_noise.T.clone())), cfg)
-    assert scores0["scr_dir1_threshold_2"] == 0.0 and scores0["scr_metric_threshold_5"] == 0.0
+    assert scores0["scr_dir1_top_2"] == 0.0 and scores0["scr_top_5"] == 0.0
 
 
 class SignedLatent(torch.nn.Module):
@@ -236,9 +236,9 @@ def test_scr_equals_saebench_code_on_the_same_activations():
     effects = sb.get_all_node_effects_for_one_sae(sae, probes, chosen, True, acts["train"], 125)
     ablated = sb.perform_feature_ablations(probes, sae, 125, acts["test"], effects, ns, chosen, 500, True)
     theirs = sb.get_scr_plotting_dict(ablated, clean)
-    assert set(theirs) == set(ours)
+    assert {variant_name(k) for k in theirs} == set(ours)
     for k, v in theirs.items():
-        assert ours[k] == pytest.approx(v, abs=1e-6), k  # SAEBench averages accuracies in float32
+        assert ours[variant_name(k)] == pytest.approx(v, abs=1e-6), k  # SAEBench averages accuracies in float32
     assert row["clean_accuracy"]["biased_on_intended"] == pytest.approx(
         clean["male_professor / female_nurse probe on professor / nurse data"]
     )
@@ -321,29 +321,32 @@ def test_offline_pairs_build_saebench_sets_from_the_quadrants():
         assert len(pos) == len(neg) == 4 and not set(pos) & set(neg)
 
 
-def test_hub_datasets_load_through_datasets_from_local_files(tmp_path):
-    """The online path (``datasets.load_dataset``) run on a local copy of Bias in Bios' columns."""
-    pytest.importorskip("datasets")
+def test_saebench_datasets_load_from_the_local_layout(tmp_path):
+    """The variant on SAEBench's Bias in Bios, read from the documented local layout (a CSV per
+    split under ``DATA_DIR/LabHC/bias_in_bios/``); without it or the hub the pair is unavailable."""
     import random
 
     r = random.Random(0)
+    folder = tmp_path / "LabHC" / "bias_in_bios"
+    folder.mkdir(parents=True)
     for split, n in (("train", 240), ("test", 120)):
-        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+        with open(folder / f"{split}.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["hard_text", "profession", "gender"])
             for i in range(n):
                 p, g = r.choice([21, 13, 0, 1, 2, 6, 9]), r.choice([0, 1])
                 w.writerow([f"{split} {i}: {'she' if g else 'he'} is a {p}", p, g])
-    paths = {"LabHC/bias_in_bios": str(tmp_path)}
-    scr = load_scr(SCR_PAIRS["bias_in_bios_professor_nurse"], 4, 2, 0, use_hub=True, hub_paths=paths)
-    assert scr.origin.startswith("hf:LabHC/bias_in_bios") and (scr.n_train, scr.n_test) == (4, 2)
+    scr = load_scr(SCR_PAIRS["bias_in_bios_professor_nurse"], 4, 2, 0, saebench_data=True, data_dir=str(tmp_path))
+    assert scr.origin == "saebench-data:LabHC/bias_in_bios" and (scr.n_train, scr.n_test) == (4, 2)
     assert all(" 21" in scr.texts[i] and "she" not in scr.texts[i] for i in scr.sets["train"]["biased"][0])
     assert all(t.startswith("train") for t in [scr.texts[i] for p in scr.sets["train"].values() for v in p for i in v])
-    tpp = load_tpp(TPP_DATASETS["bias_in_bios_set1"], 6, 2, 0, use_hub=True, hub_paths=paths)
+    tpp = load_tpp(TPP_DATASETS["bias_in_bios_set1"], 6, 2, 0, saebench_data=True, data_dir=str(tmp_path))
     pos = [tpp.texts[i] for i in tpp.sets["train"]["accountant"][0]]
     assert len(pos) == 6 and sum("she" in t for t in pos) == 3  # balanced by gender, as SAEBench
-    with pytest.raises(TaskUnavailable, match="use_hub=true"):
+    with pytest.raises(TaskUnavailable, match="data=saebench"):
         load_scr(SCR_PAIRS["bias_in_bios_professor_nurse"], 4, 2, 0)
+    with pytest.raises(TaskUnavailable, match="missing LabHC/bias_in_bios"):
+        load_scr(SCR_PAIRS["bias_in_bios_professor_nurse"], 4, 2, 0, saebench_data=True, data_dir=str(tmp_path / "x"))
 
 
 def test_bad_settings_are_one_line_errors():
@@ -381,12 +384,33 @@ def test_scr_and_tpp_run_on_the_model_and_a_second_sae_costs_no_model_pass(model
     for name in ("a", "b"):
         scr, tpp = run.results[name]["scr"], run.results[name]["tpp"]
         assert scr.metrics["n_pairs_scored"] == 2 and tpp.metrics["n_classes_scored"] == 4
-        assert (
-            math.isfinite(scr.metrics["scr_metric_threshold_20"])
-            and scr.uncertainty["scr_metric_threshold_20"]["n"] == 2
-        )
-        assert tpp.uncertainty["tpp_threshold_20_total_metric"]["n"] == 4
-        assert scr.metrics["scr_metric_threshold_5"] is None  # not in n_values: undefined, never NaN
+        assert math.isfinite(scr.metrics["scr_top_20"]) and scr.uncertainty["scr_top_20"]["n"] == 2
+        assert tpp.uncertainty["tpp_top_20"]["n"] == 4
+        assert scr.metrics["scr_top_5"] is None  # not in n_values: undefined, never NaN
+        # a variant carries none of SAEBench's names (not even as null)
+        assert not [k for k in (*scr.metrics, *tpp.metrics) if "threshold" in k]
+        assert scr.details["naming"]["names"] == "variant" and scr.details["resolution"]["scr_top_20"]["unit"] == "text"
         # every model pass was shared: both SAEs report the same passes, and the hook made no more
         assert scr.details["model_forward_batches"] + tpp.details["model_forward_batches"] == passes
     assert run.results["a"]["tpp"].samples["class"]["ids"] == run.results["b"]["tpp"].samples["class"]["ids"]
+
+
+def test_board_marks_columns_one_text_can_move():
+    """A result whose ``details.resolution`` says one unit moves the headline by its minimum effect or
+    more gets its column marked on the board, with the reason under the table."""
+    from saebench.leaderboard import render
+    from saebench.results import Result, SAERecord
+
+    def result(name: str, resolves: bool) -> Result:
+        why = f"one text moves scr_top_20 by up to {0.01 if resolves else 0.12} over 3 pairs"
+        entry = {"metric": "scr_top_20", "unit": "text", "step_max": 0.01 if resolves else 0.12, "resolves": resolves,
+                 "why": why}  # fmt: skip
+        sae = SAERecord(name=name, source="native", architecture="topk", d_in=576, d_sae=64, fingerprint=name)
+        return Result(evaluator="scr", run_key=name, sae=sae, metrics={"scr_top_20": 0.2},
+                      config={"model": "m", "hook": "h", "profile": "quick", "seed": 0},
+                      details={"resolution": {"scr_top_20": entry}})  # fmt: skip
+
+    assert "⚠" not in render([result("a", True)])
+    board = render([result("a", True), result("b", False)])
+    assert "SCR top-20 ↑ ⚠" in board
+    assert "not resolved at this profile: one text moves scr_top_20 by up to 0.12" in board

@@ -1,6 +1,7 @@
 """``--evals absorption``: feature absorption on first-letter identification (Chanin et al. 2024,
 "A is for Absorption: Studying Feature Splitting and Absorption in Sparse Autoencoders";
-SAEBench's ``absorption`` eval, whose definitions, constants and metric names are kept).
+SAEBench's ``absorption`` eval, whose definitions and constants are kept; its metric names only in
+``mode=saebench``, below).
 
 The task is built offline from the tokenizer's vocabulary: every token whose text is ASCII
 letters (optionally after one leading space) is a word; ``n_words`` of them are sampled (seeded)
@@ -18,20 +19,30 @@ activations, the 26 ground-truth letter probes — is done once per hook in ``pr
 Per SAE (``saebench.probes.absorption`` has the formulas): encode train and test words, find
 each letter's main latents by k-sparse probing (L1 probe ranking, k = 1..``max_k``, F1-jump rule:
 ``num_split_features`` = their count), then for each letter whose probe reaches test F1 >
-``min_probe_f1`` (0.6) score every test word the probe gets right (a *probe true positive*):
+``min_probe_f1`` (0.6) and has at least ``min_true_positives`` (5) true positives, score every test
+word the probe gets right (a *probe true positive*):
 
-- ``mean_absorption_fraction_score`` — mean over letters of the mean absorption fraction over the
+- ``absorption_rate`` — mean over letters of the mean absorption fraction over the
   letter's probe true positives: the share of the probe projection that non-main latents aligned
   with the probe carry instead of the main latents (partial and full absorption);
-- ``mean_full_absorption_score`` — mean over letters of the rate of *full absorption*: the main
+- ``full_absorption_rate`` — mean over letters of the rate of *full absorption*: the main
   latents are all off, yet one latent aligned with the probe (cos ≥ 0.025) carries ≥ 40% of the
   probe projection;
-- ``mean_num_split_features`` — mean over letters of the number of main latents.
+- ``num_main_latents`` — mean over letters of the number of main latents.
 
 The sampling unit is the letter (``letter@hash`` of the words scored), with its tokens as
 sub-units, so the two absorption scores get a two-level bootstrap interval; two SAEs at one hook
 are scored on the same tokens and pair exactly. Each letter's absorbed words, with the latent
 that absorbed them, are in ``details.letters``.
+
+Two modes (``--set absorption.mode=...``). ``variant`` (default, described here) reports under our
+names ``absorption_rate``, ``full_absorption_rate`` and ``num_main_latents`` (unit ``letter``).
+``saebench`` runs SAEBench 0.6.0's procedure end to end on the model's vocabulary
+(:mod:`saebench.evaluators.absorption_saebench`: its prompts, Adam probes, re-prompting and
+``a_i · cos(d_i, p̂)`` contributions); with every SAEBench setting at its default the result carries
+SAEBench's names ``mean_absorption_fraction_score``, ``mean_full_absorption_score`` and
+``mean_num_split_features`` (unit ``first_letter``). ``details.contribution_rule`` states the rule
+used, with the decoder rows' norms.
 
 Deliberate differences from SAEBench 0.6.0 (docs/absorption.md has the reasons and measurements):
 the probes' losses are minimised deterministically (L-BFGS, FISTA) instead of by 50 Adam epochs;
@@ -50,21 +61,45 @@ import random
 import string
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from saebench.errors import SaebenchError
 from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, mean_defined
+from saebench.evaluators.scr_tpp_saebench import resolution_entry
 from saebench.pipeline import ActivationPipeline
 from saebench.stats import MeanOfMeans, Samples, mean_of
 
 LETTERS = string.ascii_lowercase
 PROBE_VERSION = "1"  # bump when the letter probe is fit differently (it is cached on disk)
+SB_UNIT, VARIANT_UNIT = "first_letter", "letter"
+MIN_EFFECT = 0.02
+CONTRIBUTION_RULES = {
+    "variant": "a_i * (d_i . p) with d_i the decoder row in model units: the reconstruction's component along p",
+    "saebench": "a_i * cos(d_i, p) (SAEBench's rule): the reconstruction's component along p only for unit-norm d_i",
+}
 
 
 class AbsorptionConfig(EvalConfig):
-    """Settings of ``--evals absorption``; profiles set the sample sizes only."""
+    """Settings of ``--evals absorption``; profiles set the variant's sample sizes only. The
+    SAEBench-named fields are SAEBench's ``AbsorptionEvalConfig`` for ``mode=saebench``."""
+
+    mode: Literal["variant", "saebench"] = "variant"
+    # mode=saebench: SAEBench's settings (its names and defaults; any change gives our names)
+    vocab_size: int | None = None  # None: the whole alphabetic vocabulary (SAEBench's)
+    f1_jump_threshold: float = 0.03
+    max_k_value: int = 10
+    prompt_token_pos: int = -6
+    k_sparse_probe_l1_decay: float = 0.01
+    k_sparse_probe_batch_size: int = 4096
+    k_sparse_probe_num_epochs: int = 50
+    min_GT_probe_f1: float = 0.6
+    min_feats_for_eval: int = 20
+    llm_batch_size: int = 10
+    eval_k_sparse_probe_batch_size: int = 24
+    precalc_k_sparse_probe_sae_acts: bool = True  # SAEBench's default False: the same latents, encoded once
+    # mode=variant
 
     n_words: int | None = 1500  # words sampled from the alphabetic vocabulary (None: all of them)
     train_frac: float = 0.8
@@ -78,64 +113,59 @@ class AbsorptionConfig(EvalConfig):
     f1_jump: float = 0.03
     min_probe_f1: float = 0.6
     min_letters: int = 10  # fewer well-probed letters: scores undefined (SAEBench: 20, and stops)
+    min_true_positives: int = 5  # a letter with fewer probe true positives is not scored: one word would move
+    # the headline by >= 1 / (4 x letters), above the minimum effect (docs/absorption.md, "Resolution")
     token_chunk: int = 1024  # words encoded at once (memory token_chunk x d_sae floats)
     n_absorbed_reported: int = 20  # absorbed words listed per letter
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {"n_words": 1500, "icl_examples": 5},
         "standard": {"n_words": 8000, "min_letters": 20},
-        "paper": {"n_words": None, "min_letters": 20},
+        "paper": {"mode": "saebench", "n_words": None, "min_letters": 20},  # SAEBench's procedure, its names
     }
 
 
-METRICS = (
-    Metric(
-        "mean_absorption_fraction_score",
-        "mean over letters of the share of the probe projection carried by non-main latents (probe true positives)",
-        "down",
-        True,
-        "",
-        "absorption",
-        0.0,
-        MeanOfMeans("letter", "absorption_fraction"),
-    ),
-    Metric(
-        "mean_full_absorption_score",
-        "mean over letters of the rate of full absorption (main latents off, one aligned latent carries the letter)",
-        "down",
-        True,
-        "",
-        "full absorption",
-        0.0,
-        MeanOfMeans("letter", "full_absorption"),
-    ),
-    Metric(
-        "mean_num_split_features",
-        "mean over letters of the number of main latents the k-sparse probe needs (feature splitting)",
-        "",
-        False,
-        "latents",
-        "split latents",
-        0.0,
-        mean_of("letter", "num_split_features"),
-    ),
-    Metric(
-        "main_latents_f1",
-        "mean over scored letters of the test F1 of the probe on the main latents",
-        "up",
-        False,
-        "",
-        "",
-        0.0,
-        mean_of("letter", "main_f1"),
-    ),
-    Metric("probe_f1", "mean over letters of the ground-truth residual probe's test F1 (SAE-independent)"),
-    Metric("n_letters_scored", "letters whose ground-truth probe reaches min_probe_f1 (scored)"),
-    Metric("n_probe_true_positives", "test words scored (probe true positives of scored letters)"),
-    Metric("n_full_absorption", "scored words fully absorbed"),
-    Metric("n_words_train", "words the probes were trained on"),
-    Metric("n_words_test", "words the probes were tested on"),
-)
+def _declare() -> tuple[Metric, ...]:
+    out = []
+    for sb in (False, True):  # ours first: the board's summary shows an evaluator's first headline
+        unit = SB_UNIT if sb else VARIANT_UNIT
+        how = "SAEBench's procedure (mode=saebench)" if sb else "our procedure (variant)"
+        names = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
+        ours = ("absorption_rate", "full_absorption_rate", "num_main_latents")
+        n1, n2, n3 = names if sb else ours
+        tag = " (SAEBench)" if sb else ""
+        out += [
+            Metric(n1, "mean over letters of the share of the probe projection carried by non-main latents (probe "
+                   f"true positives); {how}", "down", True, "", "absorption" + tag, MIN_EFFECT,
+                   MeanOfMeans(unit, "absorption_fraction")),
+            Metric(n2, "mean over letters of the rate of full absorption (main latents off, one aligned latent "
+                   f"carries the letter); {how}", "down", True, "", "full absorption" + tag, MIN_EFFECT,
+                   MeanOfMeans(unit, "full_absorption")),
+            Metric(n3, f"mean over letters of the number of main latents the k-sparse probe needs; {how}", "", False,
+                   "latents", "split latents" + tag, 0.0, mean_of(unit, "num_split_features")),
+        ]  # fmt: skip
+    out += [
+        Metric(
+            "main_latents_f1",
+            "mean over scored letters of the test F1 of the probe on the main latents",
+            "up",
+            False,
+            "",
+            "",
+            0.0,
+            mean_of(VARIANT_UNIT, "main_f1"),
+        ),  # fmt: skip
+        Metric("probe_f1", "mean over letters of the ground-truth residual probe's test F1 (SAE-independent)"),
+        Metric("n_letters_scored", "letters whose ground-truth probe reaches min_probe_f1 (scored)"),
+        Metric("n_probe_true_positives", "test words scored (probe true positives of scored letters)"),
+        Metric("n_full_absorption", "scored words fully absorbed"),
+        Metric("n_words_train", "words the probes were trained on"),
+        Metric("n_words_test", "words the probes were tested on"),
+    ]
+    return tuple(out)
+
+
+METRICS = _declare()
 
 
 # -- the task: vocabulary, prompts, activations, ground-truth probe (SAE-independent) -------------
@@ -305,6 +335,24 @@ def dense_rows(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return z.index_select(0, rows).to_dense()
 
 
+def word_steps(n_tps: list[int]) -> list[float]:
+    """How much one scored word moves a mean over letters of per-letter means: ``1 / (n_c · L)``."""
+    return [1.0 / (n * len(n_tps)) for n in n_tps if n > 0]
+
+
+def rule_entry(mode: str, norms: tuple[float, float] | None) -> dict[str, Any]:
+    """``details.contribution_rule``: the rule used and the decoder rows' norms in model units."""
+    entry: dict[str, Any] = {"rule": CONTRIBUTION_RULES[mode], "decoder_row_norms": norms}
+    if norms is not None and (abs(norms[0] - 1) > 1e-3 or abs(norms[1] - 1) > 1e-3):
+        entry["note"] = (
+            f"decoder rows are not unit-norm in model units (norms {norms[0]:.3g}-{norms[1]:.3g}): "
+            + ("SAEBench's a*cos is applied to the SAE as given, as SAEBench does for a custom SAE object (it folds "
+               "the norms into the encoder only for SAELens SAEs); mode=variant uses a*(d.p)"
+               if mode == "saebench" else "SAEBench's a*cos would scale each contribution by 1/norm; not used here")
+        )  # fmt: skip
+    return entry
+
+
 class AbsorptionEvaluator:
     """``--evals absorption``: see module doc."""
 
@@ -323,21 +371,38 @@ class AbsorptionEvaluator:
             )
         if cfg.n_words is not None and cfg.n_words < 4:
             raise SaebenchError(f"absorption.n_words {cfg.n_words} is too small; use at least a few hundred")
+        sizes = (cfg.max_k_value, cfg.k_sparse_probe_batch_size, cfg.k_sparse_probe_num_epochs, cfg.llm_batch_size,
+                 cfg.eval_k_sparse_probe_batch_size, cfg.min_feats_for_eval)  # fmt: skip
+        if cfg.mode == "saebench" and (min(sizes) < 1 or (cfg.vocab_size is not None and cfg.vocab_size < 100)):
+            raise SaebenchError(
+                "absorption mode=saebench: max_k_value, batch sizes, epochs and min_feats_for_eval must be >= 1 and "
+                "vocab_size >= 100 (or null: the whole vocabulary); fix the --set values"
+            )
 
     def prepare(self, pipe: ActivationPipeline, cfg: EvalConfig, seed: int) -> None:
         """Prompts, activations and the letter probes, once for every SAE at this hook."""
         assert isinstance(cfg, AbsorptionConfig)
         self.preflight(cfg)
-        prepare_task(pipe, cfg, seed)
+        if cfg.mode == "saebench":
+            from saebench.evaluators.absorption_saebench import prepare
+
+            prepare(pipe, cfg, seed)
+        else:
+            prepare_task(pipe, cfg, seed)
 
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, AbsorptionConfig)
         self.preflight(cfg)
+        if cfg.mode == "saebench":
+            from saebench.evaluators.absorption_saebench import run
+
+            return run(ctx, cfg)
+        from saebench.evaluators.absorption_saebench import naming
+
         task = prepare_task(ctx.pipeline, cfg, ctx.seed)
         sc = score_sae(task, ctx.sae, ctx.sae_name, cfg, ctx.model.device)
         scored = [r for r in sc.letters if r["scored"]]
         metrics: dict[str, Any] = {
-            "main_latents_f1": mean_defined([r.get("main_f1") for r in scored]),
             "probe_f1": mean_defined(task.probe_f1),
             "n_letters_scored": len(scored),
             "n_probe_true_positives": sum(r["n_probe_true_positives"] for r in scored),
@@ -347,7 +412,7 @@ class AbsorptionEvaluator:
         }
         samples: dict[str, Samples] = {}
         if len(scored) >= cfg.min_letters:
-            samples["letter"] = sc.samples
+            samples[VARIANT_UNIT] = sc.samples
         else:
             ctx.notes.append(
                 f"absorption: only {len(scored)} letter(s) reach probe F1 > {cfg.min_probe_f1} (need "
@@ -356,8 +421,15 @@ class AbsorptionEvaluator:
             )
         if sc.decoder_source.startswith("W_dec (normalised"):
             ctx.notes.append("absorption: decode is not affine in the latents; contributions use W_dec's units")
+        steps = word_steps([r["n_probe_true_positives"] for r in scored])
         details = {
             "letters": sc.letters,
+            "naming": naming(cfg),
+            "resolution": {
+                h: resolution_entry(h, "word", steps, MIN_EFFECT, f"over {len(scored)} letters")
+                for h in ("absorption_rate", "full_absorption_rate")
+            },  # fmt: skip
+            "contribution_rule": {**rule_entry("variant", sc.decoder_norms), "decoder_source": sc.decoder_source},
             "vocabulary_words": task.n_vocab,
             "example_prompt": task.example_prompt,
             "decoder_source": sc.decoder_source,
@@ -376,6 +448,7 @@ class Scored:
     decoder_source: str
     l1_iterations: int
     timing: dict[str, float]
+    decoder_norms: tuple[float, float] | None = None
 
 
 def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: Any = "cpu") -> Scored:
@@ -432,7 +505,8 @@ def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: A
             continue
         tp = ((y_test == c) & (task.test_scores[:, c] > 0)).nonzero().squeeze(1)
         row["n_probe_true_positives"] = int(tp.numel())
-        if tp.numel() == 0:
+        if tp.numel() == 0 or tp.numel() < cfg.min_true_positives:
+            row["not_scored"] = f"{tp.numel()} probe true positive(s), fewer than min_true_positives"
             continue
         res = absorption_scores(
             task.acts[n_train:][tp],
@@ -470,7 +544,7 @@ def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: A
     t_absorb = time.perf_counter() - t0
 
     samples = Samples(
-        "letter",
+        VARIANT_UNIT,
         ids,
         {
             "absorption_fraction": frac_col,
@@ -480,4 +554,5 @@ def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: A
         },
     )
     timing = {"sae_encode_s": t_encode, "l1_probe_s": t_l1, "k_sparse_s": t_ksparse, "absorption_s": t_absorb}
-    return Scored(letters, samples, dec_source, l1_iters, timing)
+    norms = dec.double().norm(dim=1)
+    return Scored(letters, samples, dec_source, l1_iters, timing, (float(norms.min()), float(norms.max())))

@@ -47,6 +47,8 @@ class Metric:
     absolute change the gate treats as real (a regression must also be outside the noise).
     ``estimator`` (see :mod:`saebench.stats`) says how the value follows from the per-unit
     samples the evaluator returns: metrics with one get a standard error and a 95% interval.
+    ``optional``: computed only when asked (its sample columns are present); otherwise absent
+    from the result rather than null (core's ablation variants).
     """
 
     name: str
@@ -58,6 +60,7 @@ class Metric:
     min_effect: float = 0.0
     estimator: Any = None
     min_rel_effect: float = 0.0
+    optional: bool = False
 
     @property
     def column(self) -> str:
@@ -76,6 +79,7 @@ class Metric:
             "min_effect": self.min_effect,
             "min_rel_effect": self.min_rel_effect,
             "estimator": estimator_to_dict(self.estimator),
+            **({"optional": True} if self.optional else {}),
         }
 
     @classmethod
@@ -92,6 +96,7 @@ class Metric:
             float(data.get("min_effect") or 0.0),
             estimator_from_dict(data.get("estimator")),
             float(data.get("min_rel_effect") or 0.0),
+            bool(data.get("optional", False)),
         )
 
 

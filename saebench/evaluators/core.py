@@ -40,7 +40,8 @@ Our own (names SAEBench and SAELens do not use):
   size.) ``fvu`` = Σ_t ‖x_t - x̂_t‖² / Σ_t ‖x_t - μ‖² pooled over all kept tokens (μ their mean);
 - ``delta_ce`` = ce_loss_with_sae - ce_loss_without_sae;
 - ``ce_loss_score_bos_clean`` / ``ce_loss_score_mean``: the CE score against zero- / mean-ablation
-  of the kept positions only (special positions clean), with their ablated CEs;
+  of the kept positions only (special positions clean), with their ablated CEs; computed only with
+  ``--set core.ablation_variants=true`` (two more suffix passes on a cold run), absent otherwise;
 - ``dead_frac`` = 1 - frac_alive, ``dense_frac`` = freq_over_10_percent (the names DESIGN.md uses).
 
 Gao et al.'s compute-equivalent form of ΔLM-loss needs the subject model's scaling law; none is
@@ -82,7 +83,16 @@ def _score(ablated: str) -> Ratio:
 class CoreConfig(EvalConfig):
     dense_threshold: float = 0.1
     histogram_bins: int = 20
+    #: also compute our own ablation variants (zeroing / mean-ablating only the kept positions) and
+    #: the four metrics they feed (``ce_loss_score_bos_clean``, ``ce_loss_score_mean``,
+    #: ``ce_loss_with_ablation_bos_clean``, ``ce_loss_with_mean_ablation``): two more suffix passes
+    #: on a cold run. Off by default: the headline and SAEBench-named metrics need only ``zero_all``.
+    ablation_variants: bool = False
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def splice_ablations(self) -> tuple[str, ...]:
+        """The ablation baselines the shared splice loop must compute for this configuration."""
+        return ("zero_all", "zero_kept", "mean_kept") if self.ablation_variants else ("zero_all",)
 
 
 def M(  # noqa: N802 - a short table constructor
@@ -95,9 +105,10 @@ def M(  # noqa: N802 - a short table constructor
     min_effect: float = 0.0,
     est: Ratio | None = None,
     min_rel_effect: float = 0.0,
+    optional: bool = False,
 ) -> Metric:
     """A short constructor for the table below."""
-    return Metric(name, meaning, direction, headline, unit, title, min_effect, est, min_rel_effect)  # type: ignore[arg-type]
+    return Metric(name, meaning, direction, headline, unit, title, min_effect, est, min_rel_effect, optional)  # type: ignore[arg-type]
 
 
 # fmt: off
@@ -138,14 +149,15 @@ METRICS = (
       _mean("kl_spliced", "n_kl")),
     M("kl_div_with_ablation", "mean KL(clean ‖ zero-ablated) (SAEBench)", "", False, "nats", "", 0.0,
       _mean("kl_zero_all", "n_kl")),
+    # our ablation variants: only with --set core.ablation_variants=true (optional: absent otherwise)
     M("ce_loss_score_bos_clean", "CE score against zero-ablation of the kept positions only", "up", False, "", "",
-      0.001, _score("ce_zero_kept")),
+      0.001, _score("ce_zero_kept"), optional=True),
     M("ce_loss_score_mean", "CE score against mean-ablation of the kept positions", "up", False, "", "", 0.001,
-      _score("ce_mean_kept")),
+      _score("ce_mean_kept"), optional=True),
     M("ce_loss_with_ablation_bos_clean", "CE with the kept positions zeroed", "", False, "nats", "", 0.0,
-      _mean("ce_zero_kept", "n_ce")),
+      _mean("ce_zero_kept", "n_ce"), optional=True),
     M("ce_loss_with_mean_ablation", "CE with the kept positions mean-ablated", "", False, "nats", "", 0.0,
-      _mean("ce_mean_kept", "n_ce")),
+      _mean("ce_mean_kept", "n_ce"), optional=True),
     M("frac_alive", "fraction of latents non-zero somewhere in the sample (SAEBench)", "up", False, "", "", 0.002),
     M("freq_over_1_percent", "fraction of latents non-zero on more than 1% of tokens (SAEBench)"),
     M("freq_over_10_percent", "fraction of latents non-zero on more than 10% of tokens (SAEBench)", "down", False, "",
@@ -230,7 +242,11 @@ def core_metrics(st: SpliceStats, cfg: CoreConfig, d_in: int) -> dict[str, Any]:
     """Every core metric from one SAE's splice statistics (values of the declared estimators, the
     density metrics, and the histogram under ``density_histogram``)."""
     samples = {U: core_samples(st, d_in)}
-    out: dict[str, Any] = {m.name: stats.estimate(m.estimator, samples) for m in METRICS if m.estimator}
+    out: dict[str, Any] = {
+        m.name: stats.estimate(m.estimator, samples)
+        for m in METRICS
+        if m.estimator and (not m.optional or stats.has_columns(m.estimator, samples))  # variants when asked
+    }
     n_tok = float(st.cols["n_rec"].sum())
     out.update(density_metrics(st.fire_count.numpy(), n_tok, cfg.dense_threshold))
     out["n_tokens_reconstruction"] = int(n_tok)

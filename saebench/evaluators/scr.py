@@ -1,21 +1,28 @@
 """``--evals scr``: spurious-correlation removal (SAEBench; Marks et al. 2024's SHIFT).
 
-For each attribute pair (``saebench.tasks.scr_tpp``: review domain x sentiment and historical
-figures' occupation x gender offline; Bias in Bios and Amazon reviews from the hub) three linear
-probes read the mean-pooled hook activation: an *intended*-attribute probe, a *spurious*-attribute
-probe and a *biased* probe trained on data where the two attributes coincide. The SAE's latents
-with the largest node effect on one single-attribute probe are zero-ablated (the SAE's error term
-kept) and the biased probe is re-scored on the other attribute's data; ``scr_dir1`` / ``scr_dir2``
-are the fraction of the biased probe's accuracy gap to the clean single-attribute probe that the
-ablation closes, and ``scr_metric`` is the direction that removes what the biased probe learned
-(SAEBench's ``get_scr_plotting_dict``; formulas in :mod:`saebench.probes.scr_tpp`).
+For each attribute pair three linear probes read the mean-pooled hook activation: an
+*intended*-attribute probe, a *spurious*-attribute probe and a *biased* probe trained on data where
+the two attributes coincide. The SAE's latents with the largest node effect on one single-attribute
+probe are zero-ablated (the SAE's error term kept) and the biased probe is re-scored on the other
+attribute's data; dir1 / dir2 are the fraction of the biased probe's accuracy gap to the clean
+single-attribute probe that the ablation closes, and the SCR metric is the direction that removes
+what the biased probe learned (SAEBench's ``get_scr_plotting_dict``; formulas in
+:mod:`saebench.probes.scr_tpp`).
 
-Reported under SAEBench's names (``scr_metric_threshold_N``, ``scr_dir1_threshold_N``,
-``scr_dir2_threshold_N`` for N ablated latents), each the mean over attribute pairs as in
-SAEBench; intervals bootstrap over pairs (unit ``class_pair``, id ``pair@hash-of-its-sample``).
-The probes, the texts and their activations are SAE-independent: computed once per hook
-(``prepare``) and shared by every SAE; an SAE costs one encode of the examples' tokens.
-``docs/scr_tpp.md`` lists the data and every deliberate difference from SAEBench.
+Two modes (``--set scr.mode=...``), one shared ablation algorithm:
+
+- ``variant`` (default): our pairs (offline stand-ins, or SAEBench's data with ``data=saebench``),
+  our probes (L2, C by cross-validation), the last ``max_tokens - 1`` tokens; metrics under our
+  names ``scr_top_N``, ``scr_dir1_top_N``, ``scr_dir2_top_N`` (unit ``class_pair``);
+- ``saebench``: SAEBench 0.6.0's procedure end to end on its datasets
+  (:mod:`saebench.evaluators.scr_tpp_saebench`). Only with SAEBench's data *and* every SAEBench
+  setting at its default (seed and batch sizes aside) does the result carry SAEBench's names
+  ``scr_metric_threshold_N``, ``scr_dir1_threshold_N``, ``scr_dir2_threshold_N`` (unit
+  ``scr_run``: one per dataset and class pair); otherwise the same numbers carry our names.
+
+``details.naming`` says which names a result carries and why; ``details.resolution`` how much one
+test text moves the headline. ``docs/scr_tpp.md`` and ``docs/saebench_mode.md`` list the data and
+every difference.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import torch
 from pydantic import field_validator
 
 from saebench.errors import SaebenchError
-from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric, mean_defined
+from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
+from saebench.evaluators.scr_tpp_saebench import SaebenchFields
 from saebench.pipeline import ActivationPipeline
 from saebench.probes.ksparse import DEFAULT_CS
 from saebench.stats import Samples, mean_of
@@ -37,21 +45,29 @@ from saebench.stats import Samples, mean_of
 N_VALUES = (2, 5, 10, 20, 50, 100, 500)  # SAEBench's n_values
 HEADLINE_N = 20
 PROBE_KEYS = ("spurious", "intended", "biased")
+SB_UNIT, VARIANT_UNIT = "scr_run", "class_pair"
+MIN_EFFECT = 0.02
 
 
-class ScrConfig(EvalConfig):
-    """Settings of ``--evals scr``; profiles set the pairs and sizes."""
+def variant_name(key: str) -> str:
+    """Our name of a SAEBench-named SCR quantity: ``scr_metric_threshold_N`` -> ``scr_top_N``,
+    ``scr_dir1_threshold_N`` -> ``scr_dir1_top_N``."""
+    return key.replace("_metric_threshold_", "_top_").replace("_threshold_", "_top_")
 
-    pairs: list[str] | None = None  # names or globs; None = every offline pair (the hub pairs with use_hub)
-    n_train: int = 32  # texts per quadrant (attribute combination) for probe training / node effects
-    n_test: int = 24  # texts per quadrant for the accuracies
-    max_tokens: int = 64  # per example, incl. BOS; longer texts keep their end
+
+class ScrConfig(SaebenchFields):
+    """Settings of ``--evals scr``: the variant's (profiles set its pairs and sizes) and, inherited,
+    the mode, the data and SAEBench's own settings for ``mode=saebench``."""
+
+    pairs: list[str] | None = None  # variant: names or globs; None = every offline pair (hub pairs with data=saebench)
+    n_train: int = 32  # variant: texts per quadrant (attribute combination) for probe training / node effects
+    n_test: int = 24  # variant: texts per quadrant for the accuracies
+    max_tokens: int = 64  # variant: per example, incl. BOS; longer texts keep their end
     n_values: list[int] = list(N_VALUES)  # numbers of latents ablated
     ablation: Literal["auto", "exact"] = "auto"  # auto: linear shortcut where the decoder is affine
-    probe_cs: list[float] = list(DEFAULT_CS)  # inverse L2 strengths tried by CV (sae-probes' grid)
+    probe_cs: list[float] = list(DEFAULT_CS)  # variant: inverse L2 strengths tried by CV (sae-probes' grid)
     token_chunk: int = 1024
-    use_hub: bool = False  # SAEBench's hub datasets (network)
-    hub_paths: dict[str, str] = {}  # hub dataset -> local folder for datasets.load_dataset
+    column1_vals_lookup: dict[str, list[tuple[str, str]]] | None = None  # saebench: None = SAEBench's pairs
 
     @field_validator("pairs", mode="before")
     @classmethod
@@ -59,7 +75,7 @@ class ScrConfig(EvalConfig):
         return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": {"pairs": ["hist_fig_politician_gender", "reviews_yelp_movie"], "n_train": 32, "n_test": 24},
+        "quick": {"n_train": 32, "n_test": 48},  # the three review pairs: one text moves < 0.02 (docs/scr_tpp.md)
         "standard": {"n_train": 250, "n_test": 100, "max_tokens": 128},
         "paper": {"n_train": 1000, "n_test": 250, "max_tokens": 128},
     }
@@ -69,34 +85,45 @@ def _declare() -> tuple[Metric, ...]:
     out = []
     for n in N_VALUES:
         head = n == HEADLINE_N
-        out.append(
-            Metric(
-                f"scr_metric_threshold_{n}",
-                f"SCR (SAEBench): share of the biased probe's accuracy gap closed by ablating {n} latents, in the "
-                "direction that removes the attribute it learned; mean over attribute pairs",
-                "up",
-                head,
-                "",
-                f"SCR top-{n}" if head else "",
-                0.02,
-                mean_of("class_pair", f"scr_metric_threshold_{n}"),
+        for sb in (False, True):  # ours first: the board's summary shows an evaluator's first headline
+            unit = SB_UNIT if sb else VARIANT_UNIT
+            where = (
+                "SAEBench's procedure and data, mean over its runs (dataset x class pair)"
+                if sb
+                else ("our probes and data (variant), mean over attribute pairs")
             )
-        )
-        for k, what in (("dir1", "spurious"), ("dir2", "intended")):
+            name = f"scr_metric_threshold_{n}" if sb else f"scr_top_{n}"
+            title = (f"SCR top-{n} (SAEBench)" if sb else f"SCR top-{n}") if head else ""
             out.append(
                 Metric(
-                    f"scr_{k}_threshold_{n}",
-                    f"SCR {k}: ablate the {what} probe's top {n} latents, re-score the biased probe on the other data",
+                    name,
+                    f"SCR: share of the biased probe's accuracy gap closed by ablating {n} latents, in the direction "
+                    f"that removes the attribute it learned; {where}",
                     "up",
-                    False,
+                    head,
                     "",
-                    "",
-                    0.02,
-                    mean_of("class_pair", f"scr_{k}_threshold_{n}"),
+                    title,
+                    MIN_EFFECT,
+                    mean_of(unit, f"scr_metric_threshold_{n}" if sb else name),
                 )
             )
+            for k, what in (("dir1", "spurious"), ("dir2", "intended")):
+                key = f"scr_{k}_threshold_{n}"
+                out.append(
+                    Metric(
+                        key if sb else variant_name(key),
+                        f"SCR {k}: ablate the {what} probe's top {n} latents, re-score the biased probe on the other "
+                        f"data; {where}",
+                        "up",
+                        False,
+                        "",
+                        "",
+                        MIN_EFFECT,
+                        mean_of(unit, key if sb else variant_name(key)),
+                    )
+                )
     out += [
-        Metric("n_pairs_scored", "attribute pairs scored"),
+        Metric("n_pairs_scored", "attribute pairs (SAEBench: dataset x class pair runs) scored"),
         Metric("n_pairs_skipped", "attribute pairs whose data is unavailable"),
         Metric("d_sae", "latents of the SAE"),
     ]
@@ -134,10 +161,13 @@ def prepare_pairs(pipe: ActivationPipeline, cfg: ScrConfig, seed: int) -> Prepar
 
 
 def _check(cfg: ScrConfig) -> None:
+    from saebench.evaluators.scr_tpp_saebench import check_mode
+
     if cfg.n_train < 2 or cfg.n_test < 1 or cfg.max_tokens < 2 or not cfg.n_values or min(cfg.n_values) < 1:
         raise SaebenchError("scr: n_train >= 2, n_test >= 1, max_tokens >= 2 and n_values >= 1 are required; fix --set")
     if not cfg.probe_cs or min(cfg.probe_cs) <= 0:
         raise SaebenchError("scr: probe_cs must be positive inverse L2 strengths; fix --set scr.probe_cs")
+    check_mode(cfg, "scr")
 
 
 def _prepare(pipe: ActivationPipeline, cfg: ScrConfig, seed: int) -> Prepared:
@@ -147,12 +177,13 @@ def _prepare(pipe: ActivationPipeline, cfg: ScrConfig, seed: int) -> Prepared:
 
     _check(cfg)
     t0 = time.perf_counter()
-    default = [n for n, p in SCR_PAIRS.items() if p.hub] if cfg.use_hub else OFFLINE_SCR
+    default = [n for n, p in SCR_PAIRS.items() if p.hub] if cfg.data == "saebench" else OFFLINE_SCR
     names = select_names(SCR_PAIRS, cfg.pairs, default)
     loaded, skipped, notes = {}, {}, []
     for name in names:
         try:
-            loaded[name] = load_scr(SCR_PAIRS[name], cfg.n_train, cfg.n_test, seed, cfg.use_hub, cfg.hub_paths)
+            loaded[name] = load_scr(SCR_PAIRS[name], cfg.n_train, cfg.n_test, seed, cfg.data == "saebench",
+                                    cfg.data_dir, cfg.use_hub)  # fmt: skip
         except TaskUnavailable as exc:
             skipped[name] = str(exc)
             notes.append(f"scr: skipped {name}: {exc}")
@@ -242,9 +273,86 @@ def score_pair(pp: PreparedPair, ctx: EvalContext, cfg: ScrConfig) -> tuple[dict
         "ablation_path": abl.path,
         "ablation_path_reason": abl.reason,
         "effects_direction_from": abl.dots_from,
-        **scores,
+        "n_texts_scored": {
+            "intended": len(sum(pp.data.sets["test"]["intended"], [])),
+            "spurious": len(sum(pp.data.sets["test"]["spurious"], [])),
+        },  # fmt: skip
+        **{variant_name(k): v for k, v in scores.items()},
     }
-    return scores, row
+    return {variant_name(k): v for k, v in scores.items()}, row
+
+
+def _headline_steps(rows: list[dict[str, Any]], n_units: int) -> list[float | None]:
+    """Per scored unit, how much one test text moves the headline (mean over ``n_units``)."""
+    from saebench.evaluators.scr_tpp_saebench import text_step
+
+    steps = []
+    for r in rows:
+        c, direction = r["clean_accuracy"], r["scr_metric_direction"]
+        if direction is None:
+            steps.append(None)
+            continue
+        data = "intended" if direction == "dir1" else "spurious"
+        gap = c[f"{data}_on_{data}"] - c[f"biased_on_{data}"]
+        steps.append(text_step(r["n_texts_scored"][data], gap, n_units))
+    return steps
+
+
+def _run_saebench(ctx: EvalContext, cfg: ScrConfig) -> EvalOutput:
+    """``mode=saebench``: SAEBench's procedure end to end (:mod:`saebench.evaluators.scr_tpp_saebench`)."""
+    from saebench.evaluators import scr_tpp_saebench as sb_mode
+    from saebench.tasks.saebench_data import SCR_PAIRS
+
+    proc = sb_mode.procedure(cfg, ctx.seed, True)
+    prep = sb_mode.prepare(ctx.pipeline, proc)
+    lookup = cfg.column1_vals_lookup
+    own = [] if lookup is None or proc.column1_vals_lookup == SCR_PAIRS else [f"column1_vals_lookup={lookup!r}"]
+    names = sb_mode.naming(cfg, own)
+    sb = names["names"] == "saebench"
+    t0 = time.perf_counter()
+    keys = [f"scr_{k}_threshold_{n}" for n in cfg.n_values for k in ("dir1", "dir2", "metric")]
+    out_name = {k: k if sb else variant_name(k) for k in keys}
+    ids, rows, columns = [], [], {out_name[k]: [] for k in keys}
+    steps: list[float | None] = []
+    for run in prep.runs:
+        out = sb_mode.score_run(run, ctx.sae, ctx.sae_name, proc, ctx.model.device, cfg.ablation)
+        scores = sb_mode.scr_result(run, out["ablated"])
+        ids.append(run.sample_id)
+        for k in keys:
+            columns[out_name[k]].append(scores.get(k))
+        c, biased = run.clean, sb_mode.BIASED
+        on = {d: c[f"{biased} probe on {d} data"] for d in (sb_mode.INTENDED, sb_mode.SPURIOUS)}
+        d1, d2 = on[sb_mode.INTENDED], on[sb_mode.SPURIOUS]
+        direction = "dir1" if d1 < d2 else "dir2" if d1 > d2 else None
+        data = sb_mode.INTENDED if direction == "dir1" else sb_mode.SPURIOUS
+        n_texts = 2 * run.n_texts[data]  # the biased probe is scored on the data's key and its paired key
+        steps.append(sb_mode.text_step(n_texts, c[data] - on[data], len(prep.runs)) if direction else None)
+        rows.append({
+            "run": run.name, "dataset": run.dataset, "clean_accuracy": dict(c), "scr_metric_direction": direction,
+            "probe_best_epoch": run.epochs, "n_texts_scored": n_texts,
+            "ablated_biased_accuracy": {k: {str(n): a for n, a in v.items()} for k, v in out["ablated"].items()},
+            f"top_{HEADLINE_N}_latents": out["latents"], "ablation_path": out["path"],
+            "ablation_path_reason": out["path_reason"], **{out_name[k]: scores.get(k) for k in keys},
+        })  # fmt: skip
+    head = out_name[f"scr_metric_threshold_{HEADLINE_N}"] if HEADLINE_N in cfg.n_values else None
+    unit = SB_UNIT if sb else VARIANT_UNIT
+    details = {
+        "runs": rows,
+        "naming": names,
+        "resolution": {head: sb_mode.resolution_entry(head, "text", steps, MIN_EFFECT, f"over {len(rows)} runs")}
+        if head
+        else {},
+        "n_values": list(cfg.n_values),
+        "pooling": "SAEBench's: mean over the unmasked tokens of BOS + a text's first context_length - 1 tokens",
+        "context_length": cfg.context_length,
+        "ablation_path": sorted({r["ablation_path"] for r in rows}),
+        "model_forward_batches": prep.forward_batches,
+    }
+    if not sb:
+        ctx.notes.append(f"scr: our names, not SAEBench's: {names['why']}")
+    metrics: dict[str, Any] = {"n_pairs_scored": len(rows), "n_pairs_skipped": 0, "d_sae": int(ctx.sae.d_sae)}
+    timing = {**{f"scr_{k}": v for k, v in prep.timing.items()}, "scr_sae_s": time.perf_counter() - t0}
+    return EvalOutput(metrics, details, samples={unit: Samples(unit, ids, columns)}, timing=timing)
 
 
 class ScrEvaluator:
@@ -262,38 +370,52 @@ class ScrEvaluator:
     def prepare(self, pipe: ActivationPipeline, cfg: EvalConfig, seed: int) -> None:
         """Sample the pairs, compute activations and probes once for every SAE at this hook."""
         assert isinstance(cfg, ScrConfig)
-        prepare_pairs(pipe, cfg, seed)
+        if cfg.mode == "saebench":
+            from saebench.evaluators.scr_tpp_saebench import prepare, procedure
+
+            _check(cfg)
+            prepare(pipe, procedure(cfg, seed, True))
+        else:
+            prepare_pairs(pipe, cfg, seed)
 
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, ScrConfig)
+        if cfg.mode == "saebench":
+            return _run_saebench(ctx, cfg)
+        from saebench.evaluators.scr_tpp_saebench import naming, resolution_entry
+
         prep = prepare_pairs(ctx.pipeline, cfg, ctx.seed)
         ctx.notes.extend(prep.notes)
         t0 = time.perf_counter()
-        rows, ids, columns = [], [], {}
+        keys = [variant_name(f"scr_{k}_threshold_{n}") for n in cfg.n_values for k in ("dir1", "dir2", "metric")]
+        rows, ids, columns = [], [], {k: [] for k in keys}
         for pp in prep.pairs.values():
             scores, row = score_pair(pp, ctx, cfg)
             rows.append(row)
             ids.append(pp.sample_id)
-            for k, v in scores.items():
-                columns.setdefault(k, []).append(v)
+            for k in keys:
+                columns[k].append(scores.get(k))
         too_big = [n for n in cfg.n_values if n > int(ctx.sae.d_sae)]
         if too_big:
             ctx.notes.append(f"scr: n_values {too_big} exceed the SAE's {int(ctx.sae.d_sae)} latents; left undefined")
         if not rows:
             ctx.notes.append("scr: no attribute pair could be scored; see 'skipped' for the reasons")
-        declared = {m.name for m in METRICS}
-        metrics: dict[str, Any] = {k: mean_defined(v) for k, v in columns.items() if k not in declared}
-        metrics.update({"n_pairs_scored": len(rows), "n_pairs_skipped": len(prep.skipped), "d_sae": int(ctx.sae.d_sae)})
-        paths = sorted({r["ablation_path"] for r in rows})
+        metrics: dict[str, Any] = {
+            "n_pairs_scored": len(rows), "n_pairs_skipped": len(prep.skipped), "d_sae": int(ctx.sae.d_sae)
+        }  # fmt: skip
+        head = f"scr_top_{HEADLINE_N}"
+        steps = _headline_steps(rows, len(rows))
         details = {
             "pairs": rows,
             "skipped": prep.skipped,
+            "naming": naming(cfg),
+            "resolution": {head: resolution_entry(head, "text", steps, MIN_EFFECT, f"over {len(rows)} pairs")},
             "n_values": list(cfg.n_values),
             "pooling": "mean over each example's tokens (BOS excluded), texts left-truncated to max_tokens",
             "max_tokens": cfg.max_tokens,
-            "ablation_path": paths,
+            "ablation_path": sorted({r["ablation_path"] for r in rows}),
             "model_forward_batches": prep.forward_batches,
         }
-        samples = {"class_pair": Samples("class_pair", ids, columns)} if rows else {}
+        samples = {VARIANT_UNIT: Samples(VARIANT_UNIT, ids, columns)} if rows else {}
         timing = {**prep.timing, "scr_sae_s": time.perf_counter() - t0}
         return EvalOutput(metrics, details, samples=samples, timing=timing)

@@ -31,14 +31,16 @@ architecture it found, and notes on anything it had to fold or assume. Supported
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 from saebench.errors import SaebenchError
 from saebench.formats.common import LABELS, Converted, detect_format
 from saebench.formats.dictionary_learning import load_dictionary_learning
 from saebench.formats.openai import load_openai
 from saebench.formats.sae_lens import from_sae_lens_parts, load_sae_lens_dir, load_sae_lens_pretrained
-from saebench.formats.sparsify import load_sparsify
+from saebench.formats.sparsify import from_sparsify_parts, load_sparsify
 
 FORMATS = ("native", "sae_lens", "sparsify", "openai", "dictionary_learning")
 PREFIXES = ("sae_lens", "sparsify", "openai", "dictionary_learning", "native")
@@ -48,6 +50,7 @@ __all__ = [
     "PREFIXES",
     "Converted",
     "detect_format",
+    "from_library_object",
     "from_sae_lens_parts",
     "load_dictionary_learning",
     "load_format",
@@ -77,4 +80,27 @@ def split_prefix(spec: str) -> tuple[str, str] | None:
     head, sep, rest = spec.partition(":")
     if sep and head in PREFIXES and rest:
         return head, rest
+    return None
+
+
+def from_library_object(obj: Any) -> Converted | None:
+    """A live SAELens SAE (``sae_lens.SAE`` and subclasses, read through ``obj.cfg.to_dict()`` and
+    its state dict) or sparsify ``Sae`` object as the native module; None for any other object.
+
+    This is what most users hold (``SAE.from_pretrained(...)``, a freshly trained SAE): its own
+    config names the architecture, widths, hook and model, which a plain protocol wrapper could
+    not see (SAELens keeps ``d_in``/``d_sae`` under ``cfg``; sparsify's ``encode`` returns the
+    top-k indices, not dense latents)."""
+    root = type(obj).__module__.split(".")[0]
+    where = f"{root} {type(obj).__name__} object"
+    if root == "sae_lens" and callable(getattr(getattr(obj, "cfg", None), "to_dict", None)):
+        tensors = {k: v.detach().cpu() for k, v in obj.state_dict().items()}
+        conv = from_sae_lens_parts(obj.cfg.to_dict(), tensors, where)
+        conv.notes.insert(0, f"converted from a live {where}")
+        return conv
+    if root == "sparsify" and dataclasses.is_dataclass(getattr(obj, "cfg", None)):
+        tensors = {k: v.detach().cpu() for k, v in obj.state_dict().items()}
+        conv = from_sparsify_parts(dataclasses.asdict(obj.cfg), tensors, where)
+        conv.notes.insert(0, f"converted from a live {where}")
+        return conv
     return None

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from saebench.errors import SaebenchError
 from saebench.formats.common import (
@@ -41,6 +44,27 @@ def load_sparsify(path: str | Path) -> Converted:
     check_header(weights, header, {"encoder.weight": (n_lat, None), "W_dec": (n_lat, None), "encoder.bias": (n_lat,)})
     check_load_memory(weights)
     t = read_safetensors(weights)
+    model_name = None
+    parent_cfg = p.parent / "config.json"
+    if parent_cfg.is_file():
+        try:
+            model_name = read_json_object(parent_cfg).get("model")
+        except SaebenchError:
+            model_name = None
+    conv = from_sparsify_parts(raw, t, where, hookpoint=p.name, model_name=model_name)
+    conv.name = f"{p.parent.name}-{p.name}" if p.parent.name else p.name
+    return conv
+
+
+def from_sparsify_parts(
+    raw: dict[str, Any],
+    t: dict[str, torch.Tensor],
+    where: str,
+    hookpoint: str | None = None,
+    model_name: str | None = None,
+) -> Converted:
+    """A sparsify config dict (``SaeConfig`` fields) and state dict as the native TopK module: the
+    files of one hookpoint folder, or a live ``sparsify.Sae`` (``hookpoint`` None: no hook known)."""
     if raw.get("transcode"):
         raise SaebenchError(
             f"{where} is a sparsify transcoder (predicts a module's output), not an SAE; saebench evaluates SAEs"
@@ -64,18 +88,11 @@ def load_sparsify(path: str | Path) -> Converted:
     if not k:
         raise SaebenchError(f"{where}: sparsify cfg.json has no 'k'; add the number of active latents")
     notes = ["EleutherAI sparsify TopK (ReLU, then top-k)"]
-    hook = hf_hookpoint_to_hook(p.name)
+    hook = hf_hookpoint_to_hook(hookpoint) if hookpoint else None
     if hook:
-        notes.append(f"hookpoint {p.name!r} (a Hugging Face module output) mapped to {hook}")
+        notes.append(f"hookpoint {hookpoint!r} (a Hugging Face module output) mapped to {hook}")
     else:
-        notes.append(f"hookpoint {p.name!r} has no automatic transformer-lens name: pass --hook")
-    model_name = None
-    parent_cfg = p.parent / "config.json"
-    if parent_cfg.is_file():
-        try:
-            model_name = read_json_object(parent_cfg).get("model")
-        except SaebenchError:
-            model_name = None
+        notes.append(f"hookpoint {hookpoint or 'unknown'!r} has no automatic transformer-lens name: pass --hook")
     tensors = {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
     sae = assemble(
         "topk",
@@ -85,6 +102,6 @@ def load_sparsify(path: str | Path) -> Converted:
         hook_name=hook,
         model_name=model_name,
         source_format="sparsify",
-        source_hookpoint=p.name,
+        source_hookpoint=hookpoint,
     )
-    return Converted(sae, "sparsify", "topk", notes, name=f"{p.parent.name}-{p.name}" if p.parent.name else p.name)
+    return Converted(sae, "sparsify", "topk", notes)

@@ -10,12 +10,14 @@ reconstruction`` with ``ignore_tokens = {BOS}``). The other positions are *kept*
 - KL(clean ‖ other) uses every kept position p = 0..T-1 (the last position has no CE target but
   has a distribution).
 
-Ablation baselines (independent of the SAE, cached on disk per model, hook and token set):
-``zero_all`` zeroes the hook at *every* position, BOS included (SAEBench's and SAELens's zero
-ablation: CE = ln V on the embedded model); ``zero_kept`` and ``mean_kept`` replace only the kept
-positions (special positions clean) by zero or by the token set's mean activation (our variants).
-They are computed in the same loop as the clean pass the first time (three extra suffixes per
-batch, once), then read from the cache.
+Ablation baselines (independent of the SAE, cached on disk per model, hook, token set and
+ablation): ``zero_all`` zeroes the hook at *every* position, BOS included (SAEBench's and
+SAELens's zero ablation: CE = ln V on the embedded model); it is always computed, because
+``ce_loss_score`` and ``kl_div_score`` need it. ``zero_kept`` and ``mean_kept`` replace only the
+kept positions (special positions clean) by zero or by the token set's mean activation (our
+variants): computed only when asked (``ablations=``; core asks with
+``--set core.ablation_variants=true``). A baseline missing from the cache is computed in the same
+loop as the clean pass (one extra suffix per batch per baseline, once), then read from the cache.
 
 Cost model (N layers, hook restarting at block L): the prefix is shared and cached; per batch one
 clean suffix for all SAEs and one spliced suffix per SAE, from block L. KL never needs clean
@@ -42,7 +44,9 @@ from saebench.pipeline.states import ActivationPipeline
 REC_COLUMNS = ("n_rec", "sq_err", "x_sq", "cos", "l2_in", "l2_out", "l2_ratio", "xhat_sq", "dot", "l0", "l1")
 #: per-context float64 sums for losses (CE over kept predictions, KL over kept positions)
 LOSS_COLUMNS = ("n_ce", "ce_clean", "ce_spliced", "n_kl", "kl_spliced")
+#: every ablation baseline the splice loop knows; ``zero_all`` is always computed (the published scores need it)
 ABLATIONS = ("zero_all", "zero_kept", "mean_kept")
+DEFAULT_ABLATIONS = ("zero_all",)
 #: densities are bootstrapped over contexts from per-context firing counts up to this many entries
 FIRE_BY_SEQ_MAX = 2**23
 
@@ -104,16 +108,24 @@ def _seq_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values.double() * mask.double()).sum(-1).cpu()
 
 
-def splice_stats(pipe: ActivationPipeline, saes: dict[str, Any]) -> dict[str, SpliceStats]:
-    """Reconstruction, sparsity and spliced-loss sums per context for every SAE in one batched loop."""
+def splice_stats(
+    pipe: ActivationPipeline, saes: dict[str, Any], ablations: tuple[str, ...] | list[str] = DEFAULT_ABLATIONS
+) -> dict[str, SpliceStats]:
+    """Reconstruction, sparsity and spliced-loss sums per context for every SAE in one batched loop,
+    with the ablation baselines ``ablations`` (``zero_all`` always; see the module doc)."""
+    unknown = sorted(set(ablations) - set(ABLATIONS))
+    if unknown:
+        raise SaebenchError(f"unknown ablation baseline(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
+    wanted = [a for a in ABLATIONS if a == "zero_all" or a in ablations]
     for label, sae in saes.items():
         pipe.check_sae(sae, label)
     states, toks = pipe.states(), pipe.tokens.tokens
     n_seq, d = toks.shape[0], pipe.hook_width()
     dev = pipe.model.device
-    ablation = pipe.memo.get("ablation_stats") or _cached_ablation(pipe)
-    mean = pipe.mean_act() if ablation is None else None
-    new_ablation: dict[str, list[torch.Tensor]] = {}
+    ablation = {a: found for a in wanted if (found := _cached_ablation(pipe, a)) is not None}
+    missing = [a for a in wanted if a not in ablation]
+    mean = pipe.mean_act() if "mean_kept" in missing else None
+    new_ablation: dict[str, dict[str, list[torch.Tensor]]] = {a: {} for a in missing}
     cols = {k: {c: torch.zeros(n_seq, dtype=torch.float64) for c in REC_COLUMNS + LOSS_COLUMNS} for k in saes}
     sum_x = torch.zeros(n_seq, d, dtype=torch.float64)
     fire = {k: torch.zeros(int(s.d_sae), dtype=torch.int64) for k, s in saes.items()}
@@ -143,19 +155,19 @@ def splice_stats(pipe: ActivationPipeline, saes: dict[str, Any]) -> dict[str, Sp
         sum_x[sl].index_add_(0, rows, xd.cpu())
         x_norm = xd.norm(dim=-1)
         clean_s += time.perf_counter() - t0
-        if ablation is None:
+        if missing:
             t1 = time.perf_counter()
-            for name in ABLATIONS:
+            for name in missing:
                 rep = torch.zeros_like(acts)
                 if name != "zero_all":
                     rep[special] = acts[special]
                     if name == "mean_kept":
                         rep[keep] = mean.to(acts.dtype).to(dev)
                 kl, ce = _kl_ce(pipe.model.suffix(st, pipe.site, rep), tok, clean_p, clean_term)
-                new_ablation.setdefault(f"ce_{name}", []).append(ce.cpu())
+                new_ablation[name].setdefault(f"ce_{name}", []).append(ce.cpu())
                 if name == "zero_all":
-                    new_ablation.setdefault("kl_zero_all", []).append(kl.double().cpu())
-            pipe.counters.ablation_batches += 1
+                    new_ablation[name].setdefault("kl_zero_all", []).append(kl.double().cpu())
+                pipe.counters.ablation_batches += 1
             abl_s += time.perf_counter() - t1
         for label, sae in saes.items():
             t1 = time.perf_counter()
@@ -206,13 +218,14 @@ def splice_stats(pipe: ActivationPipeline, saes: dict[str, Any]) -> dict[str, Sp
             del z, xhat, spliced
             sae_s[label] += time.perf_counter() - t1
     pipe.timing["clean_suffix_s"] = pipe.timing.get("clean_suffix_s", 0.0) + clean_s
-    if ablation is None:
-        ablation = _store_ablation(pipe, {k: torch.cat(v) for k, v in new_ablation.items()})
+    for name, parts in new_ablation.items():
+        ablation[name] = _store_ablation(pipe, name, {k: torch.cat(v) for k, v in parts.items()})
+    if missing:
         pipe.timing["ablation_s"] = pipe.timing.get("ablation_s", 0.0) + abl_s
     keep_ce_all = ~special_mask(toks, pipe.model.bos_id)[:, :-1]
     keep_all = ~special_mask(toks, pipe.model.bos_id)
-    abl_cols = {f"ce_{n}": _seq_sum(ablation[f"ce_{n}"], keep_ce_all) for n in ABLATIONS}
-    abl_cols["kl_zero_all"] = _seq_sum(ablation["kl_zero_all"], keep_all)
+    abl_cols = {f"ce_{n}": _seq_sum(ablation[n][f"ce_{n}"], keep_ce_all) for n in wanted}
+    abl_cols["kl_zero_all"] = _seq_sum(ablation["zero_all"]["kl_zero_all"], keep_all)
     seq_ids = pipe.tokens.seq_ids()
     return {
         label: SpliceStats(
@@ -228,27 +241,31 @@ def splice_stats(pipe: ActivationPipeline, saes: dict[str, Any]) -> dict[str, Sp
     }
 
 
-def _cached_ablation(pipe: ActivationPipeline) -> dict[str, torch.Tensor] | None:
-    """The ablation baselines from the disk cache, or None when they still have to be computed."""
+def _ablation_columns(name: str) -> set[str]:
+    return {f"ce_{name}", "kl_zero_all"} if name == "zero_all" else {f"ce_{name}"}
+
+
+def _cached_ablation(pipe: ActivationPipeline, name: str) -> dict[str, torch.Tensor] | None:
+    """Ablation baseline ``name`` from this pipeline's memo or the disk cache, or None when it still
+    has to be computed (one cache entry per baseline: asking for a variant later adds its entry)."""
+    memo = pipe.memo.get(f"ablation:{name}")
+    if memo is not None:
+        return memo
     if not pipe.use_cache:
         return None
     t0 = time.perf_counter()
-    key = pipe.cache_key("ablation", pipe.tokens.fingerprint())
-    found = pipe.load_cached("ablation", key)
+    key = pipe.cache_key("ablation", name, pipe.tokens.fingerprint())
+    found = pipe.load_cached("ablation", key, label=name)
     n = pipe.tokens.tokens.shape[0]
-    if (
-        found is None
-        or set(found) != {*(f"ce_{a}" for a in ABLATIONS), "kl_zero_all"}
-        or found["kl_zero_all"].shape[0] != n
-    ):
+    if found is None or set(found) != _ablation_columns(name) or found[f"ce_{name}"].shape[0] != n:
         return None
     pipe.add_time("ablation_cached_s", t0)
-    pipe.memo["ablation_stats"] = found
+    pipe.memo[f"ablation:{name}"] = found
     return found
 
 
-def _store_ablation(pipe: ActivationPipeline, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    pipe.memo["ablation_stats"] = tensors
+def _store_ablation(pipe: ActivationPipeline, name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    pipe.memo[f"ablation:{name}"] = tensors
     if pipe.use_cache:
-        pipe.save_cached("ablation", pipe.cache_key("ablation", pipe.tokens.fingerprint()), tensors)
+        pipe.save_cached("ablation", pipe.cache_key("ablation", name, pipe.tokens.fingerprint()), tensors, label=name)
     return tensors

@@ -62,7 +62,7 @@ class PassCounters:
     read these to prove shared work ran once."""
 
     prefix_batches: int = 0  # prefix passes over the token set (states)
-    ablation_batches: int = 0  # batches of SAE-independent ablation baselines
+    ablation_batches: int = 0  # suffix batches of SAE-independent ablation baselines (one per baseline)
     clean_suffix_batches: int = 0  # clean suffixes in the splice loop (shared by all SAEs)
     spliced_suffix_batches: int = 0  # spliced suffixes (one per SAE per batch)
     task_forward_batches: int = 0  # model passes over probing-task examples

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from saebench.errors import SaebenchError
 from saebench.pipeline.states import ActivationPipeline, padded_batches
@@ -41,7 +42,9 @@ def task_activations(pipe: ActivationPipeline, tasks: dict[str, list[str]], max_
     if max_tokens < 2:
         raise SaebenchError(f"probing max_tokens {max_tokens} is too short; use at least 2 (BOS + one token)")
     out: dict[str, TaskActs] = {}
-    for name, texts in tasks.items():
+    bar = tqdm(tasks.items(), desc=f"task activations at {pipe.hook}", unit="task", leave=False,
+               disable=not pipe.progress or len(tasks) < 2)  # fmt: skip
+    for name, texts in bar:
         text_hash = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
         key = pipe.cache_key("task", text_hash, str(max_tokens))
         out[name] = pipe.shared(
