@@ -63,7 +63,10 @@ def test_killed_worker_is_replaced_and_results_equal_single_process(cluster, tmp
 
     model = build_model("gpt2")
     tokens = random_tokens(n_seq=8, ctx_len=24)
-    specs = [str(write_native(tmp_path / f"sae{i}", arch="topk", d_in=32, d_sae=48, seed=i, hook_name=HOOK)[0]) for i in range(3)]
+    specs = [
+        str(write_native(tmp_path / f"sae{i}", arch="topk", d_in=32, d_sae=48, seed=i, hook_name=HOOK)[0])
+        for i in range(3)
+    ]
     common = dict(model=model, hook=HOOK, token_set=tokens, batch_size=4, progress=False)
 
     plugin = tmp_path / "slow.py"
@@ -117,7 +120,9 @@ def test_an_error_in_a_worker_is_one_line(cluster, tmp_path, cache_env):
     from saebench.distributed import evaluate_ray
     from saebench.errors import SaebenchError
 
-    spec = str(write_native(tmp_path / "wide", arch="relu", d_in=40, d_sae=16, hook_name=HOOK)[0])  # the model is 32 wide
+    spec = str(
+        write_native(tmp_path / "wide", arch="relu", d_in=40, d_sae=16, hook_name=HOOK)[0]
+    )  # the model is 32 wide
     with pytest.raises(SaebenchError, match=r"SAE wide has d_in=40 but hook .* has width 32; pass the hook"):
         evaluate_ray(
             spec,

@@ -97,7 +97,8 @@ def test_groups_under_a_budget_give_bit_identical_results(tmp_path, cache_env, m
     hook = "blocks.1.hook_resid_post"
     archs = ["topk", "relu", "jumprelu"]
     specs = [
-        str(write_native(tmp_path / f"sae-{a}", arch=a, d_in=32, d_sae=96, seed=i, hook_name=hook)[0]) for i, a in enumerate(archs)
+        str(write_native(tmp_path / f"sae-{a}", arch=a, d_in=32, d_sae=96, seed=i, hook_name=hook)[0])
+        for i, a in enumerate(archs)
     ]
     n_batches = 3
     kw = dict(model=model, hook=hook, progress=False, token_set=tokens, batch_size=4)
