@@ -12,8 +12,6 @@ from saebench.compare import Row, _family_wise, _interval, compare_metric
 from saebench.evaluators.base import Metric
 from saebench.results import Result, SAERecord
 
-pytestmark = pytest.mark.fast
-
 
 def _result(values: list[float] | None, metric: float, unc: dict | None = None, unit: str = "pair") -> Result:
     samples = {}

@@ -6,11 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
-import pytest
-
 from saebench.data import build_token_set
-
-pytestmark = pytest.mark.fast
 
 BOS = 0
 
