@@ -363,7 +363,8 @@ class ProbingEvaluator:
             "truncation": "left (keep each example's last max_tokens-1 tokens), BOS prepended and excluded from "
             "pooling",
             "probe_l2": cfg.l2,
-            "selection": "each task's latent (and top-k latents) chosen on train; only the chosen probe is scored on test",
+            "selection": "each task's latent (and top-k latents) chosen on train; only the chosen probe is scored "
+            "on test",
             "noise_floor": f"the same procedure on {cfg.n_permutations} seeded shuffles of the train labels per task; "
             f"at the floor: permutation p-value > {cfg.floor_alpha}",
             "heldout_probe_loss_by_task": {r["task"]: r["heldout_probe_loss"] for r in rows},
