@@ -1,5 +1,6 @@
 """Examples per latent from the evaluation token set: firing counts, top / random /
-importance-sampled positions with windows, and activations at the end of edited contexts.
+importance-sampled positions with windows, uniform draws among active (position, latent) pairs, and
+activations at the end of edited contexts.
 
 Everything here reads the cached prefix states (``ActivationPipeline.states``): collecting
 examples costs SAE encodes only (plus the hook's own block for a hook inside a block), never
@@ -92,6 +93,64 @@ def choose_latents(
     live = (fire_counts(pipe, sae, seqs) >= max(1, min_count)).nonzero().squeeze(1)
     perm = torch.randperm(live.numel(), generator=torch.Generator().manual_seed(seed))
     return live[perm[:n]].sort().values, int(live.numel())
+
+
+def active_pairs(
+    pipe: ActivationPipeline,
+    sae: Any,
+    n: int,
+    seed: int,
+    positions: tuple[int, int] | None = None,
+    latents: list[int] | None = None,
+    seqs: Any = None,
+) -> tuple[torch.Tensor, int]:
+    """``n`` (context, position, latent) triples drawn uniformly without replacement among all
+    *active* ones (z > 0) at positions ``lo..hi`` of contexts ``seqs``, int64 ``[m, 3]`` sorted,
+    and the number of active triples there (m = min(n, that number)).
+
+    Uniform over active pairs = tokens weighted by how many latents fire there and every active
+    latent of a sampled token equally likely: the estimand of "ablate every active latent at
+    sampled tokens" (Gao et al. 2024, sec. 4.5). ``latents`` restricts the population to those
+    latents. One streamed encode pass; each active entry of context s gets a uniform key from a
+    generator seeded by (``seed``, s) and the ``n`` largest keys are kept (bottom-k sampling), so
+    the draw does not depend on ``batch_size``.
+    """
+    ctx = pipe.tokens.ctx_len
+    lo, hi = positions if positions is not None else (1, ctx - 1)
+    lo, hi = max(1, int(lo)), min(ctx - 1, int(hi))
+    if hi < lo:
+        raise SaebenchError(f"no position to sample in {lo}..{hi} of {ctx}-token contexts; raise --ctx-len")
+    allowed = None
+    if latents is not None:
+        bad = [i for i in latents if not 0 <= i < int(sae.d_sae)]
+        if bad:
+            raise SaebenchError(f"latents {bad} are outside 0..{int(sae.d_sae) - 1}; pass valid latent indices")
+        allowed = torch.zeros(int(sae.d_sae), dtype=torch.bool)
+        allowed[torch.tensor(latents, dtype=torch.long)] = True
+    keys = torch.empty(0, dtype=torch.float64)
+    trip = torch.empty(0, 3, dtype=torch.long)
+    total = 0
+    for idx, z in pipe.encode_seqs(sae, seqs):
+        a = z[:, lo - 1 : hi].float().cpu()  # [b, P, d_sae]: a[:, j] is position lo + j
+        fire = a > 0
+        if allowed is not None:
+            fire &= allowed
+        for i, s in enumerate(idx.tolist()):
+            nz = fire[i].nonzero()  # [m, 2] (position offset, latent), row-major
+            if nz.numel() == 0:
+                continue
+            total += nz.shape[0]
+            g = torch.Generator().manual_seed(seed * 1_000_003 + int(s) + 7)
+            k = torch.rand(nz.shape[0], dtype=torch.float64, generator=g)
+            t = torch.cat([torch.full((nz.shape[0], 1), int(s)), nz[:, :1] + lo, nz[:, 1:]], dim=1)
+            keys, trip = torch.cat([keys, k]), torch.cat([trip, t])
+            if keys.numel() > n:
+                top = keys.topk(n).indices
+                keys, trip = keys[top], trip[top]
+    if trip.numel():
+        order = torch.tensor(sorted(range(trip.shape[0]), key=lambda r: tuple(trip[r].tolist())))
+        trip = trip[order]
+    return trip, total
 
 
 def latent_acts(pipe: ActivationPipeline, sae: Any, latents: Any, seqs: Any = None) -> torch.Tensor:
