@@ -46,7 +46,19 @@ def test_build_patterns_prunes_wildcards_and_anchors():
     pats, stats = build_patterns(ex, act_fn, pad_id=99, bos_id=0, max_len=8)
     assert pats[0].tokens == [5, WILDCARD, 7] and not pats[0].anchored
     assert pats[1].tokens == [5, WILDCARD, 7] and pats[1].anchored  # needed the whole context
-    assert stats["rows_prune"] == 5 + 3 and stats["rows_saliency"] == 2 + 2
+    # suffixes of 1..4 tokens first: both examples are pruned there, so no longer row is run
+    assert stats["rows_prune"] == 4 + 3 and stats["rows_saliency"] == 2 + 2
+
+
+def test_long_patterns_are_found_in_the_second_pruning_call():
+    # fires only when token 5 sits five places before the 7: needs a 6-token suffix
+    def act_fn(rows, lats):
+        return torch.tensor([1.0 if len(r) >= 7 and r[-1] == 7 and r[-6] == 5 else 0.0 for r in rows])
+
+    ex = [Example(0, [0, 9, 5, 1, 2, 3, 4, 7], 1.0)]
+    pats, stats = build_patterns(ex, act_fn, pad_id=99, bos_id=0, max_len=8)
+    assert pats[0].tokens == [5, WILDCARD, WILDCARD, WILDCARD, WILDCARD, 7] and not pats[0].anchored
+    assert stats["rows_prune"] == 4 + 3  # lengths 1-4, then 5-7 (the body has 7 tokens)
 
 
 # -- the shared example pass ---------------------------------------------------------------------

@@ -1,15 +1,23 @@
-"""``--evals n2g``: Neuron2Graph explainability of SAE latents (Foote et al. 2023; Gao et al. 2024, sec. 4.5).
+"""``--evals n2g``: Neuron2Graph explainability of SAE latents (Foote et al. 2023; Gao et al. 2024, sec. 4.3).
 
-For a seeded sample of live latents: collect top-activating and random-activating examples from
-the first part of the evaluation token set (``saebench.pipeline.examples.latent_examples``: one streamed
-encode pass over the cached prefix states, a bounded top-k buffer per latent), build each latent's
-pattern trie (``saebench.probes.n2g``: prune to the minimal suffix keeping ≥ 50% of the
-activation, wildcard tokens whose replacement by a pad keeps > 50%, anchor at a BOS where the
-whole context is needed), then predict the latent on the held-out contexts (the last
-``heldout_frac`` of the token set) and binarise truth and prediction at ``firing_threshold`` ×
-the latent's max activation on the example contexts. Metrics: token-level ``precision``,
-``recall``, ``f1`` per latent and their means over latents that fire on held-out text; each
-latent's explanation (its strongest patterns) is in ``latents``.
+For a seeded sample of latents whose firing density on the example contexts lies in the band
+[``min_density``, ``max_density``] (default 0.2%-10%: rarer latents fire too seldom on the held-out
+half to be scored, denser ones are not the sparse features the metric is about): collect
+top-activating and random-activating examples from the first part of the evaluation token set
+(``saebench.pipeline.examples.latent_examples``: one streamed encode pass over the cached prefix
+states, a bounded top-k buffer per latent), build each latent's pattern trie
+(``saebench.probes.n2g``: prune to the minimal suffix keeping ≥ 50% of the activation, wildcard
+tokens whose replacement by a pad keeps > 50%, anchor at a BOS where the whole context is needed),
+then predict the latent on the held-out contexts (the last ``heldout_frac`` of the token set) and
+binarise truth and prediction at ``firing_threshold`` × the latent's max activation on the example
+contexts. Metrics: token-level ``precision``, ``recall``, ``f1`` per latent and their means over
+latents that fire on held-out text; each latent's explanation (its strongest patterns) is in
+``latents``.
+
+Precision of a latent whose explanation predicts nothing on held-out text is 0, not undefined:
+an explanation that never fires explains nothing, and leaving it out would reward SAEs whose
+explanations stay silent (``n_latents_predict_nothing`` counts them). A latent that never fires
+above the threshold on held-out text has no recall or F1 and is left out of every mean.
 
 Cost: pruning/saliency rows run only up to the hook (``SubjectModel.prefix`` + ``hook_acts``),
 batched by length into ``batch_size x ctx_len``-token calls; ``forward_calls`` vs
@@ -32,8 +40,10 @@ from saebench.stats import Samples, mean_of
 class N2GConfig(EvalConfig):
     """Settings of ``--evals n2g``; profiles set the sample sizes only."""
 
-    n_latents: int = 16  # live latents sampled (seeded)
+    n_latents: int = 96  # latents sampled (seeded) within the density band
     latents: list[int] | None = None  # explicit latent indices instead of a sample
+    min_density: float = 0.002  # band of firing density on the example contexts a sampled latent lies in
+    max_density: float = 0.1
     n_top: int = 8  # top-activating examples per latent
     n_random: int = 4  # random activating examples per latent (uniform over firing positions)
     max_prune_len: int = 12  # longest suffix tried when pruning (tokens, excl. BOS)
@@ -45,8 +55,8 @@ class N2GConfig(EvalConfig):
     n_patterns_reported: int = 5
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": {"n_latents": 16, "n_top": 8, "n_random": 4, "max_prune_len": 12},
-        "standard": {"n_latents": 64, "n_top": 16, "n_random": 8, "max_prune_len": 16},
+        "quick": {"n_latents": 96, "n_top": 8, "n_random": 4, "max_prune_len": 12},
+        "standard": {"n_latents": 256, "n_top": 16, "n_random": 8, "max_prune_len": 16},
         "paper": {"n_latents": 256, "n_top": 20, "n_random": 10, "max_prune_len": 24},
     }
 
@@ -94,7 +104,9 @@ METRICS = (
     ),
     Metric("n_latents", "latents sampled"),
     Metric("n_latents_scored", "latents that fire above the threshold on held-out text"),
+    Metric("n_latents_predict_nothing", "scored latents whose explanation predicts no held-out token (precision 0)"),
     Metric("n_live_latents_in_examples", "latents that fire on the example contexts"),
+    Metric("n_latents_in_band", "latents whose firing density on the example contexts lies in the band"),
     Metric("n_examples", "examples explained"),
     Metric("n_patterns", "patterns in all tries"),
     Metric("n_examples_unpruned", "examples no suffix kept above keep_frac"),
@@ -120,6 +132,8 @@ class N2GEvaluator:
             raise SaebenchError(
                 "n2g: need 0 < heldout_frac < 1, max_prune_len >= 1 and n_top + n_random >= 1; fix the --set values"
             )
+        if not 0 <= cfg.min_density <= cfg.max_density <= 1:
+            raise SaebenchError("n2g: need 0 <= min_density <= max_density <= 1; fix the --set values")
         pipe, sae, model = ctx.pipeline, ctx.sae, ctx.model
         seed = ctx.seed
         n_seq = pipe.tokens.tokens.shape[0]
@@ -128,7 +142,19 @@ class N2GEvaluator:
             raise SaebenchError(f"n2g needs at least 2 contexts (examples + held-out), got {n_seq}; raise --tokens")
         train, held = torch.arange(n_seq - n_hold), torch.arange(n_seq - n_hold, n_seq)
         t0 = time.perf_counter()
-        latents, n_live = examples.choose_latents(pipe, sae, cfg.latents, cfg.n_latents, seed, "n2g", seqs=train)
+        counts = examples.fire_counts(pipe, sae, train) if cfg.latents is None else None
+        latents, n_band = examples.choose_latents(
+            pipe,
+            sae,
+            cfg.latents,
+            cfg.n_latents,
+            seed,
+            "n2g",
+            seqs=train,
+            density=(cfg.min_density, cfg.max_density),
+            counts=counts,
+        )
+        n_live = int((counts > 0).sum()) if counts is not None else None
         ex = examples.latent_examples(pipe, sae, latents, n_top=cfg.n_top, n_random=cfg.n_random, seed=seed, seqs=train)
         t_collect = time.perf_counter() - t0
 
@@ -196,7 +222,9 @@ class N2GEvaluator:
         metrics = {
             "n_latents": len(rows),
             "n_latents_scored": len(scored),
+            "n_latents_predict_nothing": sum(r["n_pred"] == 0 for r in scored),
             "n_live_latents_in_examples": n_live,
+            "n_latents_in_band": n_band,
             "n_examples": len(found),
             "n_patterns": sum(r["n_patterns"] for r in rows),
             "n_examples_unpruned": stats["n_unpruned"],
@@ -205,6 +233,9 @@ class N2GEvaluator:
             "naive_forward_calls": naive,
         }
         details = {
+            "density_band": [cfg.min_density, cfg.max_density] if cfg.latents is None else None,
+            "precision_rule": "a scored latent whose explanation predicts nothing has precision 0 (counted in the "
+            "mean); a latent that never fires above the threshold on held-out text is left out of every mean",
             "firing_threshold": cfg.firing_threshold,
             "threshold_reference": "max activation of the latent on the example contexts",
             "example_contexts": int(train.numel()),

@@ -78,19 +78,29 @@ def choose_latents(
     what: str,
     seqs: Any = None,
     min_count: int = 1,
+    density: tuple[float, float] | None = None,
+    counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int | None]:
-    """The latents a per-latent evaluator studies, sorted, and how many were live.
+    """The latents a per-latent evaluator studies, sorted, and how many were eligible.
 
     ``explicit`` (validated against ``d_sae``) wins; otherwise ``n`` latents firing on at least
-    ``min_count`` positions of ``seqs`` are drawn without replacement (seeded). The live count
-    is None for an explicit list (no firing pass is spent on it).
+    ``min_count`` positions of ``seqs`` (and, with ``density = (lo, hi)``, on a fraction of those
+    positions within [lo, hi]) are drawn without replacement (seeded). The eligible count is
+    None for an explicit list (no firing pass is spent on it). ``counts`` (from
+    :func:`fire_counts` on the same ``seqs``) saves the firing pass when the caller has them.
     """
     if explicit is not None:
         bad = [i for i in explicit if not 0 <= i < int(sae.d_sae)]
         if bad:
             raise SaebenchError(f"{what}.latents {bad} are outside 0..{int(sae.d_sae) - 1}; pass valid latent indices")
         return torch.tensor(sorted(set(explicit)), dtype=torch.long), None
-    live = (fire_counts(pipe, sae, seqs) >= max(1, min_count)).nonzero().squeeze(1)
+    counts = fire_counts(pipe, sae, seqs) if counts is None else counts
+    ok = counts >= max(1, min_count)
+    if density is not None:
+        n_pos = pipe.seq_index(seqs).numel() * (pipe.tokens.ctx_len - 1)
+        freq = counts.double() / max(1, n_pos)
+        ok &= (freq >= density[0]) & (freq <= density[1])
+    live = ok.nonzero().squeeze(1)
     perm = torch.randperm(live.numel(), generator=torch.Generator().manual_seed(seed))
     return live[perm[:n]].sort().values, int(live.numel())
 
