@@ -14,6 +14,13 @@ contexts. Metrics: token-level ``precision``, ``recall``, ``f1`` per latent and 
 latents that fire on held-out text; each latent's explanation (its strongest patterns) is in
 ``latents``.
 
+Which latents: each latent gets a random key from ``latent_seed`` (0 by default, *not* the run's
+``--seed``) and the ``n_latents`` in-band latents with the smallest keys are explained; ``--seed``
+resamples the token set, so the examples, the held-out text and (slightly) who is in the band, as
+the probing seed resamples each task's examples but keeps the 61 tasks. The interval over
+latents still carries the latent-sampling error; ``--set n2g.latent_seed=null`` ties the draw to
+``--seed``.
+
 Precision of a latent whose explanation predicts nothing on held-out text is 0, not undefined:
 an explanation that never fires explains nothing, and leaving it out would reward SAEs whose
 explanations stay silent (``n_latents_predict_nothing`` counts them). A latent that never fires
@@ -33,17 +40,19 @@ import torch
 
 from saebench.errors import SaebenchError
 from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
-from saebench.pipeline import examples
+from saebench.pipeline import ActivationPipeline, examples
 from saebench.stats import Samples, mean_of
 
 
 class N2GConfig(EvalConfig):
     """Settings of ``--evals n2g``; profiles set the sample sizes only."""
 
-    n_latents: int = 96  # latents sampled (seeded) within the density band
+    n_latents: int = 192  # latents sampled (seeded) within the density band
     latents: list[int] | None = None  # explicit latent indices instead of a sample
     min_density: float = 0.002  # band of firing density on the example contexts a sampled latent lies in
     max_density: float = 0.1
+    latent_seed: int | None = 0  # seed of the latent draw (None: the run's --seed); see the module doc
+    n_tokens: int | None = 32768  # at least this many tokens (examples + held-out); None: the run's token set
     n_top: int = 8  # top-activating examples per latent
     n_random: int = 4  # random activating examples per latent (uniform over firing positions)
     max_prune_len: int = 12  # longest suffix tried when pruning (tokens, excl. BOS)
@@ -55,9 +64,9 @@ class N2GConfig(EvalConfig):
     n_patterns_reported: int = 5
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": {"n_latents": 96, "n_top": 8, "n_random": 4, "max_prune_len": 12},
-        "standard": {"n_latents": 256, "n_top": 16, "n_random": 8, "max_prune_len": 16},
-        "paper": {"n_latents": 256, "n_top": 20, "n_random": 10, "max_prune_len": 24},
+        "quick": {"n_latents": 192, "n_top": 8, "n_random": 4, "max_prune_len": 12, "n_tokens": 32768},
+        "standard": {"n_latents": 384, "n_top": 16, "n_random": 8, "max_prune_len": 16, "n_tokens": 131072},
+        "paper": {"n_latents": 512, "n_top": 20, "n_random": 10, "max_prune_len": 24, "n_tokens": 409600},
     }
 
 
@@ -116,6 +125,37 @@ METRICS = (
 )
 
 
+def _token_pipeline(ctx: EvalContext, n_tokens: int | None) -> ActivationPipeline:
+    """The run's pipeline, or (when it holds fewer than ``n_tokens`` tokens) one over a longer token
+    set from the same corpus, split and seed: its first contexts are the run's own (the token stream
+    is the same, cut later). Built once per run and hook (memoised on the run's pipeline); its prefix
+    states are cached on disk like the run's. A token set that cannot be regrown (one handed in by
+    the caller) is used as it is, with a note."""
+    from saebench.data import build_token_set
+
+    pipe = ctx.pipeline
+    ts = pipe.tokens
+    if n_tokens is None or ts.n_tokens >= n_tokens:
+        return pipe
+
+    def grow() -> ActivationPipeline | str:
+        try:
+            split = ts.split if ts.corpus == "sae-probes" else "eval"
+            m = ctx.model
+            more = build_token_set(m.tokenize, m.bos_id, n_tokens, ts.ctx_len, ts.seed, ts.corpus, split)
+        except SaebenchError as exc:
+            return str(exc)
+        if not torch.equal(more.tokens[: ts.tokens.shape[0]], ts.tokens):
+            return "the run's token set is not a prefix of its corpus stream"
+        return ActivationPipeline(ctx.model, more, pipe.hook, pipe.batch_size, pipe.use_cache, progress=False)
+
+    got = pipe.shared(f"n2g-tokens:{n_tokens}", grow)
+    if isinstance(got, str):
+        ctx.notes.append(f"n2g: kept the run's {ts.n_tokens} tokens instead of {n_tokens} ({got})")
+        return pipe
+    return got
+
+
 class N2GEvaluator:
     """``--evals n2g``: see module doc."""
 
@@ -134,8 +174,9 @@ class N2GEvaluator:
             )
         if not 0 <= cfg.min_density <= cfg.max_density <= 1:
             raise SaebenchError("n2g: need 0 <= min_density <= max_density <= 1; fix the --set values")
-        pipe, sae, model = ctx.pipeline, ctx.sae, ctx.model
+        sae, model = ctx.sae, ctx.model
         seed = ctx.seed
+        pipe = _token_pipeline(ctx, cfg.n_tokens)
         n_seq = pipe.tokens.tokens.shape[0]
         n_hold = max(1, round(n_seq * cfg.heldout_frac))
         if n_seq - n_hold < 1:
@@ -148,11 +189,12 @@ class N2GEvaluator:
             sae,
             cfg.latents,
             cfg.n_latents,
-            seed,
+            seed if cfg.latent_seed is None else cfg.latent_seed,
             "n2g",
             seqs=train,
             density=(cfg.min_density, cfg.max_density),
             counts=counts,
+            stable=True,
         )
         n_live = int((counts > 0).sum()) if counts is not None else None
         ex = examples.latent_examples(pipe, sae, latents, n_top=cfg.n_top, n_random=cfg.n_random, seed=seed, seqs=train)
@@ -238,6 +280,7 @@ class N2GEvaluator:
             "mean); a latent that never fires above the threshold on held-out text is left out of every mean",
             "firing_threshold": cfg.firing_threshold,
             "threshold_reference": "max activation of the latent on the example contexts",
+            "n_tokens": int(pipe.tokens.n_tokens),
             "example_contexts": int(train.numel()),
             "heldout_contexts": int(held.numel()),
             "heldout_tokens_scored": int(held.numel() * (pipe.tokens.ctx_len - 1)),

@@ -80,6 +80,7 @@ def choose_latents(
     min_count: int = 1,
     density: tuple[float, float] | None = None,
     counts: torch.Tensor | None = None,
+    stable: bool = False,
 ) -> tuple[torch.Tensor, int | None]:
     """The latents a per-latent evaluator studies, sorted, and how many were eligible.
 
@@ -88,6 +89,9 @@ def choose_latents(
     positions within [lo, hi]) are drawn without replacement (seeded). The eligible count is
     None for an explicit list (no firing pass is spent on it). ``counts`` (from
     :func:`fire_counts` on the same ``seqs``) saves the firing pass when the caller has them.
+    With ``stable``, every latent gets a seeded random key and the ``n`` eligible latents with the
+    smallest keys are taken: a small change in who is eligible (another token sample) changes the
+    draw by only those latents, instead of reshuffling it.
     """
     if explicit is not None:
         bad = [i for i in explicit if not 0 <= i < int(sae.d_sae)]
@@ -101,6 +105,10 @@ def choose_latents(
         freq = counts.double() / max(1, n_pos)
         ok &= (freq >= density[0]) & (freq <= density[1])
     live = ok.nonzero().squeeze(1)
+    if stable:
+        key = torch.rand(int(sae.d_sae), generator=torch.Generator().manual_seed(seed))
+        order = live[key[live].argsort()]
+        return order[:n].sort().values, int(live.numel())
     perm = torch.randperm(live.numel(), generator=torch.Generator().manual_seed(seed))
     return live[perm[:n]].sort().values, int(live.numel())
 
