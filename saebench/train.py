@@ -163,6 +163,7 @@ class PenaltyRecipe:
     jumprelu_theta_lr_scale: float = 1.0
     jumprelu_theta_init: str = "quantile"  # "quantile": each θ_i fires at target/d_sae at init; "eps": θ = ε
     lam0: float | None = None  # initial λ (None: a per-architecture default)
+    jumprelu_signed_lambda: float | None = None  # JumpReLU: additive λ steps of this size (λ may turn negative)
 
 
 def train_sae(
@@ -294,7 +295,11 @@ def train_sae(
                 if penalised:
                     l0_ema = float(l0) if l0_ema is None else rec.l0_ema * l0_ema + (1 - rec.l0_ema) * float(l0)
                     if lam_warm <= step < int(rec.steer_until * total):
-                        lam *= math.exp(rec.steer_gain * max(-1.0, min(1.0, math.log(max(l0_ema, 0.1) / k))))
+                        err = max(-1.0, min(1.0, math.log(max(l0_ema, 0.1) / k)))
+                        if architecture == "jumprelu" and rec.jumprelu_signed_lambda is not None:
+                            lam += rec.jumprelu_signed_lambda * err  # a multiplier for L0 = target, either sign
+                        else:
+                            lam *= math.exp(rec.steer_gain * err)
                 if architecture == "batchtopk":
                     smallest = vals[vals > 0].min() if bool((vals > 0).any()) else torch.zeros(())
                     sae.threshold.copy_(smallest if step == 0 else 0.99 * sae.threshold + 0.01 * smallest)

@@ -147,7 +147,9 @@ def _token_pipeline(ctx: EvalContext, n_tokens: int | None) -> ActivationPipelin
             return str(exc)
         if not torch.equal(more.tokens[: ts.tokens.shape[0]], ts.tokens):
             return "the run's token set is not a prefix of its corpus stream"
-        return ActivationPipeline(ctx.model, more, pipe.hook, pipe.batch_size, pipe.use_cache, progress=False)
+        wide = ActivationPipeline(ctx.model, more, pipe.hook, pipe.batch_size, pipe.use_cache, progress=False)
+        wide.counters = pipe.counters  # its model passes count as the run's
+        return wide
 
     got = pipe.shared(f"n2g-tokens:{n_tokens}", grow)
     if isinstance(got, str):
