@@ -8,7 +8,7 @@ embedded model) with both evaluators on one profile, with an empty activation ca
 - the shared prefix pass over the token set (done once, shared with every other evaluator);
 - per evaluator: wall time, wall time per latent, model calls made and the naive count
   (n2g: one forward per pruning step and per saliency test, as Neuron2Graph runs them;
-  ablation: one suffix per (latent, position) ablation plus one un-ablated suffix per context),
+  ablation: one suffix per ablated or randomly edited pair plus one un-ablated suffix per context),
   and their ratio. Target: >= 10x fewer calls than naive. Printed, never asserted. Not a test.
 """
 
@@ -48,20 +48,21 @@ def main() -> None:
         f"model load {t_load:.1f}s, total wall {wall:.1f}s"
     )
     print(f"shared prefix pass (once, cached on disk for every evaluator and SAE at this hook): {prefix_s:.1f}s")
-    for label, r, per in (("n2g", n2g, n2g.metrics["n_latents"]), ("ablation", abl, abl.metrics["n_latents"])):
+    for label, r, per in (("n2g", n2g, n2g.metrics["n_latents"]), ("ablation", abl, abl.metrics["n_pairs"])):
         m = r.metrics
         ev_s = r.timing["evaluator_s"] - r.timing["states_s"]
         calls, naive = m["forward_calls"], m["naive_forward_calls"]
         ratio = naive / calls if calls else float("inf")
         flag = "meets" if ratio >= 10 else "MISSES"
         extra = (
-            f"{m['n_examples']} examples, {m['rows_prune']} pruning + {m['rows_saliency']} saliency rows"
+            f"{m['n_examples']} examples, {r.details['rows_prune']} pruning + "
+            f"{r.details['rows_saliency']} saliency rows"
             if label == "n2g"
-            else f"{m['n_pairs']} (latent, position) pairs over {m['n_contexts']} contexts"
+            else f"{m['n_pairs']} (position, active latent) pairs over {m['n_contexts']} contexts"
         )
         print(
             f"{label:8s}: {per} latents, {extra}; evaluator (excl. prefix) {ev_s:.1f}s = "
-            f"{ev_s / max(per, 1):.2f}s/latent; "
+            f"{ev_s / max(per, 1):.2f}s/{'latent' if label == 'n2g' else 'pair'}; "
             f"model calls {calls} vs naive {naive} ({calls / max(per, 1):.2f} vs {naive / max(per, 1):.1f} per "
             "latent): "
             f"{ratio:.1f}x fewer ({flag} target >= 10x)"
@@ -69,7 +70,8 @@ def main() -> None:
     print(
         f"n2g f1 {n2g.metrics['n2g_f1']}, precision {n2g.metrics['n2g_precision']}, recall "
         f"{n2g.metrics['n2g_recall']}; "
-        f"ablation sparsity mean {abl.metrics['ablation_sparsity']}, median {abl.metrics['ablation_sparsity_median']}"
+        f"ablation sparsity (active pairs) mean {abl.metrics['ablation_sparsity_active']}, median "
+        f"{abl.metrics['ablation_sparsity_median']}, random-direction null {abl.metrics['ablation_sparsity_random']}"
     )
 
 

@@ -1,13 +1,15 @@
 """Cost split of ``--evals probing`` on the quick profile, measured in one run.
 
-    python benchmarks/probing.py [--d-sae 16384] [--threads 1] [--tasks 'glue_*' ...]
+    python benchmarks/probing.py [--d-sae 16384] [--threads 1] [--tasks 'glue_*' ...] [--permutations 19]
 
 Evaluates two random TopK SAEs (``--d-sae`` latents, k=32) at ``blocks.6.hook_resid_post`` of the
 embedded model, one after the other, with an empty activation cache, and prints:
 
 - model forward: the per-task activation pass (cold), its number of batches;
 - SAE encoding: encode + pooling of every task example's tokens;
-- probe fitting: the 1-D Newton probes on every live latent plus the top-k probes;
+- probe fitting: the 1-D Newton probes on every live latent (once on the real labels and once per
+  shuffled-label repetition of the noise floor, ``n_permutations`` = 19 at the defaults) plus the
+  top-k probes;
 - residual baselines (SAE-independent, computed once per task sample and memoised);
 - for the second SAE: model forward batches (target 0) and its own encode / probe times.
 
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tasks", nargs="*", default=None, help="task names/globs (default: all available)")
     ap.add_argument("--profile", default="quick")
+    ap.add_argument("--permutations", type=int, default=None, help="noise-floor shuffles (default: the config's 19)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -60,7 +63,10 @@ def main() -> None:
     model = load_model()
     t_load = time.perf_counter() - t0
     with empty_activation_cache():  # the first pass is cold
-        cfg = {"probing": {"tasks": args.tasks}} if args.tasks else {}
+        pcfg: dict[str, object] = {"tasks": args.tasks} if args.tasks else {}
+        if args.permutations is not None:
+            pcfg["n_permutations"] = args.permutations
+        cfg = {"probing": pcfg}
         runs = []
         for i in range(2):
             t0 = time.perf_counter()
@@ -75,7 +81,12 @@ def main() -> None:
                 progress=False,
             )
             res = r.results[f"sae{i}"]["probing"]
-            runs.append(({**res.metrics, **res.timing}, time.perf_counter() - t0))
+            runs.append(
+                (
+                    {**res.metrics, **res.timing, "model_forward_batches": res.details["model_forward_batches"]},
+                    time.perf_counter() - t0,
+                )
+            )
 
     (m1, wall1), (m2, wall2) = runs
     t1, t2 = m1, m2

@@ -56,12 +56,25 @@ class OneDResult:
         return F.softplus(m) - y * m
 
     def best(self) -> tuple[int | None, float]:
-        """(index, loss) of the lowest test loss; (None, prior) when no column was live."""
+        """(index, loss) of the lowest *test* loss; (None, prior) when no column was live.
+
+        Selection on test: optimistic (the minimum of many noisy test losses). Probing selects with
+        :meth:`best_on_train` and only scores on test; this stays for diagnostics and old callers."""
         if not bool(self.live.any()):
             return None, self.prior_loss
         loss = torch.where(self.live, self.test_loss, torch.full_like(self.test_loss, math.inf))
         i = int(loss.argmin())
         return i, float(loss[i])
+
+    def best_on_train(self) -> tuple[int | None, float]:
+        """(index, *test* loss) of the column whose probe has the lowest *train* loss (first on ties);
+        (None, prior) when no column was live. The choice never sees the test split, so the
+        returned test loss is an honest estimate for the chosen column."""
+        if not bool(self.live.any()):
+            return None, self.prior_loss
+        loss = torch.where(self.live, self.train_loss, torch.full_like(self.train_loss, math.inf))
+        i = int(loss.argmin())
+        return i, float(self.test_loss[i])
 
 
 def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float) -> torch.Tensor:

@@ -4,14 +4,16 @@ An explanation is a set of token patterns stored in a trie; a pattern predicts t
 activation at a token when the text ending at that token matches it. The engine is model-free:
 the caller passes ``act_fn(rows, latents) -> activations`` (the activation of ``latents[r]`` at
 the last token of token row ``rows[r]``; saebench's is
-``saebench.pipeline.examples.latent_acts_at``, a batched pass up to the hook only). All pruning rows of
-all examples go to ``act_fn`` in one call, then all saliency rows in a second call, so the
-caller can batch them into few model calls (N2G runs one forward per pruning step).
+``saebench.pipeline.examples.latent_acts_at``, a batched pass up to the hook only). The short
+pruning rows of all examples go to ``act_fn`` in one call, the longer ones (only for examples no
+short suffix explained) in a second, then all saliency rows in a third, so the caller can batch
+them into few model calls (N2G runs one forward per pruning step).
 
 Per example (a context prefix ``[BOS, t_1 .. t_n]`` ending at the activating token t_n, with
 activation a):
 
-1. **Prune**: run ``[BOS] + t_{n-m+1..n}`` for m = 1 .. min(n, max_len); the pattern is the
+1. **Prune**: run ``[BOS] + t_{n-m+1..n}`` for m = 1 .. min(n, max_len) (lengths above
+   ``PRUNE_FIRST`` only for examples no shorter suffix kept); the pattern is the
    shortest suffix whose activation is ≥ ``keep_frac`` · a (Foote et al. sec. 3.1: "prune to the
    minimal context that keeps ≥ 50% of the activation"). No suffix within ``max_len`` tokens
    keeping it: the ``max_len``-token suffix is used (counted as ``n_unpruned``).
@@ -47,6 +49,7 @@ from typing import Any
 import torch
 
 WILDCARD = -1
+PRUNE_FIRST = 4  # suffix lengths tried in the first pruning call; longer ones only where needed
 
 ActFn = Callable[[list[list[int]], list[int]], torch.Tensor]
 
@@ -135,29 +138,41 @@ def build_patterns(
     keep_frac: float = 0.5,
     wildcard_frac: float = 0.5,
 ) -> tuple[list[Pattern], dict[str, int]]:
-    """Prune, anchor and wildcard every example (module doc, steps 1-3) with two batched ``act_fn`` calls."""
-    prune_rows: list[list[int]] = []
-    prune_lat: list[int] = []
-    spans: list[tuple[int, int]] = []
-    for ex in examples:
-        body = ex.tokens[1:]
-        n = min(len(body), max_len)
-        start = len(prune_rows)
-        for m in range(1, n + 1):
-            prune_rows.append([bos_id, *body[len(body) - m :]])
-            prune_lat.append(ex.latent)
-        spans.append((start, n))
-    acts = act_fn(prune_rows, prune_lat) if prune_rows else torch.zeros(0)
+    """Prune, anchor and wildcard every example (module doc, steps 1-3) with at most three batched
+    ``act_fn`` calls: suffixes of 1..``first`` tokens for every example, longer ones only for the
+    examples none of those kept (most patterns are short), then the saliency rows. The result is
+    the same as trying every length at once."""
+    n_of = [min(len(ex.tokens) - 1, max_len) for ex in examples]
+    acts_of: list[list[float]] = [[] for _ in examples]
+    n_rows = 0
+    for lo, hi in ((1, PRUNE_FIRST), (PRUNE_FIRST + 1, max_len)):
+        rows: list[list[int]] = []
+        lats: list[int] = []
+        who: list[int] = []
+        for e, ex in enumerate(examples):
+            if any(a >= keep_frac * ex.act for a in acts_of[e]):
+                continue  # already pruned at a shorter length
+            body = ex.tokens[1:]
+            for m in range(lo, min(hi, n_of[e]) + 1):
+                rows.append([bos_id, *body[len(body) - m :]])
+                lats.append(ex.latent)
+                who.append(e)
+        if rows:
+            got = act_fn(rows, lats)
+            for e, a in zip(who, got.tolist(), strict=True):
+                acts_of[e].append(a)
+        n_rows += len(rows)
 
     pruned: list[tuple[Example, list[int], bool, float]] = []
     n_unpruned = 0
-    for ex, (start, n) in zip(examples, spans, strict=True):
-        if n == 0:
+    for e, ex in enumerate(examples):
+        n = n_of[e]
+        if n <= 0:
             continue
-        a = acts[start : start + n]
-        ok = (a >= keep_frac * ex.act).nonzero()
-        if ok.numel():
-            m = int(ok[0]) + 1
+        a = acts_of[e]
+        ok = [i for i, v in enumerate(a) if v >= keep_frac * ex.act]
+        if ok:
+            m = ok[0] + 1
         else:
             m, n_unpruned = n, n_unpruned + 1
         body = ex.tokens[1:]
@@ -183,7 +198,7 @@ def build_patterns(
                 marked.pop(0)
         patterns.append(Pattern(ex.latent, marked, anchored, a_pruned))
     stats = {
-        "rows_prune": len(prune_rows),
+        "rows_prune": n_rows,
         "rows_saliency": len(sal_rows),
         "n_unpruned": n_unpruned,
         "n_anchored": sum(p.anchored for p in patterns),

@@ -6,23 +6,34 @@ reproducible reference points on the embedded model. Common to all architectures
 - activations from the ``train`` split of the offline corpus at the hook (BOS excluded), scaled by
   a constant so that E‖x‖ = sqrt(d_in) (recorded as ``act_scale`` in cfg.json: the SAE is used in
   model units);
-- ``b_dec`` initialised to the mean activation, ``W_enc = W_decᵀ`` with unit-norm decoder rows;
+- ``b_dec`` initialised to the mean activation, ``W_enc = W_decᵀ`` with random unit-norm decoder rows;
 - Adam, lr = 2e-4 / sqrt(d_sae / 2^14) (Gao et al.'s scaling), 5% linear warm-up, linear decay over
-  the last 20%; reconstruction loss normalised by the batch's total variance;
-- for the penalised architectures (relu, jumprelu, gated) the sparsity coefficient λ is steered
-  towards a target L0 during the first 90% of training (log λ += 0.02·clip(log(L0 / target), -1, 1)
-  per step), then frozen — how the zoo gets matched L0 without a grid search. The final λ is in cfg.json.
+  the last 20%; reconstruction loss normalised by the batch's total variance; the same tokens and
+  epochs for every architecture.
 
-Per architecture (paper next to it):
+TopK and BatchTopK (batch 2048 tokens; the shipped reference SAE is the TopK recipe):
 
 - ``topk`` (Gao et al. 2024): z = TopK(ReLU(pre)); + (1/32)·AuxK, where the top d_in/2 dead latents
   (no firing for ``dead_tokens`` tokens) reconstruct the residual error; unit-norm decoder.
 - ``batchtopk`` (Bussmann et al. 2024): the top k·B pre-activations over the whole batch; + AuxK;
   at inference a global threshold = EMA of the smallest selected activation per batch.
-- ``relu`` (Anthropic, "Circuits Updates", April 2024): loss + λ·Σ_i z_i‖W_dec,i‖; decoder norms free.
+
+The penalised architectures (relu, jumprelu, gated) follow :class:`PenaltyRecipe` (checked against
+the literature's gaps to TopK at matched L0 in docs/zoo.md): batches of 512 tokens (4x the steps
+for the same tokens: a penalised SAE needs more updates than TopK to settle), the sparsity
+coefficient λ ramped linearly from 0 over the first 5% of the steps (Anthropic's April 2024
+update), then steered towards the target L0 to the end (log λ += 0.01·clip(log(L0_ema / target),
+-1, 1) per step on an EMA of L0: matched L0 without a grid search; the final λ is in cfg.json),
+gradient norm clipped at 1.
+
+- ``relu`` (Anthropic, "Circuits Updates", April 2024): loss + λ·Σ_i z_i‖W_dec,i‖, decoder rows
+  initialised with norm 0.1 and free during training; saved with the norms folded into the encoder
+  (unit-norm decoder, the same function).
 - ``jumprelu`` (Rajamanoharan et al. 2024b): z = pre·H(pre - θ), loss + λ·L0 with straight-through
-  estimators (rectangle kernel, bandwidth ε = 1e-3) for the gradient with respect to θ; θ starts at
-  ε and its learning rate is 10x the base (our schedule is short: see JUMPRELU_THRESHOLD_LR_SCALE).
+  estimators (rectangle kernel of bandwidth ε = 0.001 in units where E‖x‖² = 1, as in the paper,
+  i.e. 0.001·sqrt(E‖x‖²) in ours) for the gradient with respect to θ; θ_i starts at the quantile of
+  latent i's initial pre-activation that fires at rate target/d_sae (our short schedule cannot walk
+  every threshold up from ε); unit-norm decoder.
 - ``gated`` (Rajamanoharan et al. 2024a): loss + λ·‖ReLU(π_gate)‖₁ + the auxiliary reconstruction of
   ReLU(π_gate) through a frozen decoder; unit-norm decoder.
 """
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +54,6 @@ from saebench.models import SubjectModel
 from saebench.pipeline import ActivationPipeline
 from saebench.sae import NativeSAE, SAEConfig, save_native, topk_relu
 
-JUMPRELU_EPS = 1e-3
-# Adam moves a parameter by at most ~lr per step; JumpReLU thresholds start at ε and must travel
-# O(1) (normalised units) within a few hundred steps, so they learn 10x faster than the weights.
-JUMPRELU_THRESHOLD_LR_SCALE = 10.0
 DEFAULT_HOOK = "blocks.6.hook_resid_post"
 
 
@@ -67,46 +75,61 @@ class _JumpReLU(torch.autograd.Function):
     """pre·H(pre - θ); dθ uses the rectangle-kernel pseudo-derivative -(θ/ε)K((pre-θ)/ε)."""
 
     @staticmethod
-    def forward(ctx: Any, pre: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
         ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
         return pre * (pre > theta)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         pre, theta = ctx.saved_tensors
-        window = ((pre - theta).abs() < JUMPRELU_EPS / 2).to(grad.dtype)
-        d_theta = -(theta / JUMPRELU_EPS) * window * grad
-        return grad * (pre > theta), d_theta.reshape(-1, theta.shape[-1]).sum(0)
+        window = ((pre - theta).abs() < ctx.eps / 2).to(grad.dtype)
+        d_theta = -(theta / ctx.eps) * window * grad
+        return grad * (pre > theta), d_theta.reshape(-1, theta.shape[-1]).sum(0), None
 
 
 class _Step(torch.autograd.Function):
     """H(pre - θ); dθ uses -(1/ε)K((pre-θ)/ε); no gradient to pre (as in the paper)."""
 
     @staticmethod
-    def forward(ctx: Any, pre: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
         ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
         return (pre > theta).to(pre.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         pre, theta = ctx.saved_tensors
-        window = ((pre - theta).abs() < JUMPRELU_EPS / 2).to(grad.dtype)
-        return None, (-(1.0 / JUMPRELU_EPS) * window * grad).reshape(-1, theta.shape[-1]).sum(0)
+        window = ((pre - theta).abs() < ctx.eps / 2).to(grad.dtype)
+        return None, (-(1.0 / ctx.eps) * window * grad).reshape(-1, theta.shape[-1]).sum(0), None
 
 
-def _init(cfg: SAEConfig, x_all: torch.Tensor, gen: torch.Generator) -> NativeSAE:
+def _init(cfg: SAEConfig, x_all: torch.Tensor, gen: torch.Generator, eps: float, relu_norm: float) -> NativeSAE:
     sae = NativeSAE(cfg)
     with torch.no_grad():
         w = torch.randn(cfg.d_sae, cfg.d_in, generator=gen)
         w /= w.norm(dim=1, keepdim=True)
+        if cfg.architecture == "relu":
+            w *= relu_norm
         sae.W_dec.copy_(w)
         sae.W_enc.copy_(w.T)
         sae.b_dec.copy_(x_all.mean(0))
         if cfg.architecture == "jumprelu":
-            sae.threshold.fill_(JUMPRELU_EPS)
+            sae.threshold.fill_(eps)
         if cfg.architecture == "batchtopk":
             sae.threshold.fill_(0.0)
     return sae
+
+
+def _theta_at_rate(sae: NativeSAE, x_all: torch.Tensor, rate: float, gen: torch.Generator, floor: float) -> None:
+    """JumpReLU thresholds at init: each latent's (1 - rate) quantile of its pre-activation on a
+    sample of 8,192 training tokens (at least ``floor``), so the SAE starts at the target L0 and the
+    short schedule spends its steps on reconstruction, not on walking thresholds up from ε."""
+    with torch.no_grad():
+        x = x_all[torch.randperm(x_all.shape[0], generator=gen)[:8192]]
+        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        kth = max(1, min(pre.shape[0], round((1 - rate) * pre.shape[0])))
+        sae.threshold.copy_(pre.kthvalue(kth, dim=0).values.clamp_min(floor))
 
 
 def _aux_k(
@@ -118,6 +141,29 @@ def _aux_k(
     kk = min(k_aux, int(dead.sum()))
     z_aux = topk_relu(pre.masked_fill(~dead, -1e9), kk)
     return (z_aux @ W_dec - err.detach()).pow(2).sum() / var
+
+
+@dataclass(frozen=True)
+class PenaltyRecipe:
+    """Training settings of the penalised architectures (relu, jumprelu, gated); see the module doc.
+
+    Defaults are the recipe the zoo uses (checked in docs/zoo.md against the literature's gaps to
+    TopK at matched L0). ``lr_scale`` multiplies Gao et al.'s lr; ``jumprelu_bandwidth`` is the STE
+    kernel width ε in units where E‖x‖² = 1 (Rajamanoharan et al.'s 0.001), converted to ours."""
+
+    batch_tokens: int = 512
+    lr_scale: float = 1.0
+    sparsity_warmup: float = 0.05  # λ ramps linearly from 0 over this fraction of the steps
+    steer_gain: float = 0.01  # log λ += gain · clip(log(L0_ema / target), -1, 1) per step ...
+    steer_until: float = 1.0  # ... from the end of the warm-up until this fraction of the steps, then frozen
+    l0_ema: float = 0.9  # smoothing of the L0 the controller reads
+    grad_clip: float | None = 1.0
+    relu_dec_norm: float = 0.1  # ReLU: initial decoder row norm (free afterwards; Anthropic's init)
+    jumprelu_bandwidth: float = 0.001
+    jumprelu_theta_lr_scale: float = 1.0
+    jumprelu_theta_init: str = "quantile"  # "quantile": each θ_i fires at target/d_sae at init; "eps": θ = ε
+    lam0: float | None = None  # initial λ (None: a per-architecture default)
+    jumprelu_signed_lambda: float | None = None  # JumpReLU: additive λ steps of this size (λ may turn negative)
 
 
 def train_sae(
@@ -134,13 +180,20 @@ def train_sae(
     dead_tokens: int = 200_000,
     aux_coef: float = 1 / 32,
     progress: bool = True,
+    recipe: PenaltyRecipe | None = None,
 ) -> tuple[NativeSAE, dict[str, Any]]:
-    """Train one SAE of ``architecture`` on ``acts`` (model units); ``k`` is TopK's k or the target L0."""
+    """Train one SAE of ``architecture`` on ``acts`` (model units); ``k`` is TopK's k or the target L0.
+
+    ``batch_tokens`` applies to TopK/BatchTopK; the penalised architectures take theirs (and every
+    other setting) from ``recipe`` (default :class:`PenaltyRecipe`)."""
     gen = torch.Generator().manual_seed(seed)
     d_in = acts.shape[1]
     scale = math.sqrt(d_in) / float(acts.norm(dim=1).mean())
     x_all = acts * scale
     penalised = architecture in ("relu", "jumprelu", "gated")
+    rec = recipe or PenaltyRecipe()
+    if penalised:
+        batch_tokens = rec.batch_tokens
     cfg = SAEConfig(
         architecture=architecture,
         d_in=d_in,
@@ -154,27 +207,35 @@ def train_sae(
         train_seed=seed,
         train_tokens=int(acts.shape[0]),
         train_epochs=epochs,
+        train_batch_tokens=batch_tokens,
         target_l0=k if penalised else None,
     )
-    sae = _init(cfg, x_all, gen)
-    lr = 2e-4 / math.sqrt(d_sae / 16384)
+    # ε in our units: Rajamanoharan et al. normalise to E‖x‖² = 1, we to E‖x‖ = sqrt(d_in)
+    eps = rec.jumprelu_bandwidth * float(x_all.norm(dim=1).pow(2).mean().sqrt())
+    sae = _init(cfg, x_all, gen, eps, rec.relu_dec_norm)
+    if architecture == "jumprelu" and rec.jumprelu_theta_init == "quantile":
+        _theta_at_rate(sae, x_all, k / d_sae, gen, eps)
+    lr = 2e-4 / math.sqrt(d_sae / 16384) * (rec.lr_scale if penalised else 1.0)
     groups = [{"params": [p for n, p in sae.named_parameters() if n != "threshold"], "lr_scale": 1.0}]
     if architecture == "jumprelu":
-        groups.append({"params": [sae.threshold], "lr_scale": JUMPRELU_THRESHOLD_LR_SCALE})
+        groups.append({"params": [sae.threshold], "lr_scale": rec.jumprelu_theta_lr_scale})
     opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999))
     k_aux = d_in // 2
-    lam = {"relu": 0.02, "jumprelu": 0.002, "gated": 0.02}.get(architecture, 0.0)
+    lam = rec.lam0 if rec.lam0 is not None else {"relu": 0.02, "jumprelu": 0.002, "gated": 0.02}.get(architecture, 0.0)
     since_fired = torch.zeros(d_sae, dtype=torch.long)
     n = x_all.shape[0]
     steps_per_epoch = n // batch_tokens
     total = steps_per_epoch * epochs
     warmup = max(1, total // 20)
+    lam_warm = max(1, int(rec.sparsity_warmup * total))
     unit_norm = architecture != "relu"
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=f"train {architecture} d_sae={d_sae} k={k}", disable=not progress, leave=False)
     step = 0
     nmse = l0 = torch.zeros(())
+    l0_ema = None
     dead = torch.zeros(d_sae, dtype=torch.bool)
+    curve: list[dict[str, float]] = []
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
@@ -183,6 +244,7 @@ def train_sae(
                 group["lr"] = (
                     group["lr_scale"] * lr * min(1.0, (step + 1) / warmup) * min(1.0, 5 * (total - step) / total)
                 )
+            lam_t = lam * min(1.0, (step + 1) / lam_warm) if penalised else 0.0
             var = (x - x.mean(0)).pow(2).sum()
             xin = x - sae.b_dec
             pre = xin @ sae.W_enc + sae.b_enc
@@ -195,18 +257,18 @@ def train_sae(
                 z = torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
             elif architecture == "relu":
                 z = torch.relu(pre)
-                extra = lam * (z * sae.W_dec.norm(dim=1)).sum() / var
+                extra = lam_t * (z * sae.W_dec.norm(dim=1)).sum() / var
             elif architecture == "jumprelu":
                 theta = sae.threshold.clamp_min(1e-6)
-                z = _JumpReLU.apply(pre, theta)
-                extra = lam * _Step.apply(pre, theta).sum() / x.shape[0]
+                z = _JumpReLU.apply(pre, theta, eps)
+                extra = lam_t * _Step.apply(pre, theta, eps).sum() / x.shape[0]
             else:  # gated
                 gate = xin @ sae.W_enc + sae.b_gate
                 mag = torch.relu(xin @ (sae.W_enc * torch.exp(sae.r_mag)) + sae.b_mag)
                 z = (gate > 0).to(mag.dtype) * mag
                 gate_relu = torch.relu(gate)
                 aux_rec = gate_relu @ sae.W_dec.detach() + sae.b_dec.detach()
-                extra = lam * gate_relu.sum() / var + (x - aux_rec).pow(2).sum() / var
+                extra = lam_t * gate_relu.sum() / var + (x - aux_rec).pow(2).sum() / var
             xhat = z @ sae.W_dec + sae.b_dec
             err = x - xhat
             nmse = err.pow(2).sum() / var
@@ -223,13 +285,21 @@ def train_sae(
                 with torch.no_grad():
                     g = sae.W_dec.grad
                     g -= (g * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
+            if penalised and rec.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), rec.grad_clip)
             opt.step()
             with torch.no_grad():
                 if unit_norm:
                     sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
                 l0 = (z > 0).sum(-1).float().mean()
-                if penalised and warmup <= step < int(0.9 * total):
-                    lam *= math.exp(0.02 * max(-1.0, min(1.0, math.log(max(float(l0), 0.1) / k))))
+                if penalised:
+                    l0_ema = float(l0) if l0_ema is None else rec.l0_ema * l0_ema + (1 - rec.l0_ema) * float(l0)
+                    if lam_warm <= step < int(rec.steer_until * total):
+                        err = max(-1.0, min(1.0, math.log(max(l0_ema, 0.1) / k)))
+                        if architecture == "jumprelu" and rec.jumprelu_signed_lambda is not None:
+                            lam += rec.jumprelu_signed_lambda * err  # a multiplier for L0 = target, either sign
+                        else:
+                            lam *= math.exp(rec.steer_gain * err)
                 if architecture == "batchtopk":
                     smallest = vals[vals > 0].min() if bool((vals > 0).any()) else torch.zeros(())
                     sae.threshold.copy_(smallest if step == 0 else 0.99 * sae.threshold + 0.01 * smallest)
@@ -237,7 +307,17 @@ def train_sae(
             bar.update(1)
             if step % 50 == 0 or step == total:
                 bar.set_postfix(fvu=f"{nmse.item():.3f}", l0=f"{float(l0):.1f}", dead=int(dead.sum()))
+            if step % max(1, total // 20) == 0 or step == total:
+                curve.append(
+                    {"step": step, "fvu": round(nmse.item(), 4), "l0": round(float(l0), 2), "dead": int(dead.sum())}
+                )
     bar.close()
+    if architecture == "relu":  # fold the decoder norms into the encoder: same function, unit-norm decoder
+        with torch.no_grad():
+            norms = sae.W_dec.norm(dim=1).clamp_min(1e-12)
+            sae.W_enc *= norms
+            sae.b_enc *= norms
+            sae.W_dec /= norms[:, None]
     sae.cfg.sparsity_coefficient = lam if penalised else None  # type: ignore[attr-defined]
     log = {
         "architecture": architecture,
@@ -250,6 +330,8 @@ def train_sae(
         "final_train_l0": float(l0),
         "final_dead": int(dead.sum()),
         "sparsity_coefficient": lam if penalised else None,
+        "recipe": asdict(rec) if penalised else None,
+        "curve": curve,
         "train_s": time.perf_counter() - t0,
     }
     return sae.eval(), log

@@ -46,7 +46,36 @@ def test_build_patterns_prunes_wildcards_and_anchors():
     pats, stats = build_patterns(ex, act_fn, pad_id=99, bos_id=0, max_len=8)
     assert pats[0].tokens == [5, WILDCARD, 7] and not pats[0].anchored
     assert pats[1].tokens == [5, WILDCARD, 7] and pats[1].anchored  # needed the whole context
-    assert stats["rows_prune"] == 5 + 3 and stats["rows_saliency"] == 2 + 2
+    # suffixes of 1..4 tokens first: both examples are pruned there, so no longer row is run
+    assert stats["rows_prune"] == 4 + 3 and stats["rows_saliency"] == 2 + 2
+
+
+def test_long_patterns_are_found_in_the_second_pruning_call():
+    # fires only when token 5 sits five places before the 7: needs a 6-token suffix
+    def act_fn(rows, lats):
+        return torch.tensor([1.0 if len(r) >= 7 and r[-1] == 7 and r[-6] == 5 else 0.0 for r in rows])
+
+    ex = [Example(0, [0, 9, 5, 1, 2, 3, 4, 7], 1.0)]
+    pats, stats = build_patterns(ex, act_fn, pad_id=99, bos_id=0, max_len=8)
+    assert pats[0].tokens == [5, WILDCARD, WILDCARD, WILDCARD, WILDCARD, 7] and not pats[0].anchored
+    assert stats["rows_prune"] == 4 + 3  # lengths 1-4, then 5-7 (the body has 7 tokens)
+
+
+def test_stable_latent_draw_moves_only_with_eligibility():
+    """Another token sample changes who is in the density band a little; the stable draw then
+    changes by those latents only (a plain shuffle of the eligible list would redraw everything)."""
+
+    class Width:
+        d_sae = 500
+
+    counts = torch.ones(500, dtype=torch.long)
+    a, n = examples.choose_latents(None, Width(), None, 20, 0, "n2g", counts=counts, stable=True)
+    fewer = counts.clone()
+    fewer[a[0]] = 0  # one chosen latent is no longer eligible
+    b, m = examples.choose_latents(None, Width(), None, 20, 0, "n2g", counts=fewer, stable=True)
+    assert (n, m) == (500, 499) and len(set(a.tolist()) & set(b.tolist())) == 19
+    c, _ = examples.choose_latents(None, Width(), None, 20, 1, "n2g", counts=counts, stable=True)
+    assert len(set(a.tolist()) & set(c.tolist())) < 10  # another seed, another draw
 
 
 # -- the shared example pass ---------------------------------------------------------------------
@@ -121,7 +150,7 @@ def test_token_detector_is_explained_by_its_token(model, cache_env):
         hook="blocks.0.hook_resid_pre",
         evals=["n2g"],
         progress=False,
-        eval_config={"n2g": {"n_latents": 4, "n_top": 4, "n_random": 2, "max_prune_len": 6}},
+        eval_config={"n2g": {"n_latents": 4, "n_top": 4, "n_random": 2, "max_prune_len": 6, "n_tokens": None}},
         **SIZES,
     )
     m = run.metrics["n2g"]
@@ -141,7 +170,7 @@ def test_randomly_firing_latent_scores_near_its_base_rate(model, cache_env):
         hook="blocks.1.hook_resid_post",
         evals=["n2g"],
         progress=False,
-        eval_config={"n2g": {"n_top": 4, "n_random": 4, "max_prune_len": 6}},
+        eval_config={"n2g": {"n_top": 4, "n_random": 4, "max_prune_len": 6, "n_tokens": None, "max_density": 1.0}},
         **SIZES,
     ).metrics["n2g"]
     base = m["n2g_base_rate"]
@@ -158,10 +187,13 @@ def test_n2g_on_a_random_sae_runs_and_records_choices(model, tmp_path, cache_env
         evals=["n2g"],
         progress=False,
         out=tmp_path / "out",
-        eval_config={"n2g": {"n_latents": 2, "n_top": 2, "n_random": 1, "max_prune_len": 4}},
+        eval_config={"n2g": {"n_latents": 2, "n_top": 2, "n_random": 1, "max_prune_len": 4, "n_tokens": 1024}},
         **SMALL,
     )
-    m = res.metrics["n2g"]
-    assert m["n_latents"] == 2 and all(isinstance(r["explanation"], list) for r in res.details["n2g"]["latents"])
+    m, det = res.metrics["n2g"], res.details["n2g"]
+    assert m["n_latents"] == 2 and all(isinstance(r["explanation"], list) for r in det["latents"])
     cfg = next(iter(res.results.values()))["n2g"].config["evaluator_config"]
-    assert cfg["firing_threshold"] == 0.5 and cfg["keep_frac"] == 0.5
+    assert cfg["firing_threshold"] == 0.5 and cfg["keep_frac"] == 0.5 and cfg["n_tokens"] == 1024
+    assert det["density_band"] == [0.002, 0.1] and m["n_latents_in_band"] <= m["n_live_latents_in_examples"]
+    # the run's 256 tokens grew to 1,024 from the same stream: 32 contexts, half of them held out
+    assert det["n_tokens"] == 1024 and det["example_contexts"] == det["heldout_contexts"] == 16

@@ -14,7 +14,7 @@ from conftest import HOOK, SMALL
 
 from saebench import SaebenchError, evaluate
 from saebench.probes.linear import best_single_column
-from saebench.probes.sparse_probing import pool
+from saebench.probes.sparse_probing import heldout_probe, pool
 from saebench.tasks import TaskUnavailable, load_specs, load_task, offline_status
 
 EUROPARL = Path(__file__).resolve().parents[2] / "shared" / "data" / "europarl"
@@ -57,6 +57,53 @@ def test_shuffled_labels_give_ln2_and_dead_columns_are_skipped():
     _, loss = res.best()
     assert loss == pytest.approx(math.log(2), abs=0.01)
     assert res.prior_loss == pytest.approx(math.log(2), abs=1e-3)
+
+
+def _noise_task(g: torch.Generator, width: int, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse non-negative latent-like columns and balanced labels independent of them."""
+    x = torch.relu(torch.randn(2 * n, width, generator=g) - 1.5)
+    y = torch.zeros(2 * n, dtype=torch.float64)
+    y[torch.randperm(n, generator=g)[: n // 2]] = 1.0
+    y[n + torch.randperm(n, generator=g)[: n // 2]] = 1.0
+    return x, y
+
+
+def test_pure_noise_scores_at_the_floor_whatever_the_width():
+    """Chosen on train and scored on test, noise latents sit at their shuffled-label floor at every
+    width; the old choice by test loss read below chance and fell as the candidate count grew."""
+    g = torch.Generator().manual_seed(3)
+    n, reps = 32, 6
+    gains, floors, by_test = {}, {}, {}
+    for width in (256, 1024, 4096):
+        gs, fs, ts = [], [], []
+        for r in range(reps):
+            x, y = _noise_task(g, width)
+            h = heldout_probe(x[:n], y[:n], x[n:], y[n:], l2=0.1, chunk=4096, n_perm=9, perm_seed=r)
+            gs.append(h.floor - h.loss)
+            fs.append(h.floor)
+            ts.append(best_single_column(x[:n], y[:n], x[n:], y[n:], l2=0.1).best()[1])
+        gains[width], floors[width], by_test[width] = np.mean(gs), np.mean(fs), np.mean(ts)
+    for width in gains:
+        assert abs(gains[width]) < 0.08, gains  # at the floor: no gain over shuffled labels
+        assert floors[width] > math.log(2) - 0.02, floors  # noise never beats chance on test
+    assert abs(floors[4096] - floors[256]) < 0.05, floors  # the floor does not reward width
+    # choosing by test loss instead reads below chance on pure noise, lower the more candidates
+    assert all(v < math.log(2) - 0.05 for v in by_test.values()) and by_test[4096] < by_test[256], by_test
+
+
+def test_planted_column_is_chosen_on_train_and_beats_its_floor():
+    g = torch.Generator().manual_seed(4)
+    n = 32
+    x, y = _noise_task(g, 2048)
+    fire = (torch.rand(2 * n, generator=g) < 0.1 + 0.8 * y).double()
+    x[:, 77] = (fire * (1 + torch.rand(2 * n, generator=g))).float()
+    h = heldout_probe(x[:n], y[:n], x[n:], y[n:], l2=0.1, chunk=512, n_perm=19, perm_seed=0)
+    assert h.column == 77 and h.n_live > 0
+    assert h.p_value == pytest.approx(1 / 20) and h.floor - h.loss > 0.2
+    # the chosen probe is exactly column 77's, fit on train alone
+    one = best_single_column(x[:n], y[:n], x[n:], y[n:], l2=0.1)
+    assert h.loss == pytest.approx(float(one.test_loss[77]), abs=1e-12)
+    assert h.train_loss == pytest.approx(float(one.train_loss.nan_to_num(math.inf).min()), abs=1e-12)
 
 
 def test_registry_has_61_tasks_from_17_sources(monkeypatch):
@@ -156,8 +203,8 @@ def test_planted_feature_is_found_and_second_sae_costs_no_forward(model, token_s
         v = v / v.norm()
         planted[j] = v.float()
         proj = (x @ v)[:, None]
-        res = best_single_column(proj[: t.n_train], y[: t.n_train], proj[t.n_train :], y[t.n_train :])
-        expected[name] = (j, res.best()[1])
+        res = best_single_column(proj[: t.n_train], y[: t.n_train], proj[t.n_train :], y[t.n_train :], l2=0.1)
+        expected[name] = (j, float(res.test_loss[0]))
 
     cfg = {"probing": {"tasks": [*TASKS, "europarl_de"], **SIZES}}
     run = evaluate(
@@ -170,18 +217,23 @@ def test_planted_feature_is_found_and_second_sae_costs_no_forward(model, token_s
     assert "SAEBENCH_EUROPARL" in det["skipped"]["europarl_de"]
     for row in det["tasks"]:
         j, loss = expected[row["task"]]
-        assert row["best_latent"] == j and row["top_1_latents"] == [j]
-        assert row["probe_loss"] == pytest.approx(loss, abs=1e-4)
-        assert row["probe_loss"] < row["prior_loss"] - 0.2
-        assert row["resid_1d_loss"] is not None and row["resid_full_loss"] is not None
-    assert m["probe_loss"] == pytest.approx(np.mean([expected[n][1] for n in TASKS]), abs=1e-4)
+        assert row["best_latent"] == j and row["top_1_latents"] == [j]  # chosen on train
+        assert row["heldout_probe_loss"] == pytest.approx(loss, abs=1e-4)
+        assert row["heldout_probe_loss"] < row["prior_loss"] - 0.2
+        assert row["at_floor"] is False and row["floor_p_value"] == pytest.approx(1 / 20)
+        assert row["noise_floor"] > row["heldout_probe_loss"] + 0.2
+        assert row["resid_1d_heldout_loss"] is not None and row["resid_full_loss"] is not None
+    assert m["heldout_probe_loss"] == pytest.approx(np.mean([expected[n][1] for n in TASKS]), abs=1e-4)
+    assert m["probe_loss_below_floor"] > 0.2 and m["n_tasks_at_floor"] == 0 and det["tasks_at_floor"] == []
+    assert m["probe_noise_floor"] == pytest.approx(m["heldout_probe_loss"] + m["probe_loss_below_floor"], abs=1e-9)
     assert det["pooling_by_task"] == {"haystack_high-school": "last", "agnews_sports": "mean"}
 
     dead = evaluate(Dead({}), model=model, hook=HOOK, evals=["probing"], eval_config=cfg, name="dead", **SMALL)
     d = dead.metrics["probing"]
     assert dead.details["probing"]["model_forward_batches"] == 0
     assert d["n_tasks_no_live_latents"] == 2 and d["n_latents_scored_mean"] == 0
-    assert d["probe_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert d["heldout_probe_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert d["probe_loss_below_floor"] == pytest.approx(0.0, abs=1e-12) and d["n_tasks_at_floor"] == 2
     assert d["top_1_accuracy"] is None
     assert any("every latent is dead" in note for note in dead.results["dead"]["probing"].notes)
 

@@ -17,8 +17,8 @@ EVAL_CONFIG = {
         "max_tokens": 16,
         "baselines": False,
     },
-    "n2g": {"n_latents": 2, "n_top": 2, "n_random": 1, "max_prune_len": 3},
-    "ablation": {"n_latents": 2, "positions_per_latent": 1},
+    "n2g": {"n_latents": 2, "n_top": 2, "n_random": 1, "max_prune_len": 3, "n_tokens": None},
+    "ablation": {"n_pairs": 2},
 }
 EVALS = ["core", "probing", "n2g", "ablation"]
 

@@ -1,4 +1,4 @@
-"""``--evals probing``: 1-D sparse probing on the hypothesized-feature tasks (Gao et al. 2024).
+"""``--evals probing``: 1-D sparse probing on the hypothesized-feature tasks (Gao et al. 2024, sec. 4.2).
 
 For each task of the registry (``saebench.tasks``; 61 tasks from 17 sources, ``saebench tasks``
 lists them): sample train/test examples, take the hook activations of every example from the
@@ -6,21 +6,33 @@ shared pipeline (computed once per model, hook and task sample, cached on disk),
 latent over the example (``mean`` over non-BOS tokens or the ``last`` token; ``auto`` uses each
 task family's choice), then
 
+- ``heldout_probe_loss``: for every live latent a 1-D logistic probe fit on train (batched Newton,
+  small L2); the latent whose probe has the lowest *train* loss is chosen and only that probe is
+  scored on test (test cross-entropy); mean over tasks (lower is better; ln 2 ≈ 0.693 is chance on
+  balanced tasks). Nothing is chosen on test: the earlier ``probe_loss`` took the minimum *test*
+  loss over 700-3,000 latents on 32 test examples, an optimistic number that fell with the
+  candidate count even on pure noise, hence the new name.
+- the task's **noise floor**: the identical procedure (fit every latent, choose on train, score on
+  test) on ``n_permutations`` seeded shuffles of the train labels, the same shuffles for every SAE
+  on a task; ``probe_noise_floor`` is its mean over tasks and ``probe_loss_below_floor`` = floor −
+  held-out loss per test example, averaged (nats; 0 = what noise gets at this SAE's candidate
+  count). A task is **at the floor** when its permutation p-value (1 + #shuffles doing at least
+  as well) / (1 + n_permutations) exceeds ``floor_alpha``; ``n_tasks_at_floor`` counts them and
+  ``tasks_at_floor`` names them.
+- ``top_k_accuracy`` (k = 1, 2, 5): SAEBench's probe on the k latents with the largest
+  |mean_pos - mean_neg| on train, test accuracy (chosen on train already).
+- baselines on the same examples: the single residual channel chosen on train by the same 1-D code
+  (``baseline_resid_1d_heldout_loss``, with its own floor at 576 candidates) and a full-width
+  residual probe (L2 chosen by cross-validation on train only). Neither selects on test, so the
+  SAE-vs-residual comparison is like for like.
+
 Intervals: two-level bootstrap over tasks and the test examples within each task (units are
 ``task@hash-of-its-sample``: two results pair task by task when they probed the same examples).
-
-- ``probe_loss``: for every live latent a 1-D logistic probe fit on train (batched Newton, small
-  L2), test cross-entropy; the task's score is the minimum over latents; ``probe_loss`` is the
-  mean over tasks (lower is better; ln 2 ≈ 0.693 is chance on balanced tasks). Latents constant
-  on a task's train set are skipped (their best probe is the intercept-only ``prior_loss``);
-  a task where every latent is dead scores its prior and is counted in ``n_tasks_no_live_latents``;
-- ``top_k_accuracy`` (k = 1, 2, 5): SAEBench's probe on the k latents with the largest
-  |mean_pos - mean_neg| on train, test accuracy;
-- baselines on the same examples: the best single residual channel (1-D, same code) and a
-  full-width residual probe (L2 chosen by cross-validation on train only).
-
-Tasks whose data is not available (offline, or hub when ``use_hub``) or that have a single class
-after filtering are skipped with a one-line reason each, listed and counted in the result.
+Latents constant on a task's train set are skipped (their best probe is the intercept-only
+``prior_loss``); a task where every latent is dead scores its prior and is counted in
+``n_tasks_no_live_latents``. Tasks whose data is not available (offline, or hub when ``use_hub``)
+or that have a single class after filtering are skipped with a one-line reason each, listed and
+counted in the result.
 """
 
 from __future__ import annotations
@@ -48,11 +60,13 @@ class ProbingConfig(EvalConfig):
     max_test: int | None = 32
     max_tokens: int = 64  # per example, incl. BOS; longer texts keep their end
     pooling: Literal["auto", "mean", "last"] = "auto"
-    l2: float = 1e-3  # on standardized latents, mean-CE objective
+    l2: float = 0.1  # on standardized latents, mean-CE objective (sklearn C = 1 / (l2 n_train)); see docs/probing.md
     newton_iters: int = 50
     latent_chunk: int = 4096  # latents fit at once (memory ~96 x n_train x chunk bytes)
     token_chunk: int = 1024  # tokens encoded at once (memory token_chunk x d_sae floats)
     top_k: list[int] = [1, 2, 5]
+    n_permutations: int = 19  # shuffled-label repetitions per task for the noise floor (19: a 5% test)
+    floor_alpha: float = 0.05  # a task is at the floor when its permutation p-value exceeds this
     baselines: bool = True
     use_hub: bool = False  # load tasks missing offline from the hub (network)
     data_paths: dict[str, str] = {}  # family -> local data file/folder (e.g. europarl)
@@ -76,18 +90,38 @@ def _mom(col: str) -> MeanOfMeans:
 
 METRICS = (
     Metric(
-        "probe_loss",
-        "mean over tasks of the best 1-D latent probe's test cross-entropy",
+        "probe_loss_below_floor",
+        "mean over tasks of the noise floor minus the held-out 1-D probe loss (0: what shuffled labels get)",
+        "up",
+        True,
+        "nats",
+        "probe loss below floor",
+        0.01,
+        _mom("probe_gain"),
+    ),
+    Metric(
+        "heldout_probe_loss",
+        "mean over tasks of the test CE of the 1-D latent probe chosen by train loss",
         "down",
         True,
         "nats",
-        "probe loss",
+        "held-out probe loss",
         0.01,
-        _mom("probe_loss"),
+        _mom("heldout_probe_loss"),
+    ),
+    Metric(
+        "probe_noise_floor",
+        "mean over tasks of the held-out probe loss on shuffled train labels (same candidates, same procedure)",
+        "",
+        False,
+        "nats",
+        "",
+        0.0,
+        _mom("noise_floor"),
     ),
     Metric(
         "top_1_accuracy",
-        "mean test accuracy of a probe on the 1 latent with the largest class-mean gap",
+        "mean test accuracy of a probe on the 1 latent with the largest class-mean gap on train",
         "up",
         True,
         "",
@@ -108,18 +142,28 @@ METRICS = (
         _mom("prior_loss"),
     ),
     Metric(
-        "baseline_resid_1d_loss",
-        "best single residual channel's 1-D probe loss",
+        "baseline_resid_1d_heldout_loss",
+        "test CE of the single residual channel chosen by train loss (same 1-D code)",
         "",
         False,
         "nats",
         "",
         0.0,
-        _mom("resid_1d_loss"),
+        _mom("resid_1d_heldout_loss"),
+    ),
+    Metric(
+        "baseline_resid_1d_below_floor",
+        "the residual channel's noise floor (576 candidates) minus its held-out loss",
+        "",
+        False,
+        "nats",
+        "",
+        0.0,
+        _mom("resid_1d_gain"),
     ),
     Metric(
         "baseline_resid_full_loss",
-        "full-width residual probe's test CE",
+        "full-width residual probe's test CE (L2 by CV on train)",
         "",
         False,
         "nats",
@@ -140,8 +184,10 @@ METRICS = (
     Metric("n_tasks_requested", "tasks selected"),
     Metric("n_tasks_scored", "tasks scored"),
     Metric("n_tasks_skipped", "tasks whose data is unavailable"),
+    Metric("n_tasks_at_floor", "scored tasks whose held-out probe does not beat shuffled labels (p > floor_alpha)"),
     Metric("n_tasks_no_live_latents", "tasks on which every latent is dead"),
     Metric("n_latents_scored_mean", "mean number of live latents per task"),
+    Metric("n_permutations", "shuffled-label repetitions per task behind each noise floor"),
     Metric("d_sae", "latents of the SAE"),
 )
 
@@ -171,6 +217,8 @@ def _prepare(pipe: ActivationPipeline, cfg: ProbingConfig, seed: int) -> Prepare
 
     if any(k < 1 for k in cfg.top_k) or cfg.max_tokens < 2:
         raise SaebenchError("probing: top_k values must be >= 1 and max_tokens >= 2; fix the --set values")
+    if cfg.n_permutations < 0 or not 0 < cfg.floor_alpha < 1:
+        raise SaebenchError("probing: n_permutations must be >= 0 and 0 < floor_alpha < 1; fix the --set values")
     t0 = time.perf_counter()
     specs = select(load_specs(cfg.task_specs), cfg.tasks)
     loaded, skipped, notes = {}, {}, []
@@ -214,7 +262,7 @@ class ProbingEvaluator:
 
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, ProbingConfig)
-        from saebench.probes.sparse_probing import baselines, encoder, pool, score_task
+        from saebench.probes.sparse_probing import baselines, encoder, pool, score_task, task_seed
         from saebench.tasks import content_hash
 
         prep = prepare_tasks(ctx.pipeline, cfg, ctx.seed)
@@ -231,7 +279,25 @@ class ProbingEvaluator:
             t1 = time.perf_counter()
             z = pool(ta.acts, ta.lengths, pooling, enc, cfg.token_chunk, device)
             t_enc += time.perf_counter() - t1
-            r, per, times = score_task(z, y, task.n_train, cfg.l2, cfg.latent_chunk, cfg.top_k, cfg.newton_iters)
+            perm_seed = task_seed(ctx.seed, name)
+            r, per, times = score_task(
+                z,
+                y,
+                task.n_train,
+                cfg.l2,
+                cfg.latent_chunk,
+                cfg.top_k,
+                cfg.newton_iters,
+                cfg.n_permutations,
+                perm_seed,
+                cfg.floor_alpha,
+            )
+            # per-example floor CE (the gain column is floor - held-out loss, example by example)
+            per["noise_floor"] = (
+                [a + b for a, b in zip(per["heldout_probe_loss"], per["probe_gain"], strict=True)]
+                if per["probe_gain"] is not None
+                else None
+            )
             t_1d += times["probe_1d_s"]
             t_topk += times["probe_topk_s"]
             row = {
@@ -247,7 +313,7 @@ class ProbingEvaluator:
             if cfg.baselines:
                 t1 = time.perf_counter()
                 x = pool(ta.acts, ta.lengths, pooling)
-                key = (ta.key, pooling, cfg.l2, ctx.seed, task.n_train)
+                key = (ta.key, pooling, cfg.l2, ctx.seed, task.n_train, cfg.n_permutations, cfg.floor_alpha)
                 base_row, base_per = baselines(
                     key,
                     x[: task.n_train],
@@ -257,6 +323,9 @@ class ProbingEvaluator:
                     cfg.l2,
                     cfg.latent_chunk,
                     ctx.seed,
+                    cfg.n_permutations,
+                    perm_seed,
+                    cfg.floor_alpha,
                 )
                 row.update(base_row)
                 per.update(base_per)
@@ -270,7 +339,8 @@ class ProbingEvaluator:
 
         declared = {m.name for m in METRICS if m.estimator is not None}
         ks = cfg.top_k
-        metrics: dict[str, Any] = {  # the declared ones (probe_loss, top-k, baselines) follow from the samples
+        at_floor = [r["task"] for r in rows if r["at_floor"]]
+        metrics: dict[str, Any] = {  # the declared ones (losses, floor, top-k, baselines) follow from the samples
             **{
                 f"top_{k}_accuracy": mean_defined([r[f"top_{k}_accuracy"] for r in rows])
                 for k in ks
@@ -279,8 +349,10 @@ class ProbingEvaluator:
             "n_tasks_requested": prep.n_requested,
             "n_tasks_scored": len(rows),
             "n_tasks_skipped": len(prep.skipped),
+            "n_tasks_at_floor": len(at_floor) if cfg.n_permutations > 0 else None,
             "n_tasks_no_live_latents": sum(r["n_latents_scored"] == 0 for r in rows),
             "n_latents_scored_mean": mean_defined([r["n_latents_scored"] for r in rows]),
+            "n_permutations": cfg.n_permutations,
             "d_sae": int(ctx.sae.d_sae),
         }
         details: dict[str, Any] = {
@@ -291,7 +363,13 @@ class ProbingEvaluator:
             "truncation": "left (keep each example's last max_tokens-1 tokens), BOS prepended and excluded from "
             "pooling",
             "probe_l2": cfg.l2,
-            "probe_loss_by_task": {r["task"]: r["probe_loss"] for r in rows},
+            "selection": "each task's latent (and top-k latents) chosen on train; only the chosen probe is scored "
+            "on test",
+            "noise_floor": f"the same procedure on {cfg.n_permutations} seeded shuffles of the train labels per task; "
+            f"at the floor: permutation p-value > {cfg.floor_alpha}",
+            "heldout_probe_loss_by_task": {r["task"]: r["heldout_probe_loss"] for r in rows},
+            "noise_floor_by_task": {r["task"]: r["noise_floor"] for r in rows},
+            "tasks_at_floor": at_floor,
             "tasks": rows,
             "model_forward_batches": prep.forward_batches,
         }

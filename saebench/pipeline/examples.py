@@ -1,5 +1,6 @@
 """Examples per latent from the evaluation token set: firing counts, top / random /
-importance-sampled positions with windows, and activations at the end of edited contexts.
+importance-sampled positions with windows, uniform draws among active (position, latent) pairs, and
+activations at the end of edited contexts.
 
 Everything here reads the cached prefix states (``ActivationPipeline.states``): collecting
 examples costs SAE encodes only (plus the hook's own block for a hook inside a block), never
@@ -77,21 +78,97 @@ def choose_latents(
     what: str,
     seqs: Any = None,
     min_count: int = 1,
+    density: tuple[float, float] | None = None,
+    counts: torch.Tensor | None = None,
+    stable: bool = False,
 ) -> tuple[torch.Tensor, int | None]:
-    """The latents a per-latent evaluator studies, sorted, and how many were live.
+    """The latents a per-latent evaluator studies, sorted, and how many were eligible.
 
     ``explicit`` (validated against ``d_sae``) wins; otherwise ``n`` latents firing on at least
-    ``min_count`` positions of ``seqs`` are drawn without replacement (seeded). The live count
-    is None for an explicit list (no firing pass is spent on it).
+    ``min_count`` positions of ``seqs`` (and, with ``density = (lo, hi)``, on a fraction of those
+    positions within [lo, hi]) are drawn without replacement (seeded). The eligible count is
+    None for an explicit list (no firing pass is spent on it). ``counts`` (from
+    :func:`fire_counts` on the same ``seqs``) saves the firing pass when the caller has them.
+    With ``stable``, every latent gets a seeded random key and the ``n`` eligible latents with the
+    smallest keys are taken: a small change in who is eligible (another token sample) changes the
+    draw by only those latents, instead of reshuffling it.
     """
     if explicit is not None:
         bad = [i for i in explicit if not 0 <= i < int(sae.d_sae)]
         if bad:
             raise SaebenchError(f"{what}.latents {bad} are outside 0..{int(sae.d_sae) - 1}; pass valid latent indices")
         return torch.tensor(sorted(set(explicit)), dtype=torch.long), None
-    live = (fire_counts(pipe, sae, seqs) >= max(1, min_count)).nonzero().squeeze(1)
+    counts = fire_counts(pipe, sae, seqs) if counts is None else counts
+    ok = counts >= max(1, min_count)
+    if density is not None:
+        n_pos = pipe.seq_index(seqs).numel() * (pipe.tokens.ctx_len - 1)
+        freq = counts.double() / max(1, n_pos)
+        ok &= (freq >= density[0]) & (freq <= density[1])
+    live = ok.nonzero().squeeze(1)
+    if stable:
+        key = torch.rand(int(sae.d_sae), generator=torch.Generator().manual_seed(seed))
+        order = live[key[live].argsort()]
+        return order[:n].sort().values, int(live.numel())
     perm = torch.randperm(live.numel(), generator=torch.Generator().manual_seed(seed))
     return live[perm[:n]].sort().values, int(live.numel())
+
+
+def active_pairs(
+    pipe: ActivationPipeline,
+    sae: Any,
+    n: int,
+    seed: int,
+    positions: tuple[int, int] | None = None,
+    latents: list[int] | None = None,
+    seqs: Any = None,
+) -> tuple[torch.Tensor, int]:
+    """``n`` (context, position, latent) triples drawn uniformly without replacement among all
+    *active* ones (z > 0) at positions ``lo..hi`` of contexts ``seqs``, int64 ``[m, 3]`` sorted,
+    and the number of active triples there (m = min(n, that number)).
+
+    Uniform over active pairs = tokens weighted by how many latents fire there and every active
+    latent of a sampled token equally likely: the estimand of "ablate every active latent at
+    sampled tokens" (Gao et al. 2024, sec. 4.5). ``latents`` restricts the population to those
+    latents. One streamed encode pass; each active entry of context s gets a uniform key from a
+    generator seeded by (``seed``, s) and the ``n`` largest keys are kept (bottom-k sampling), so
+    the draw does not depend on ``batch_size``.
+    """
+    ctx = pipe.tokens.ctx_len
+    lo, hi = positions if positions is not None else (1, ctx - 1)
+    lo, hi = max(1, int(lo)), min(ctx - 1, int(hi))
+    if hi < lo:
+        raise SaebenchError(f"no position to sample in {lo}..{hi} of {ctx}-token contexts; raise --ctx-len")
+    allowed = None
+    if latents is not None:
+        bad = [i for i in latents if not 0 <= i < int(sae.d_sae)]
+        if bad:
+            raise SaebenchError(f"latents {bad} are outside 0..{int(sae.d_sae) - 1}; pass valid latent indices")
+        allowed = torch.zeros(int(sae.d_sae), dtype=torch.bool)
+        allowed[torch.tensor(latents, dtype=torch.long)] = True
+    keys = torch.empty(0, dtype=torch.float64)
+    trip = torch.empty(0, 3, dtype=torch.long)
+    total = 0
+    for idx, z in pipe.encode_seqs(sae, seqs):
+        a = z[:, lo - 1 : hi].float().cpu()  # [b, P, d_sae]: a[:, j] is position lo + j
+        fire = a > 0
+        if allowed is not None:
+            fire &= allowed
+        for i, s in enumerate(idx.tolist()):
+            nz = fire[i].nonzero()  # [m, 2] (position offset, latent), row-major
+            if nz.numel() == 0:
+                continue
+            total += nz.shape[0]
+            g = torch.Generator().manual_seed(seed * 1_000_003 + int(s) + 7)
+            k = torch.rand(nz.shape[0], dtype=torch.float64, generator=g)
+            t = torch.cat([torch.full((nz.shape[0], 1), int(s)), nz[:, :1] + lo, nz[:, 1:]], dim=1)
+            keys, trip = torch.cat([keys, k]), torch.cat([trip, t])
+            if keys.numel() > n:
+                top = keys.topk(n).indices
+                keys, trip = keys[top], trip[top]
+    if trip.numel():
+        order = torch.tensor(sorted(range(trip.shape[0]), key=lambda r: tuple(trip[r].tolist())))
+        trip = trip[order]
+    return trip, total
 
 
 def latent_acts(pipe: ActivationPipeline, sae: Any, latents: Any, seqs: Any = None) -> torch.Tensor:
