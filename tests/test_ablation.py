@@ -107,6 +107,8 @@ def test_zero_decoder_latent_has_no_effect_and_batching_is_exact(model, token_se
         assert rows[dead_dec]["mean"] is None and rows[dead_dec]["n_no_effect"] == rows[dead_dec]["n_pairs"]
     assert 0 < rows[normal]["mean"] <= 1 and rows[normal]["n_no_effect"] == 0
     assert m["n_no_effect"] == rows.get(dead_dec, {"n_pairs": 0})["n_pairs"]
+    ctx_samples = next(iter(run.results.values()))["ablation"].samples["context"]  # intervals resample whole documents
+    assert ctx_samples["cluster_unit"] == "document" and len(ctx_samples["clusters"]) == len(ctx_samples["ids"])
     assert m["ablation_sparsity_active"] == pytest.approx(rows[normal]["mean"])
     assert 0 < m["ablation_sparsity_random"] <= 1 and m["window"] == 16
     scored = [p for p in det["pairs"] if p["value"] is not None]

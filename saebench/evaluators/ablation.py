@@ -31,8 +31,9 @@ pair, subtract a random Gaussian direction with the norm of the latent's decoder
 instead, scored the same way. ``ablation_sparsity_minus_random`` is the paired difference
 (negative: latent ablations are sparser than equally large random edits).
 
-Intervals: bootstrap over the contexts the pairs lie in (unit ids are context hashes, so two SAEs
-evaluated on the same token set pair context by context). Choices: T = ``window`` positions
+Intervals: over the contexts the pairs lie in, resampling whole source documents (contexts of one
+document are not independent; :mod:`saebench.stats`); unit ids are context hashes, so two SAEs
+evaluated on the same token set pair context by context. Choices: T = ``window`` positions
 counted from the ablated one (V·T is exactly the number of entries, s ≤ 1 by Cauchy-Schwarz);
 positions are sampled only where the whole window fits (p ≤ ctx_len − T; never truncated); the
 median is torch's lower median for even V.
@@ -386,7 +387,13 @@ class AblationEvaluator:
             ],
             "latents": per_latent,
         }
-        samples = {"context": Samples("context", [seq_ids[c] for c in ctxs], cols)} if ctxs else {}
+        docs = ctx.tokens.doc_ids
+        clusters = [docs[c] for c in ctxs] if docs is not None and len(docs) == len(seq_ids) else None
+        samples = (
+            {"context": Samples("context", [seq_ids[c] for c in ctxs], cols, clusters, "document" if clusters else "")}
+            if ctxs
+            else {}
+        )
         return EvalOutput(
             metrics,
             details,
