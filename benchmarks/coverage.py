@@ -223,6 +223,21 @@ def _ctx_mean(mu: float, sd_doc: float, sd_ctx: float, skew: float = 0.0) -> Cal
     return make
 
 
+def _ctx_pairs(mu: float, sd_doc: float, sd_ctx: float, sd_pair: float) -> Callable:
+    """Ablation-like: 1 + Poisson(0.6) (position, latent) pairs per context (n_pairs uniform draws
+    over contexts), each a score in [0, 1] around μ + document effect + context effect."""
+
+    def make(rng: np.random.Generator, docs: np.ndarray, zd: np.ndarray, zc: np.ndarray) -> dict[str, np.ndarray]:
+        k = 1 + rng.poisson(0.6, docs.size)
+        centre = mu + sd_doc * zd + sd_ctx * zc
+        num = np.array(
+            [np.clip(c + sd_pair * rng.standard_normal(m), 0, 1).sum() for c, m in zip(centre, k, strict=True)]
+        )
+        return {"num": num, "den": k.astype(float)}
+
+    return make
+
+
 def _ctx_fvu(r0: float, sd_doc: float, sd_ctx: float) -> Callable:
     """FVU-like: per-context ratio r0·LogNormal (document and context effects, skewed like the
     board's per-context FVU, skewness ~0.8) times a per-context variance with cv 0.25."""
@@ -290,7 +305,11 @@ def default_sizes() -> dict[str, list[tuple[str, int]]]:
         out[label] = [(p, fn(cfg_cls.for_profile(p))) for p in profiles]
 
     per(N2GConfig, "n_latents", "n2g", lambda c: c.n_latents)
-    per(AblationConfig, "n_latents", "ablation", lambda c: c.n_latents)
+    contexts = {p: PROFILES[p]["tokens"] // PROFILES[p]["ctx_len"] for p in profiles}
+    # ablation: the contexts its pairs fall in (n_pairs uniform draws over the profile's contexts)
+    out["ablation"] = [
+        (p, round(contexts[p] * (1 - math.exp(-AblationConfig.for_profile(p).n_pairs / contexts[p])))) for p in profiles
+    ]
     per(AutointerpConfig, "n_latents", "autointerp", lambda c: c.n_latents)
     per(ScrConfig, "pairs", "scr", lambda c: len(c.pairs) if c.pairs else len(OFFLINE_SCR))
     per(TppConfig, "datasets", "tpp", lambda c: 4 * (len(c.datasets) if c.datasets else len(OFFLINE_TPP)))
@@ -315,8 +334,9 @@ def scenarios(sizes: dict[str, list[tuple[str, int]]], board: str | None = None)
                       zero_inflated(0.25, beta_q(5, 2.5), at=1.0), at("autointerp"), 0.0),
         unit_scenario("correlation per latent", "autointerp simulation r", normal_q(0.35, 0.26, -1, 1),
                       at("autointerp"), 0.0),
-        unit_scenario("ratio of sums per latent", "ablation sparsity (Σ over positions / positions)",
-                      beta_q(6, 12), at("ablation"), 0.01, den=lambda rng, n: rng.integers(2, 5, n).astype(float)),
+        cluster_scenario("mean over pairs, in contexts in documents", "ablation sparsity (pairs grouped by context)",
+                         _ctx_pairs(0.33, 0.05, 0.03, 0.12), at("ablation"), Ratio("u", {"num": 1.0}, {"den": 1.0}),
+                         0.01),
         unit_scenario("AUC gap per dataset, 22% zeros", "sae_probes auc_gap_*",
                       zero_inflated(0.22, normal_q(-0.01, 0.07)), at("sae_probes"), 0.01),
         unit_scenario("SCR score per pair", "scr_* (quarters of the gap, half exactly 0)",
@@ -367,8 +387,8 @@ def board_scenarios(board: str, sizes: dict[str, list[tuple[str, int]]]) -> list
 
     results = load_results([board])
     want = {"n2g": "n2g_f1", "autointerp": "detection_auroc", "sae_probes": "auc_gap_scarcity",
-            "scr": "scr_metric_threshold_20", "tpp": "tpp_threshold_20_total_metric", "ablation": "ablation_sparsity",
-            "probing": "top_1_accuracy", "absorption": "mean_absorption_fraction_score"}  # fmt: skip
+            "scr": "scr_top_20", "tpp": "tpp_top_20", "ablation": "ablation_sparsity_active",
+            "probing": "top_1_accuracy", "absorption": "absorption_rate"}  # fmt: skip
     pools: dict[str, list[float]] = {}
     for r in results:
         if want.get(r.evaluator) is None:

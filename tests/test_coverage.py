@@ -30,7 +30,7 @@ def scenarios():
 
 def test_default_sizes_come_from_the_profiles():
     sizes = dict(cov.default_sizes())
-    assert ("quick", 16) in sizes["n2g"] and ("quick", 8) in sizes["autointerp"]
+    assert ("quick", 192) in sizes["n2g"] and ("quick", 40) in sizes["ablation"] and ("quick", 8) in sizes["autointerp"]
     assert ("quick", 3) in sizes["scr"] and ("quick", 4) in sizes["tpp"] and ("quick", 64) in sizes["core"]
 
 
