@@ -41,7 +41,8 @@ def with_interval(value: Any, unc: dict[str, Any] | None) -> str:
       half-width (a skewed metric, a bounded one near its bound; or an old result whose interval
       excludes its own estimate);
     - ``value (n=k)`` when the metric has no interval because its k independent units (documents
-      for core, else latents, tasks, pairs, ...) are too few or show no spread (docs/statistics.md);
+      for core, else latents, tasks, pairs, ...) are too few (docs/statistics.md);
+    - ``value ± 0`` when the units show no spread at all (TopK's L0: every token has exactly k);
     - the value alone when the metric is not sampled."""
     ends = interval_ends(value, unc)
     if ends is not None:
@@ -53,6 +54,8 @@ def with_interval(value: Any, unc: dict[str, Any] | None) -> str:
         return f"{fmt(value)} ± {half:.2g}"
     u = unc or {}
     k = u.get("n_clusters", u.get("n"))
+    if _num(value) and str(u.get("reason", "")).startswith("no spread"):
+        return f"{fmt(value)} ± 0"
     if _num(value) and u.get("reason") and _num(k):
         return f"{fmt(value)} (n={int(k)})"
     return fmt(value)

@@ -163,7 +163,8 @@ def render(results: list[Result], title: str = "saebench leaderboard",
         f"Built by `saebench leaderboard` from {len(results)} result file(s); "
         f"evaluators: {', '.join(evaluators) or 'none'}.",
         "Arrows mark the better direction; `a ± b` is a value and the half-width of its 95% interval, `a [lo, hi]` "
-        "the ends of an asymmetric one, `a (n=k)` a value with too few independent units (k) for an interval "
+        "the ends of an asymmetric one, `a (n=k)` a value with too few independent units (k) for an interval, "
+        "`a ± 0` one whose units show no spread "
         "(docs/statistics.md). Intervals resample documents for core (contexts of one document are not "
         "independent), else tasks, latents, pairs or classes. Positions holding the BOS id are excluded from every "
         "average.",

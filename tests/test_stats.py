@@ -194,4 +194,7 @@ def test_cells_show_asymmetric_intervals_by_their_ends_and_small_samples_by_thei
     assert with_interval(0.2, {"ci_low": 0.15, "ci_high": 0.4}) == "0.2 [0.15, 0.4]"
     small = {"ci_low": None, "ci_high": None, "n": 64, "n_clusters": 2, "reason": "2 independent units"}
     assert with_interval(0.25, small) == "0.25 (n=2)"  # the independent units (e.g. documents) are counted
+    assert (
+        with_interval(16.0, {"n": 64, "n_clusters": 22, "reason": "no spread between documents"}) == "16 ± 0"
+    )  # TopK L0
     assert with_interval(0.25, {}) == "0.25" and with_interval(None, {"ci_low": 0, "ci_high": 1}) == "n/a"
