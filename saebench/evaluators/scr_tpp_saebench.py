@@ -47,26 +47,27 @@ SCR_CHOSEN = [SPURIOUS, INTENDED, BIASED]  # SAEBench's list(PAIRED_CLASS_KEYS)
 
 @dataclass(frozen=True)
 class Procedure:
-    """SAEBench's ``ScrAndTppEvalConfig`` (its names and defaults) plus where the data lives."""
+    """SAEBench's ``ScrAndTppEvalConfig`` (its names) plus where the data lives; built only by
+    :func:`procedure` from the evaluator's config, which holds SAEBench's defaults once."""
 
     perform_scr: bool
     dataset_names: tuple[str, ...]
     column1_vals_lookup: dict[str, list[tuple[str, str]]]
     n_values: tuple[int, ...]
     seed: int
-    train_set_size: int = 4000
-    test_set_size: int = 1000
-    context_length: int = 128
-    probe_train_batch_size: int = 16
-    probe_test_batch_size: int = 500
-    probe_epochs: int = 20
-    probe_lr: float = 1e-3
-    probe_l1_penalty: float = 1e-3
-    early_stopping_patience: int = 20
-    sae_batch_size: int = 125
-    llm_batch_size: int = 32
-    data_dir: str | None = None
-    use_hub: bool = False
+    train_set_size: int
+    test_set_size: int
+    context_length: int
+    probe_train_batch_size: int
+    probe_test_batch_size: int
+    probe_epochs: int
+    probe_lr: float
+    probe_l1_penalty: float
+    early_stopping_patience: int
+    sae_batch_size: int
+    llm_batch_size: int
+    data_dir: str | None
+    use_hub: bool
 
     def runs(self) -> list[tuple[str, str, tuple[str, str] | None]]:
         """``(run name, dataset, class pair)`` in SAEBench's order."""
