@@ -15,7 +15,8 @@ the functions below make the same draws in the same order and so give SAEBench's
   order a shuffling ``DataLoader`` draws them (two int64 draws per epoch: the iterator's base seed,
   then the sampler's seed of a fresh generator that permutes the rows);
 - :func:`k_sparse_probe` is the sklearn probe on the top-k latents (``LogisticRegression(max_iter=
-  500, class_weight="balanced")``) and :func:`split_features` the F1-jump rule;
+  500, class_weight="balanced")``); the F1-jump rule is :func:`saebench.probes.absorption.split_features`
+  (one copy for both modes);
 - :func:`word_absorption` is ``FeatureAbsorptionCalculator.calculate_absorption`` for one word:
   contributions ``a_i · cos(d_i, p̂)`` (SAEBench's rule, whatever the decoder's norms), the
   absorption fraction and the full-absorption test.
@@ -156,17 +157,6 @@ def k_sparse_probe(x_train: torch.Tensor, y_train: torch.Tensor) -> tuple[torch.
         x_train.float().numpy(), y_train.numpy().astype(np.int64)
     )
     return torch.tensor(fit.coef_[0]).float(), torch.tensor(fit.intercept_[0]).float()
-
-
-def split_features(f1_by_k: list[float], feats_by_k: list[list[int]], jump: float) -> list[int]:
-    """SAEBench's ``add_feature_splits_to_metrics_df`` for one letter."""
-    best, main = -100.0, []
-    for f, feats in zip(f1_by_k, feats_by_k, strict=True):
-        if f > best + jump:
-            best, main = f, feats
-        else:
-            break
-    return main
 
 
 @dataclass

@@ -167,7 +167,8 @@ def decoder_rows(sae: Any) -> tuple[torch.Tensor, str]:
 
 def score(task: SbTask, sae: Any, label: str, cfg: Any, device: Any = "cpu") -> dict[str, Any]:
     """SAEBench's per-SAE steps (module doc, step 3): per-letter rows and the aggregate."""
-    from saebench.probes.absorption_saebench import f1_score, k_sparse_probe, split_features, train_multi_probe
+    from saebench.probes.absorption import split_features
+    from saebench.probes.absorption_saebench import f1_score, k_sparse_probe, train_multi_probe
 
     t0 = time.perf_counter()
     gen = torch.Generator()
