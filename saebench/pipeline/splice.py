@@ -85,23 +85,63 @@ def special_mask(tokens: torch.Tensor, bos_id: int) -> torch.Tensor:
     return tokens == bos_id
 
 
-def _logit_stats(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float32 logits, their log-sum-exp ``[B, T]`` and the next-token CE of predictions at
-    p = 0..T-2 (float64 ``[B, T-1]``), by reductions only (no ``[B, T, V]`` log-softmax)."""
+#: rows (positions) per chunk of the vocabulary-wide reductions: a [32, V] slice (6 MB at V = 49,152)
+#: stays in cache across its max, exp, sum and dot, where whole-batch ops stream [B*T, V] through
+#: memory several times and allocate a fresh [B*T, V] temporary each (docs/performance.md)
+ROW_CHUNK = 32
+
+
+def _clean_logit_stats(
+    logits: torch.Tensor, tokens: torch.Tensor, p_buf: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From the clean logits ``[B, T, V]``: the clean probabilities (written into ``p_buf`` when its
+    shape fits, so batches reuse one buffer), the clean term Σ_v p_v (l_v − lse) ``[B, T]``, the
+    log-sum-exp ``[B, T]`` and the next-token CE of predictions at p = 0..T-2 (float64 ``[B, T-1]``).
+    One exp per logit, in row chunks (:data:`ROW_CHUNK`)."""
     lg = logits.float()
-    lse = torch.logsumexp(lg, -1)
-    target = lg[:, :-1].gather(-1, tokens[:, 1:].to(lg.device).unsqueeze(-1)).squeeze(-1)
-    return lg, lse, (lse[:, :-1] - target).double()
+    b, t, v = lg.shape
+    flat = lg.reshape(b * t, v)
+    p = p_buf if p_buf is not None and p_buf.shape == lg.shape else torch.empty_like(lg)
+    p_flat = p.view(b * t, v)
+    lse = torch.empty(b * t, dtype=lg.dtype, device=lg.device)
+    term = torch.empty_like(lse)
+    for i in range(0, b * t, ROW_CHUNK):
+        x, e = flat[i : i + ROW_CHUNK], p_flat[i : i + ROW_CHUNK]
+        mx = x.amax(-1, keepdim=True)
+        torch.sub(x, mx, out=e).exp_()
+        s = e.sum(-1, keepdim=True)
+        e.div_(s)
+        lse_c = (mx + s.log()).squeeze(-1)
+        lse[i : i + ROW_CHUNK] = lse_c
+        term[i : i + ROW_CHUNK] = torch.linalg.vecdot(e, x) - lse_c
+    lse, term = lse.view(b, t), term.view(b, t)
+    return p, term, lse, _next_token_ce(lg, lse, tokens)
 
 
 def _kl_ce(
     logits: torch.Tensor, tokens: torch.Tensor, clean_p: torch.Tensor, clean_term: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(clean ‖ these logits) per position ``[B, T]`` (from the clean probabilities and the clean
-    term Σ p (l - lse), computed once per batch) and the per-prediction CE ``[B, T-1]``."""
-    lg, lse, ce = _logit_stats(logits, tokens)
-    kl = (clean_term - (torch.linalg.vecdot(clean_p, lg) - lse)).clamp_min(0.0)  # >= 0 up to float noise
-    return kl, ce
+    """KL(clean ‖ these logits) per position ``[B, T]``, from the clean probabilities and the clean
+    term (:func:`_clean_logit_stats`, once per batch): KL = clean_term − (Σ_v p_v m_v − lse_m); and the
+    per-prediction CE ``[B, T-1]``. Reductions only, in row chunks (no ``[B, T, V]`` temporary)."""
+    lg = logits.float()
+    b, t, v = lg.shape
+    flat, p_flat = lg.reshape(b * t, v), clean_p.reshape(b * t, v)
+    lse = torch.empty(b * t, dtype=lg.dtype, device=lg.device)
+    dot = torch.empty_like(lse)
+    for i in range(0, b * t, ROW_CHUNK):
+        x = flat[i : i + ROW_CHUNK]
+        lse[i : i + ROW_CHUNK] = torch.logsumexp(x, -1)
+        dot[i : i + ROW_CHUNK] = torch.linalg.vecdot(p_flat[i : i + ROW_CHUNK], x)
+    lse = lse.view(b, t)
+    kl = (clean_term - (dot.view(b, t) - lse)).clamp_min(0.0)  # >= 0 up to float noise
+    return kl, _next_token_ce(lg, lse, tokens)
+
+
+def _next_token_ce(lg: torch.Tensor, lse: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """CE of the predictions at p = 0..T-2 of token p+1 (float64 ``[B, T-1]``) from logits and their lse."""
+    target = lg[:, :-1].gather(-1, tokens[:, 1:].to(lg.device).unsqueeze(-1)).squeeze(-1)
+    return (lse[:, :-1] - target).double()
 
 
 def _seq_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -135,6 +175,7 @@ def splice_stats(
         if n_seq * int(s.d_sae) <= FIRE_BY_SEQ_MAX
     }
     clean_s, abl_s, sae_s = 0.0, 0.0, dict.fromkeys(saes, 0.0)
+    p_buf: torch.Tensor | None = None  # clean probabilities [B, T, V], one buffer for every batch
     for s in pipe.batch_starts(f"clean + spliced ({len(saes)} SAE)"):
         t0 = time.perf_counter()
         sl = slice(s, s + pipe.batch_size)
@@ -144,10 +185,9 @@ def splice_stats(
         keep = ~special
         keep_ce = keep[:, :-1]
         acts = pipe.acts_batch(st)
-        clean_lg, clean_lse, ce_clean = _logit_stats(pipe.model.suffix(st, pipe.site), tok)
+        clean_p, clean_term, _, ce_clean = _clean_logit_stats(pipe.model.suffix(st, pipe.site), tok, p_buf)
+        p_buf = clean_p
         pipe.counters.clean_suffix_batches += 1
-        clean_p = (clean_lg - clean_lse.unsqueeze(-1)).exp()
-        clean_term = torch.linalg.vecdot(clean_p, clean_lg) - clean_lse
 
         x_kept = acts[keep]  # [N, d] in row-major (context, position) order
         rows = keep.nonzero()[:, 0].cpu()
