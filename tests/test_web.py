@@ -184,6 +184,20 @@ def test_over_budget_is_refused_and_the_cli_writes_the_site(built: dict[str, Any
     assert code == 0 and "pages" in out and (tmp_path / "site" / "index.html").is_file()
     assert not Path("LEADERBOARD.md").exists() or Path("LEADERBOARD.md").stat().st_mtime < time.time() - 60
     assert DAMAGED.split("/")[0] in err and "checksum" in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["leaderboard", str(built["res"]), "--html", str(tmp_path / "mine")]) == 2  # never wiped
+    assert "holds no saebench site" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").is_file()
+
+
+def test_a_sweep_gets_no_quadratic_compare_page(built: dict[str, Any], tmp_path: Path, monkeypatch) -> None:
+    from saebench.web import model
+
+    monkeypatch.setattr(model, "MAX_COMPARE_SAES", 2)
+    with pytest.warns(UserWarning):
+        write_site([built["res"]], tmp_path / "site")
+    pairs = {len(s["saes"]): s["pairs"] for s in page_data(tmp_path / "site" / "compare.html")["sections"]}
+    assert pairs == {3: [], 1: []}
 
 
 # ---- in a real browser -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from saebench.compare import FAILING, IncomparableError, compare, config_differences
+from saebench.compare import FAILING, compare, config_differences
 from saebench.display import ARROW, fmt, interval_ends
 from saebench.errors import SaebenchError
 from saebench.evaluators import Metric, metric_table
@@ -40,6 +40,9 @@ from saebench.results import Result, read_result, result_files
 
 #: a details table longer than this is cut (the page says how many rows it left out)
 MAX_DETAIL_ROWS = 400
+#: sections with more SAEs than this get no precomputed comparisons (the compare page gives the command
+#: instead): every pair is ~30 KB of page and ~0.3 s of build, and pairs grow as the square of the SAEs
+MAX_COMPARE_SAES = 20
 #: a nested value inside a details table cell is shown as compact JSON cut at this many characters
 MAX_CELL_CHARS = 160
 
@@ -286,7 +289,9 @@ class Site:
         earlier name), over the evaluators both have with comparable configurations."""
         rows = self.groups[key]
         names = sorted(rows)
-        out = []
+        out: list[dict[str, Any]] = []
+        if len(names) > MAX_COMPARE_SAES:  # n(n-1)/2 comparisons: a sweep's would not fit any budget
+            return out
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
                 out.append(self.compare_pair(rows[a]["results"], rows[b]["results"], a, b))
@@ -312,8 +317,8 @@ class Site:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # damaged files were named once, when loading
                     c = compare(files_a, files_b, direct=True)
-            except IncomparableError as exc:  # config_differences above should have caught it
-                skipped.append(str(exc))
+            except SaebenchError as exc:  # incomparable configurations are caught above; anything else is named
+                skipped.append(f"not compared: {exc}")
             else:
                 words = {"WORSE": f"{a} worse", "better": f"{a} better"}
                 for r in c.rows:

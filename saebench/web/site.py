@@ -88,7 +88,7 @@ def write_site(
     t0 = time.perf_counter()
     loaded, left_out = load(list(paths))
     site = Site(loaded, left_out, title)
-    out = Path(out)
+    out = Path(out).resolve()
     if out.exists() and not (out / "index.html").is_file() and any(out.iterdir()):
         raise SaebenchError(
             f"--html {out} is a non-empty folder that holds no saebench site; pass a new or empty folder"

@@ -398,6 +398,11 @@ function renderCompare() {
       const a = sa.value, b = sb.value;
       if (a === b) { out.replaceChildren(el("p", {}, "Choose two different SAEs.")); return; }
       const pair = sec.pairs.find((p) => (p.a === a && p.b === b) || (p.a === b && p.b === a));
+      if (!pair) {
+        out.replaceChildren(el("p", { class: "note" }, `This section has too many SAEs (${sec.saes.length}) for precomputed ` +
+          "comparisons of every pair; run: saebench compare RESULTS/" + a + " RESULTS/" + b));
+        return;
+      }
       const swapped = pair.a !== a;
       const cols = [
         { label: "eval", key: (r) => r.ev, cell: (r) => r.ev },
