@@ -345,6 +345,14 @@ def test_a_planted_script_is_shown_as_text_and_never_runs(built: dict[str, Any],
     _open(browser, site, "latents.html")
     browser.find_element("id", "latent-search").send_keys("onerror")
     assert len(_rows(browser.find_element("css selector", "table.data"))) == 1
+    pats = [p["text"] for lat in lats for p in lat.get("n2g", {}).get("patterns", []) if '" the" "' in p["text"]]
+    assert pats  # the planted pattern ` the</script>...`: found by its plain text, quotes and all
+    search = browser.find_element("id", "latent-search")
+    search.clear()
+    search.send_keys(" the</script>")
+    assert [
+        r.find_elements("css selector", "td")[1].text for r in _rows(browser.find_element("css selector", "table.data"))
+    ] == [str(token)]
     assert browser.execute_script("return window.__pwned === undefined")
 
 

@@ -281,6 +281,11 @@ class Site:
                 hist = lat.get("histogram")
                 if isinstance(hist, dict) and isinstance(hist.get("counts"), list):
                     entry["histogram"] = {"edges": hist.get("edges"), "counts": hist["counts"]}
+        for entry in by_id.values():  # what search matches: explanation, patterns as written and as plain text
+            pats = entry.get("n2g", {}).get("patterns", [])
+            words = [entry.get("autointerp", {}).get("explanation") or ""] + [p["text"] for p in pats]
+            words += ["".join(t["t"] if t["kind"] == "tok" else " … " for t in p["tokens"] or []) for p in pats]
+            entry["q"] = " | ".join([name, *words]).lower()
         return [by_id[i] for i in sorted(by_id)]
 
     # ---- comparisons -----------------------------------------------------------------------

@@ -147,6 +147,7 @@ def write_site(
                             "id": lat["id"],
                             "text": " | ".join(t for t in text if t),
                             "f1": lat.get("n2g", {}).get("f1"),
+                            "q": lat["q"],
                         }
                     )
     write("compare.html", "compare", f"{title}: compare", {"sections": sections})

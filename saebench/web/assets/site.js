@@ -75,12 +75,15 @@ function sortableTable(columns, rows, opts) {
     ths.forEach((th, j) => th.setAttribute("aria-sort", j === i ? (asc ? "ascending" : "descending") : "none"));
     draw();
   }
+  const caption = el("caption", { hidden: "" });
+  table.prepend(caption);
   function draw() {
-    tbody.replaceChildren(...order.map((r) => {
-      const tr = el("tr", { "data-sae": r.sae || null, hidden: o.visible && !o.visible(r) ? "" : null },
-        columns.map((c) => el("td", {}, c.cell(r))));
-      return tr;
-    }));
+    const shown = o.visible ? order.filter(o.visible) : order;
+    const limit = o.limit || Infinity;
+    caption.hidden = shown.length <= limit;
+    caption.textContent = `showing ${limit} of ${shown.length} rows: search or sort to see others`;
+    tbody.replaceChildren(...shown.slice(0, limit).map((r) =>
+      el("tr", { "data-sae": r.sae || null }, columns.map((c) => el("td", {}, c.cell(r))))));
   }
   table.redraw = draw;
   draw();
@@ -347,7 +350,7 @@ function matches(q, id, text) {
   q = q.trim().toLowerCase();
   if (!q) return true;
   if (/^\d+$/.test(q)) return String(id) === q;
-  return text.toLowerCase().includes(q);
+  return text.includes(q);
 }
 
 function renderLatents() {
@@ -359,7 +362,7 @@ function renderLatents() {
     { label: "N2G F1", help: "token-level F1 of the latent's N2G patterns on held-out text", key: (l) => (l.n2g ? l.n2g.f1 : null), cell: (l) => (l.n2g ? l.n2g.scores.f1 || "" : "") },
     { label: "explanation / patterns", key: (l) => latentText(l), cell: (l) => latentText(l) },
   ];
-  const table = sortableTable(cols, DATA.latents, { visible: (l) => matches(query, l.id, latentText(l)) });
+  const table = sortableTable(cols, DATA.latents, { visible: (l) => matches(query, l.id, l.q), limit: 500 });
   APP.append(detail, searchBox((q) => { query = q; table.redraw(); }), el("div", { class: "scroll" }, table));
   const show = () => {
     const id = decodeURIComponent(window.location.hash.slice(1));
@@ -379,7 +382,7 @@ function renderSearch() {
     { label: "N2G F1", key: (l) => l.f1, cell: (l) => (l.f1 === null || l.f1 === undefined ? "" : l.f1.toPrecision(4)) },
     { label: "explanation / patterns", key: (l) => l.text, cell: (l) => l.text },
   ];
-  const table = sortableTable(cols, DATA.latents, { visible: (l) => matches(query, l.id, l.text + " " + l.sae) });
+  const table = sortableTable(cols, DATA.latents, { visible: (l) => matches(query, l.id, l.q), limit: 500 });
   APP.append(searchBox((q) => { query = q; table.redraw(); }), el("div", { class: "scroll" }, table));
 }
 
