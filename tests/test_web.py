@@ -35,6 +35,7 @@ EVALS = ("core", "probing", "n2g", "autointerp", "absorption", "scr", "tpp", "ks
 PLANT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 PLANT_TOKEN = "</script><b onmouseover=window.__pwned=3>x</b>"
 DAMAGED = "topk-2304-k16/tpp.json"
+ODD = 'relu-at-layer-3 <img src=x onerror="window.__pwned = 5">'  # an SAE name is untrusted text too
 INSTALL = (
     "install it: `apt-get install -y chromium chromium-driver` (as root; `bash setup.sh --crosscheck` does it) and "
     "`pip install selenium` (in the dev extras)"
@@ -59,7 +60,7 @@ def _results(tmp: Path) -> Path:
     write_result(r, res / "topk-2304-k32" / "n2g.json")
     r = read_result(res / "relu-2304-l0_32" / "core.json")
     r.config["hook"] = "blocks.3.hook_resid_post"
-    r.sae.name = "relu-at-layer-3"
+    r.sae.name = ODD
     write_result(r, res / "relu-at-layer-3" / "core.json")
     data = json.loads((res / DAMAGED).read_text())
     data["metrics"]["tpp_top_20"] = 0.99  # edited by hand: fails its checksum
@@ -119,7 +120,7 @@ def test_tables_equal_the_markdown_board_cell_for_cell(built: dict[str, Any]) ->
 def test_other_hooks_get_their_own_section_and_the_damaged_file_is_named(built: dict[str, Any]) -> None:
     board = page_data(built["site"] / "index.html")
     hooks = {s["hook"]: {r["name"] for r in s["saes"]} for s in board["sections"]}
-    assert hooks == {"blocks.6.hook_resid_post": set(SAES), "blocks.3.hook_resid_post": {"relu-at-layer-3"}}
+    assert hooks == {"blocks.6.hook_resid_post": set(SAES), "blocks.3.hook_resid_post": {ODD}}
     assert len(board["left_out"]) == 1 and DAMAGED in board["left_out"][0] and "checksum" in board["left_out"][0]
     assert built["report"].left_out == board["left_out"]
     tpp = next(t for t in board["sections"][1]["tables"] if t["title"] == "tpp")  # built from the others
@@ -175,14 +176,17 @@ def test_sae_page_holds_every_metric_and_the_per_unit_tables(built: dict[str, An
     assert set(evs["ksweep"]["details"]["curves"]) >= {"fvu", "delta_ce"}
 
 
-def test_over_budget_is_refused_and_the_cli_writes_the_site(built: dict[str, Any], tmp_path: Path, capsys) -> None:
+def test_over_budget_is_refused_and_the_cli_writes_the_site(
+    built: dict[str, Any], tmp_path: Path, capsys, monkeypatch
+) -> None:
     with pytest.warns(UserWarning), pytest.raises(SaebenchError, match="over its budget"):
         write_site([built["res"]], tmp_path / "small", budget=100_000)
     assert not (tmp_path / "small").exists()
-    code = main(["leaderboard", str(built["res"]), "--html", str(tmp_path / "site")])
+    monkeypatch.chdir(tmp_path)
+    code = main(["leaderboard", str(built["res"]), "--html", "site"])
     out, err = capsys.readouterr()
     assert code == 0 and "pages" in out and (tmp_path / "site" / "index.html").is_file()
-    assert not Path("LEADERBOARD.md").exists() or Path("LEADERBOARD.md").stat().st_mtime < time.time() - 60
+    assert not (tmp_path / "LEADERBOARD.md").exists()  # --html alone writes no markdown
     assert DAMAGED.split("/")[0] in err and "checksum" in err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -259,6 +263,9 @@ def test_every_page_loads_with_no_console_error(built: dict[str, Any], browser: 
     assert len(every) == 4 + 4 + 3  # 4 SAE pages, 3 of them with sampled latents
     for rel in every:
         assert _open(browser, site, rel) == [], rel
+        assert browser.execute_script("return window.__pwned === undefined"), rel
+    _open(browser, site, "index.html")
+    assert ODD in [a.text for a in browser.find_elements("css selector", "table a")]  # shown as text
     for kind, rel in pages.items():
         assert _open(browser, site, rel) == [], rel
         browser.save_screenshot(str(artifacts / f"{kind}.png"))
