@@ -380,3 +380,16 @@ def test_the_compare_page_shows_the_chosen_pair(built: dict[str, Any], browser: 
     table = browser.find_element("css selector", f"section#{sec['id']} table.compare")
     shown = [r.find_elements("css selector", "td")[-1].text for r in _rows(table)]
     assert shown and len(shown) < len(pair["rows"]) and all("noise" not in v and v != "same" for v in shown)
+
+
+def test_the_pages_policy_blocks_inline_script_should_escaping_ever_fail(built: dict[str, Any], browser: Any) -> None:
+    site = built["site"]
+    text = (site / "index.html").read_text().replace("</body>", "<script>window.__pwned = 9</script></body>")
+    (site / "csp-check.html").write_text(text)
+    try:
+        errors = _open(browser, site, "csp-check.html")
+        assert browser.execute_script("return window.__pwned === undefined")
+        assert any("Content Security Policy" in e for e in errors)
+        assert browser.find_elements("css selector", "table.data")  # our own script still ran
+    finally:
+        (site / "csp-check.html").unlink()
