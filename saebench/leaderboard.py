@@ -114,6 +114,18 @@ def _table(rows: Rows, cols: list[tuple[str, Metric]]) -> str:
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def headline_columns(rows: Rows, evaluators: list[str], decl: dict[str, dict[str, Metric]]) -> dict[str, list[Metric]]:
+    """Per evaluator, the headline metrics that some row of the group reports: its table's columns
+    (every renderer, markdown or HTML, shows these)."""
+    return {ev: [m for m in decl.get(ev, {}).values() if m.headline and _filled(rows, ev, m.name)] for ev in evaluators}
+
+
+def summary_columns(evaluators: list[str], heads: dict[str, list[Metric]]) -> list[tuple[str, Metric]]:
+    """The summary table's (evaluator, metric) columns: the first :data:`SUMMARY_CORE` headline
+    metrics of core and the first :data:`SUMMARY_OTHER` of every other evaluator."""
+    return [(ev, m) for ev in evaluators for m in heads[ev][: SUMMARY_CORE if ev == "core" else SUMMARY_OTHER]]
+
+
 def _filled(rows: Rows, evaluator: str, metric: str) -> bool:
     """Whether any row of a group reports ``metric`` (a headline no row has, e.g. a SAEBench-mode
     name on a board of variant results, gets no empty column)."""
@@ -179,13 +191,12 @@ def render(results: list[Result], title: str = "saebench leaderboard",
         rows = groups[key]
         evs = evaluator_order({e for row in rows.values() for e in row["results"]})
         decl = metric_table(evs, results)
-        heads = {ev: [m for m in decl.get(ev, {}).values() if m.headline and _filled(rows, ev, m.name)] for ev in evs}
+        heads = headline_columns(rows, evs, decl)
         lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
         for name, what in sorted(mixed_rows(rows).items()):
             lines += [f"⚠ **{name}** holds results of different SAEs ({what}): rerun them under distinct names.", ""]
         if len(evs) > 1:
-            summary = [(ev, m) for ev in evs for m in heads[ev][: SUMMARY_CORE if ev == "core" else SUMMARY_OTHER]]
-            lines += ["### Summary", "", _table(rows, summary), ""]
+            lines += ["### Summary", "", _table(rows, summary_columns(evs, heads)), ""]
         for ev in evs:
             if heads[ev]:
                 title_ev = f"### {ev}" if len(evs) > 1 else ""

@@ -62,6 +62,13 @@ SLOW_TESTS = {
     "test_sweep.py::test_cli_max_memory_and_progress",
     "test_sweep.py::test_groups_under_a_budget_give_bit_identical_results",
     "test_train.py::test_each_architecture_learns",
+    "test_web.py::test_every_page_loads_with_no_console_error",  # headless Chromium (~25 s for the six)
+    "test_web.py::test_sorting_and_filtering_change_the_rows",
+    "test_web.py::test_a_plot_renders_its_hover_names_the_sae_and_a_click_opens_its_page",
+    "test_web.py::test_a_latent_page_highlights_the_activating_tokens",
+    "test_web.py::test_a_planted_script_is_shown_as_text_and_never_runs",
+    "test_web.py::test_the_compare_page_shows_the_chosen_pair",
+    "test_web.py::test_the_pages_policy_blocks_inline_script_should_escaping_ever_fail",
 }
 
 
