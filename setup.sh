@@ -42,7 +42,8 @@ if [ "$CROSSCHECK" = 1 ]; then
   # tests/test_web.py fails (never skips) without a browser: install Debian's when we can
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+        || echo "note: apt-get could not install chromium chromium-driver; tests/test_web.py will say so" >&2
     else
       echo "note: tests/test_web.py needs a browser: sudo apt-get install -y chromium chromium-driver" >&2
     fi
