@@ -57,15 +57,16 @@ def test_zero_sae_scores_zero_against_zero_ablation(model, cache_env):
 
 
 def test_default_core_computes_only_the_zero_ablation(model, cache_env):
-    """The lean default: one ablation suffix per batch (zero_all, what SAEBench's scores need); our
+    """The lean default: one ablation baseline (zero_all, what SAEBench's scores need); our
     variants are absent from the result, not null; asking for them later adds only their passes."""
     run = evaluate(Constant(torch.zeros(576)), model=model, hook=HOOK, **SMALL)
     m = run.metrics["core"]
     assert not set(VARIANT_METRICS) & set(m)
     n_batches = SMALL["tokens"] // SMALL["ctx_len"] // SMALL["batch_size"]
-    assert run.counters[HOOK].ablation_batches == n_batches
+    # zero_all at a residual hook costs no suffix batch: one context of zeros stands for all
+    assert run.counters[HOOK].ablation_batches == 0
     again = evaluate(Constant(torch.zeros(576)), model=model, hook=HOOK, eval_config=VARIANTS, **SMALL)
-    assert again.counters[HOOK].ablation_batches == 2 * n_batches  # zero_all came from the cache
+    assert again.counters[HOOK].ablation_batches == 2 * n_batches  # zero_kept, mean_kept; zero_all cached
     assert set(VARIANT_METRICS) <= set(again.metrics["core"])
     assert again.metrics["core"]["ce_loss_score"] == m["ce_loss_score"]
 

@@ -198,3 +198,20 @@ def test_cuda_bfloat16_matches_cpu_float32():
     got = evaluate(Identity(32), model=gpu, device="cuda", dtype="bfloat16", use_cache=False, **kw).metrics["core"]
     assert got["delta_ce"] == 0.0 and got["kl"] == 0.0
     assert got["ce_loss_without_sae"] == pytest.approx(ref["ce_loss_without_sae"], rel=2e-2)
+
+
+@pytest.mark.parametrize("kind", ("hook_resid_pre", "hook_resid_post"))
+def test_zero_ablation_at_a_residual_hook_is_the_same_for_every_context(family_model, kind):
+    """The splice loop computes the zero ablation at a residual hook once, on one context of zeros
+    (saebench/pipeline/splice.py): exact only if the suffix from a zero state does not depend on the
+    tokens. Learned positions (GPT-2), rotary, soft caps, local attention: one context's logits are
+    every context's, equal to the per-batch ablation with the real states."""
+    m = family_model
+    site = m.hook_site(f"blocks.1.{kind}")
+    toks = random_tokens().tokens[:3]
+    state = m.prefix(toks, site)
+    per_batch = m.suffix(state, site, torch.zeros_like(state))
+    zeros = torch.zeros(1, *state.shape[1:])
+    once = m.suffix(zeros, site, zeros)
+    assert (per_batch - once).abs().max().item() < 1e-5
+    assert (per_batch[0] - per_batch[1]).abs().max().item() < 1e-5

@@ -18,6 +18,8 @@ kept positions (special positions clean) by zero or by the token set's mean acti
 variants): computed only when asked (``ablations=``; core asks with
 ``--set core.ablation_variants=true``). A baseline missing from the cache is computed in the same
 loop as the clean pass (one extra suffix per batch per baseline, once), then read from the cache.
+At a residual hook ``zero_all`` needs no suffix per batch: a zero state carries no token, so one
+context of zeros gives every context's logits (:func:`_zero_all_logits`).
 
 Cost model (N layers, hook restarting at block L): the prefix is shared and cached; per batch one
 clean suffix for all SAEs and one spliced suffix per SAE, from block L. KL never needs clean
@@ -123,19 +125,37 @@ def _kl_ce(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KL(clean ‖ these logits) per position ``[B, T]``, from the clean probabilities and the clean
     term (:func:`_clean_logit_stats`, once per batch): KL = clean_term − (Σ_v p_v m_v − lse_m); and the
-    per-prediction CE ``[B, T-1]``. Reductions only, in row chunks (no ``[B, T, V]`` temporary)."""
+    per-prediction CE ``[B, T-1]``. ``logits`` ``[1, T, V]`` stand for every context of the batch (the
+    zero ablation at a residual hook, :func:`_zero_all_logits`). Reductions only, in row chunks."""
     lg = logits.float()
-    b, t, v = lg.shape
-    flat, p_flat = lg.reshape(b * t, v), clean_p.reshape(b * t, v)
-    lse = torch.empty(b * t, dtype=lg.dtype, device=lg.device)
-    dot = torch.empty_like(lse)
-    for i in range(0, b * t, ROW_CHUNK):
-        x = flat[i : i + ROW_CHUNK]
-        lse[i : i + ROW_CHUNK] = torch.logsumexp(x, -1)
-        dot[i : i + ROW_CHUNK] = torch.linalg.vecdot(p_flat[i : i + ROW_CHUNK], x)
-    lse = lse.view(b, t)
-    kl = (clean_term - (dot.view(b, t) - lse)).clamp_min(0.0)  # >= 0 up to float noise
-    return kl, _next_token_ce(lg, lse, tokens)
+    b, t, _ = clean_p.shape
+    lse = torch.empty(lg.shape[:2], dtype=lg.dtype, device=lg.device)
+    for i in range(0, t, ROW_CHUNK):
+        for j in range(lg.shape[0]):
+            lse[j, i : i + ROW_CHUNK] = torch.logsumexp(lg[j, i : i + ROW_CHUNK], -1)
+    dot = torch.empty(b, t, dtype=lg.dtype, device=lg.device)
+    for j in range(b):
+        x_rows = lg[j if lg.shape[0] > 1 else 0]
+        for i in range(0, t, ROW_CHUNK):
+            dot[j, i : i + ROW_CHUNK] = torch.linalg.vecdot(clean_p[j, i : i + ROW_CHUNK], x_rows[i : i + ROW_CHUNK])
+    lse = lse.expand(b, t)
+    kl = (clean_term - (dot - lse)).clamp_min(0.0)  # >= 0 up to float noise
+    return kl, _next_token_ce(lg.expand(b, -1, -1), lse, tokens)
+
+
+def _zero_all_logits(pipe: ActivationPipeline, n_pos: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Logits ``[1, T, V]`` of the zero ablation at a residual hook, or None at any other hook.
+
+    Zeroing the residual stream at every position leaves the suffix nothing that depends on the
+    tokens: its only input is the (zero) state, and positions enter through rotary or ALiBi terms that
+    are the same for every context of length T (no padding mask: our contexts hold none). So one
+    context's suffix is every context's, exactly (tests/test_core.py checks it against the full
+    per-batch suffix); this saves one whole suffix per batch on a cold run. At a hook inside a block
+    the state still carries the tokens, and the baseline runs per batch."""
+    if not pipe.site.is_resid:
+        return None
+    zeros = torch.zeros(1, n_pos, pipe.hook_width(), dtype=dtype, device=pipe.model.device)
+    return pipe.model.suffix(zeros, pipe.site, zeros)
 
 
 def _next_token_ce(lg: torch.Tensor, lse: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -176,6 +196,7 @@ def splice_stats(
     }
     clean_s, abl_s, sae_s = 0.0, 0.0, dict.fromkeys(saes, 0.0)
     p_buf: torch.Tensor | None = None  # clean probabilities [B, T, V], one buffer for every batch
+    zero_logits = _zero_all_logits(pipe, toks.shape[1], states.dtype) if "zero_all" in missing else None
     for s in pipe.batch_starts(f"clean + spliced ({len(saes)} SAE)"):
         t0 = time.perf_counter()
         sl = slice(s, s + pipe.batch_size)
@@ -198,6 +219,11 @@ def splice_stats(
         if missing:
             t1 = time.perf_counter()
             for name in missing:
+                if name == "zero_all" and zero_logits is not None:
+                    kl, ce = _kl_ce(zero_logits, tok, clean_p, clean_term)
+                    new_ablation[name].setdefault("ce_zero_all", []).append(ce.cpu())
+                    new_ablation[name].setdefault("kl_zero_all", []).append(kl.double().cpu())
+                    continue
                 rep = torch.zeros_like(acts)
                 if name != "zero_all":
                     rep[special] = acts[special]
