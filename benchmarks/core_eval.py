@@ -6,9 +6,11 @@ Prints, on the embedded model over one token set:
 
 - T_fwd: one bare forward pass (embeddings to logits) over the token set, in batches;
 - T_core cold (empty activation cache) and warm (states and ablation baselines cached);
-- R = T_core / T_fwd next to the floor F = 1 + (1 + a)(N - L)/N: one clean pass, the spliced
-  suffix from the hook's block L of N, and a ablation suffixes (a = 1 cold: zero_all; 0 warm; 3
-  cold with ``--set core.ablation_variants=true``, the default before the lean core);
+- R = T_core / T_fwd next to the floor F: cold, one clean pass and the spliced suffix from the
+  hook's block L of N, F = 1 + (N - L)/N (``zero_all`` at a residual hook costs no suffix: one
+  context of zeros stands for all; the clean side's reduction p @ W_U^T counts as overhead); warm
+  (states, clean side and ablation cached), the spliced suffix alone, F = (N - L)/N; cold with
+  ``--set core.ablation_variants=true``, two more suffixes (zero_kept, mean_kept);
 - the marginal cost of a second SAE at the same hook in the same run, against (N - L)/N.
 
 Model loading and tokenization are excluded from every T (reported separately). Not a test:
@@ -88,10 +90,10 @@ def main() -> None:
     measured = t_suffix / t_fwd  # the suffix also carries the unembedding: more than (N-L)/N
     t_tok = cold.results[sae.name]["core"].timing["tokenize_s"]
     rows = [  # label, R, F, F_meas, target R (the issue's), or None
-        ("core, cold cache", (t_cold - t_tok) / t_fwd, 1 + 2 * frac, 1 + 2 * measured, 3.0),
-        ("core, warm cache", (t_warm - t_tok) / t_fwd, 1 + 1 * frac, 1 + 1 * measured, 1.8),
+        ("core, cold cache", (t_cold - t_tok) / t_fwd, 1 + frac, 1 + measured, 3.0),
+        ("core, warm cache", (t_warm - t_tok) / t_fwd, frac, measured, 1.8),
         ("second SAE, same run (marginal)", (t_two - t_warm) / t_fwd, frac, measured, None),
-        ("core cold, ablation_variants=true", (t_variants - t_tok) / t_fwd, 1 + 4 * frac, 1 + 4 * measured, None),
+        ("core cold, ablation_variants=true", (t_variants - t_tok) / t_fwd, 1 + 3 * frac, 1 + 3 * measured, None),
     ]
     print(
         f"model {model.name}, hook {sae.hook_name} (split at block {start} of {n}), SAE {sae.name} "
@@ -105,8 +107,8 @@ def main() -> None:
     )
     print(f"T_core cold {t_cold - t_tok:.2f} s, warm {t_warm - t_tok:.2f} s; two SAEs warm {t_two - t_tok:.2f} s")
     print(
-        "F = floor with (N-L)/N per suffix: one clean pass, the spliced suffix and one suffix per ablation "
-        "baseline (cold: zero_all; variants: three); F' = the same with the measured suffix cost"
+        "F = floor with (N-L)/N per suffix: cold, one clean pass + the spliced suffix; warm, the spliced suffix "
+        "(clean side cached); variants, + zero_kept and mean_kept suffixes; F' = the same with the measured suffix cost"
     )
     print(f"{'measure':34s} {'R = T/T_fwd':>12s} {'F':>7s} {'R/F':>6s} {'F_meas':>7s} {'R/F_meas':>8s}  target")
     for label, r, f, fm, target in rows:

@@ -1,7 +1,7 @@
 """``--max-memory``: how many SAEs one splice loop may hold, so a sweep's peak stays under a budget.
 
 The runner evaluates the SAEs of one hook in *groups*: each group's weights are loaded, spliced
-in one batched loop (one clean suffix per batch shared by the group) and evaluated, then freed
+in one batched loop (the clean side computed once per token set, cached, shared) and evaluated, then freed
 before the next group loads. Without a budget every SAE of a hook is one group (the fastest
 plan); with one, groups are as large as the budget allows. A group's size never changes an
 SAE's numbers: every per-SAE statistic is computed from the same batches whatever else is in

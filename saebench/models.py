@@ -219,12 +219,34 @@ class SubjectModel:
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Logits (float32) from final residuals: final norm, unembedding and any logit soft cap,
         exactly as the model's own forward applies them."""
-        cfg = self.model.cfg
-        if cfg.normalization_type is not None:
-            resid = self.model.ln_final(resid)
-        logits = self.model.unembed(resid).float()
-        cap = getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0
+        return self.logits_from_normed(self.final_norm(resid))
+
+    @torch.no_grad()
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        """The final norm of the residual stream (identity for a model without one)."""
+        return self.model.ln_final(resid) if self.model.cfg.normalization_type is not None else resid
+
+    @torch.no_grad()
+    def logits_from_normed(self, normed: torch.Tensor) -> torch.Tensor:
+        """Logits (float32) from the normalised final residual: unembedding and any logit soft cap."""
+        logits = self.model.unembed(normed).float()
+        cap = self._soft_cap()
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def affine_unembed(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(W_U [d_model, V], b_U [V])`` in float32 when the logits are the affine map
+        ``normed @ W_U + b_U`` of the normalised final residual, None when a soft cap bends them.
+        Affine logits let the splice loop reduce the clean distribution p to Σ_v p_v W_U[:, v]
+        (d_model numbers per position, cacheable) for every KL against it."""
+        if self._soft_cap() > 0:
+            return None
+        unembed = self.model.unembed
+        b = getattr(unembed, "b_U", None)
+        w = unembed.W_U.detach().float()
+        return w, (b.detach().float() if b is not None else torch.zeros(w.shape[1], device=w.device))
+
+    def _soft_cap(self) -> float:
+        return float(getattr(self.model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
 
 
 # ---------------------------------------------------------------------------------------------

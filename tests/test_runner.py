@@ -32,7 +32,7 @@ def test_shared_inputs_run_once_and_metrics_equal_separate_runs(model, tmp_path,
     c = both.counters[HOOK]
     n_batches = SMALL["tokens"] // SMALL["ctx_len"] // SMALL["batch_size"]
     assert c.prefix_batches == n_batches  # states: once, for every evaluator and SAE
-    assert c.ablation_batches == n_batches  # ablation baselines: once
+    assert c.ablation_batches == 0  # zero_all at a residual hook: one context of zeros, no suffix batch
     assert c.clean_suffix_batches == n_batches  # clean suffix: once per batch, shared by both SAEs
     assert c.spliced_suffix_batches == 2 * n_batches  # one spliced suffix per SAE per batch
     task_batches = c.task_forward_batches

@@ -6,7 +6,7 @@ improving the reconstruction). For a TopK or BatchTopK SAE (any SAE with ``k`` a
 ``encode_pre``), each variant keeps its pre-activations and replaces the activation by
 ``TopK_{k'}(ReLU(pre))`` per token (for BatchTopK too: its per-token inference form at k'),
 decoding with the same decoder. All variants are spliced in one pass of the shared splice loop:
-one clean suffix per batch for every k', one spliced suffix per k'.
+the clean side shared with core (cached: no clean suffix of its own), one spliced suffix per k'.
 
 Per k': FVU, ΔCE (nats), KL(clean ‖ spliced), L0, CE-loss score (the core definitions, same
 special-position conventions; see :mod:`saebench.evaluators.core`). Reported as curves

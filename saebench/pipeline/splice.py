@@ -19,12 +19,21 @@ variants): computed only when asked (``ablations=``; core asks with
 ``--set core.ablation_variants=true``). A baseline missing from the cache is computed in the same
 loop as the clean pass (one extra suffix per batch per baseline, once), then read from the cache.
 At a residual hook ``zero_all`` needs no suffix per batch: a zero state carries no token, so one
-context of zeros gives every context's logits (:func:`_zero_all_logits`).
+context of zeros gives every context's logits (:func:`_zero_all_run`).
 
-Cost model (N layers, hook restarting at block L): the prefix is shared and cached; per batch one
-clean suffix for all SAEs and one spliced suffix per SAE, from block L. KL never needs clean
-logits stored: KL(p ‖ q) = Σ_v p_v (l_v - lse_l) - Σ_v p_v (m_v - lse_m) needs the clean term
-once per batch and, per SAE, one logsumexp and one dot.
+The clean side. KL(p ‖ q) = Σ_v p_v log p_v − Σ_v p_v m_v + lse_m needs, per position, the clean
+term Σ p log p and Σ_v p_v m_v against every other run. When the model's logits are affine in the
+normalised final residual n (m = n · W_U + b_U: every model without a logit soft cap),
+Σ_v p_v m_v = n · wbar + p · b_U with wbar = Σ_v p_v W_U[:, v], so the clean distribution reduces
+to d_model + 2 numbers per position (:class:`CleanBatch`). That reduction is cached on disk per
+(model, hook, token set) like the ablation baselines: a warm run runs **no clean suffix**, and
+ksweep or a second group of SAEs reuse it. Soft-capped models (Gemma-2) keep p ``[B, T, V]`` and
+run the clean suffix every time.
+
+Cost model (N layers, hook restarting at block L): the prefix is shared and cached; the clean
+suffix once per token set (cold: plus one p @ W_U^T product, about a quarter of a pass on
+SmolLM2); per batch one spliced suffix per SAE, from block L, with one chunked logsumexp over the
+vocabulary (docs/performance.md).
 
 Everything is accumulated per context in float64 (:class:`SpliceStats`), so the core metrics
 and their intervals over contexts (grouped by source document) follow from the same sums, and no
@@ -120,42 +129,102 @@ def _clean_logit_stats(
     return p, term, lse, _next_token_ce(lg, lse, tokens)
 
 
+@dataclass
+class CleanBatch:
+    """The clean distribution p of one batch, reduced to what every KL(p ‖ q) against it needs.
+
+    ``term`` = Σ_v p_v log p_v ``[B, T]`` and ``ce`` the clean next-token CE ``[B, T-1]`` (float64
+    both when the logits are affine).
+    When the model's logits are affine in the normalised final residual n (no soft cap),
+    Σ_v p_v m_v = n_q · wbar + pb with wbar = Σ_v p_v W_U[:, v] ``[B, T, d_model]`` and pb = p · b_U
+    ``[B, T]``: d_model numbers per position instead of V, so the clean side is cached on disk and a
+    warm run needs no clean suffix. Otherwise (soft-capped logits) ``p`` ``[B, T, V]`` itself."""
+
+    term: torch.Tensor
+    ce: torch.Tensor
+    wbar: torch.Tensor | None = None
+    pb: torch.Tensor | None = None
+    p: torch.Tensor | None = None
+
+
+#: columns of the cached clean side (affine logits only)
+CLEAN_COLUMNS = ("clean_term", "ce_clean", "wbar", "pb")
+
+
+def _clean_batch(
+    pipe: ActivationPipeline, st: torch.Tensor, tok: torch.Tensor, affine: Any, p_buf: torch.Tensor | None
+) -> tuple[CleanBatch, torch.Tensor]:
+    """The clean suffix of one batch, reduced (:class:`CleanBatch`), and the probability buffer it
+    used (``p_buf`` when its shape fits: the next batch reuses it)."""
+    normed = pipe.model.final_norm(pipe.model.final_resid(st, pipe.site))
+    p, term, lse, ce = _clean_logit_stats(pipe.model.logits_from_normed(normed), tok, p_buf)
+    if affine is None:
+        return CleanBatch(term, ce, p=p), p
+    w_u, b_u = affine
+    b, t, v = p.shape
+    flat = p.view(b * t, v)
+    wbar = (flat @ w_u.T).view(b, t, -1)
+    pb = (flat @ b_u).view(b, t).double() if bool(b_u.any()) else torch.zeros(b, t, dtype=torch.float64)
+    # the clean term by the same route as every Σ p m against it (float64 dot with wbar): then
+    # KL = (n_clean − n_run) · wbar + lse_run − lse_clean, exactly 0 for a run equal to the clean one
+    term = _dot(normed, wbar) + pb - lse.double()
+    return CleanBatch(term, ce, wbar=wbar, pb=pb), p
+
+
+def _dot(normed: torch.Tensor, wbar: torch.Tensor) -> torch.Tensor:
+    """n · wbar per position in float64 (``normed`` may be one context standing for the batch)."""
+    return (normed.double() * wbar.double()).sum(-1)
+
+
+def _run(pipe: ActivationPipeline, st: torch.Tensor, replacement: torch.Tensor, affine: Any) -> torch.Tensor:
+    """A run with the hook replaced, as :func:`_kl_ce` reads it: the normalised final residual
+    when the logits are affine in it, else the logits."""
+    if affine is None:
+        return pipe.model.suffix(st, pipe.site, replacement)
+    return pipe.model.final_norm(pipe.model.final_resid(st, pipe.site, replacement))
+
+
 def _kl_ce(
-    logits: torch.Tensor, tokens: torch.Tensor, clean_p: torch.Tensor, clean_term: torch.Tensor
+    pipe: ActivationPipeline, run: torch.Tensor, tokens: torch.Tensor, clean: CleanBatch
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(clean ‖ these logits) per position ``[B, T]``, from the clean probabilities and the clean
-    term (:func:`_clean_logit_stats`, once per batch): KL = clean_term − (Σ_v p_v m_v − lse_m); and the
-    per-prediction CE ``[B, T-1]``. ``logits`` ``[1, T, V]`` stand for every context of the batch (the
-    zero ablation at a residual hook, :func:`_zero_all_logits`). Reductions only, in row chunks."""
-    lg = logits.float()
-    b, t, _ = clean_p.shape
+    """KL(clean ‖ this run) per position ``[B, T]`` and the run's next-token CE ``[B, T-1]``.
+
+    KL = term − (Σ_v p_v m_v − lse_m): lse_m in row chunks over the run's logits, Σ p m from wbar
+    (affine logits) or as a dot over the vocabulary with p. ``run`` (:func:`_run`) may hold one
+    context ``[1, T, ..]`` standing for every context of the batch (:func:`_zero_all_run`)."""
+    lg = run.float() if clean.p is not None else pipe.model.logits_from_normed(run)
+    b, t = clean.term.shape
     lse = torch.empty(lg.shape[:2], dtype=lg.dtype, device=lg.device)
-    for i in range(0, t, ROW_CHUNK):
-        for j in range(lg.shape[0]):
-            lse[j, i : i + ROW_CHUNK] = torch.logsumexp(lg[j, i : i + ROW_CHUNK], -1)
-    dot = torch.empty(b, t, dtype=lg.dtype, device=lg.device)
-    for j in range(b):
-        x_rows = lg[j if lg.shape[0] > 1 else 0]
+    for j in range(lg.shape[0]):
         for i in range(0, t, ROW_CHUNK):
-            dot[j, i : i + ROW_CHUNK] = torch.linalg.vecdot(clean_p[j, i : i + ROW_CHUNK], x_rows[i : i + ROW_CHUNK])
+            lse[j, i : i + ROW_CHUNK] = torch.logsumexp(lg[j, i : i + ROW_CHUNK], -1)
+    if clean.p is None:
+        dot = _dot(run, clean.wbar) + clean.pb
+    else:
+        dot = torch.empty(b, t, dtype=lg.dtype, device=lg.device)
+        for j in range(b):
+            rows = lg[j if lg.shape[0] > 1 else 0]
+            for i in range(0, t, ROW_CHUNK):
+                dot[j, i : i + ROW_CHUNK] = torch.linalg.vecdot(clean.p[j, i : i + ROW_CHUNK], rows[i : i + ROW_CHUNK])
     lse = lse.expand(b, t)
-    kl = (clean_term - (dot - lse)).clamp_min(0.0)  # >= 0 up to float noise
+    kl = (clean.term - (dot - lse.to(dot.dtype))).clamp_min(0.0)  # >= 0 up to float noise
     return kl, _next_token_ce(lg.expand(b, -1, -1), lse, tokens)
 
 
-def _zero_all_logits(pipe: ActivationPipeline, n_pos: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """Logits ``[1, T, V]`` of the zero ablation at a residual hook, or None at any other hook.
+def _zero_all_run(pipe: ActivationPipeline, n_pos: int, dtype: torch.dtype, affine: Any) -> torch.Tensor | None:
+    """The zero ablation at a residual hook as one context ``[1, T, ..]`` (:func:`_run`), or None at
+    any other hook.
 
     Zeroing the residual stream at every position leaves the suffix nothing that depends on the
     tokens: its only input is the (zero) state, and positions enter through rotary or ALiBi terms that
     are the same for every context of length T (no padding mask: our contexts hold none). So one
-    context's suffix is every context's, exactly (tests/test_core.py checks it against the full
+    context's suffix is every context's, exactly (tests/test_models_families.py checks it against the
     per-batch suffix); this saves one whole suffix per batch on a cold run. At a hook inside a block
     the state still carries the tokens, and the baseline runs per batch."""
     if not pipe.site.is_resid:
         return None
     zeros = torch.zeros(1, n_pos, pipe.hook_width(), dtype=dtype, device=pipe.model.device)
-    return pipe.model.suffix(zeros, pipe.site, zeros)
+    return _run(pipe, zeros, zeros, affine)
 
 
 def _next_token_ce(lg: torch.Tensor, lse: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -195,8 +264,11 @@ def splice_stats(
         if n_seq * int(s.d_sae) <= FIRE_BY_SEQ_MAX
     }
     clean_s, abl_s, sae_s = 0.0, 0.0, dict.fromkeys(saes, 0.0)
+    affine = pipe.model.affine_unembed()
+    cached_clean = _cached(pipe, "clean", "clean", set(CLEAN_COLUMNS)) if affine is not None else None
+    new_clean: dict[str, list[torch.Tensor]] = {c: [] for c in CLEAN_COLUMNS}
     p_buf: torch.Tensor | None = None  # clean probabilities [B, T, V], one buffer for every batch
-    zero_logits = _zero_all_logits(pipe, toks.shape[1], states.dtype) if "zero_all" in missing else None
+    zero_run = _zero_all_run(pipe, toks.shape[1], states.dtype, affine) if "zero_all" in missing else None
     for s in pipe.batch_starts(f"clean + spliced ({len(saes)} SAE)"):
         t0 = time.perf_counter()
         sl = slice(s, s + pipe.batch_size)
@@ -206,9 +278,16 @@ def splice_stats(
         keep = ~special
         keep_ce = keep[:, :-1]
         acts = pipe.acts_batch(st)
-        clean_p, clean_term, _, ce_clean = _clean_logit_stats(pipe.model.suffix(st, pipe.site), tok, p_buf)
-        p_buf = clean_p
-        pipe.counters.clean_suffix_batches += 1
+        if cached_clean is not None:
+            c_ = {k: v[sl].to(dev) for k, v in cached_clean.items()}
+            clean = CleanBatch(c_["clean_term"], c_["ce_clean"], wbar=c_["wbar"], pb=c_["pb"])
+        else:
+            clean, p_buf = _clean_batch(pipe, st, tok, affine, p_buf)
+            pipe.counters.clean_suffix_batches += 1
+            if affine is not None:
+                for k, v in zip(CLEAN_COLUMNS, (clean.term, clean.ce, clean.wbar, clean.pb), strict=True):
+                    new_clean[k].append(v.cpu())
+        ce_clean = clean.ce
 
         x_kept = acts[keep]  # [N, d] in row-major (context, position) order
         rows = keep.nonzero()[:, 0].cpu()
@@ -219,8 +298,8 @@ def splice_stats(
         if missing:
             t1 = time.perf_counter()
             for name in missing:
-                if name == "zero_all" and zero_logits is not None:
-                    kl, ce = _kl_ce(zero_logits, tok, clean_p, clean_term)
+                if name == "zero_all" and zero_run is not None:
+                    kl, ce = _kl_ce(pipe, zero_run, tok, clean)
                     new_ablation[name].setdefault("ce_zero_all", []).append(ce.cpu())
                     new_ablation[name].setdefault("kl_zero_all", []).append(kl.double().cpu())
                     continue
@@ -229,7 +308,7 @@ def splice_stats(
                     rep[special] = acts[special]
                     if name == "mean_kept":
                         rep[keep] = mean.to(acts.dtype).to(dev)
-                kl, ce = _kl_ce(pipe.model.suffix(st, pipe.site, rep), tok, clean_p, clean_term)
+                kl, ce = _kl_ce(pipe, _run(pipe, st, rep, affine), tok, clean)
                 new_ablation[name].setdefault(f"ce_{name}", []).append(ce.cpu())
                 if name == "zero_all":
                     new_ablation[name].setdefault("kl_zero_all", []).append(kl.double().cpu())
@@ -249,7 +328,7 @@ def splice_stats(
                 raise SaebenchError(f"SAE {label} produced NaN/Inf reconstructions; check its weights")
             spliced = acts.clone()
             spliced[keep] = xhat.to(acts.dtype)
-            kl, ce_spliced = _kl_ce(pipe.model.suffix(st, pipe.site, spliced), tok, clean_p, clean_term)
+            kl, ce_spliced = _kl_ce(pipe, _run(pipe, st, spliced, affine), tok, clean)
             pipe.counters.spliced_suffix_batches += 1
             xh = xhat.double()
             xh_norm = xh.norm(dim=-1)
@@ -284,8 +363,10 @@ def splice_stats(
             del z, xhat, spliced
             sae_s[label] += time.perf_counter() - t1
     pipe.timing["clean_suffix_s"] = pipe.timing.get("clean_suffix_s", 0.0) + clean_s
+    if new_clean["clean_term"]:
+        _store(pipe, "clean", "clean", {k: torch.cat(v) for k, v in new_clean.items()})
     for name, parts in new_ablation.items():
-        ablation[name] = _store_ablation(pipe, name, {k: torch.cat(v) for k, v in parts.items()})
+        ablation[name] = _store(pipe, "ablation", name, {k: torch.cat(v) for k, v in parts.items()})
     if missing:
         pipe.timing["ablation_s"] = pipe.timing.get("ablation_s", 0.0) + abl_s
     keep_ce_all = ~special_mask(toks, pipe.model.bos_id)[:, :-1]
@@ -311,27 +392,32 @@ def _ablation_columns(name: str) -> set[str]:
     return {f"ce_{name}", "kl_zero_all"} if name == "zero_all" else {f"ce_{name}"}
 
 
-def _cached_ablation(pipe: ActivationPipeline, name: str) -> dict[str, torch.Tensor] | None:
-    """Ablation baseline ``name`` from this pipeline's memo or the disk cache, or None when it still
-    has to be computed (one cache entry per baseline: asking for a variant later adds its entry)."""
-    memo = pipe.memo.get(f"ablation:{name}")
+def _cached(pipe: ActivationPipeline, what: str, name: str, columns: set[str]) -> dict[str, torch.Tensor] | None:
+    """Entry ``what`` / ``name`` (an ablation baseline, or the clean side) from this pipeline's memo or
+    the disk cache, or None when it still has to be computed (one cache entry per baseline: asking
+    for a variant later adds its entry)."""
+    memo = pipe.memo.get(f"{what}:{name}")
     if memo is not None:
         return memo
     if not pipe.use_cache:
         return None
     t0 = time.perf_counter()
-    key = pipe.cache_key("ablation", name, pipe.tokens.fingerprint())
-    found = pipe.load_cached("ablation", key, label=name)
+    key = pipe.cache_key(what, name, pipe.tokens.fingerprint())
+    found = pipe.load_cached(what, key, label=name)
     n = pipe.tokens.tokens.shape[0]
-    if found is None or set(found) != _ablation_columns(name) or found[f"ce_{name}"].shape[0] != n:
+    if found is None or set(found) != columns or any(v.shape[0] != n for v in found.values()):
         return None
-    pipe.add_time("ablation_cached_s", t0)
-    pipe.memo[f"ablation:{name}"] = found
+    pipe.add_time(f"{what}_cached_s", t0)
+    pipe.memo[f"{what}:{name}"] = found
     return found
 
 
-def _store_ablation(pipe: ActivationPipeline, name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    pipe.memo[f"ablation:{name}"] = tensors
+def _cached_ablation(pipe: ActivationPipeline, name: str) -> dict[str, torch.Tensor] | None:
+    return _cached(pipe, "ablation", name, _ablation_columns(name))
+
+
+def _store(pipe: ActivationPipeline, what: str, name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    pipe.memo[f"{what}:{name}"] = tensors
     if pipe.use_cache:
-        pipe.save_cached("ablation", pipe.cache_key("ablation", name, pipe.tokens.fingerprint()), tensors, label=name)
+        pipe.save_cached(what, pipe.cache_key(what, name, pipe.tokens.fingerprint()), tensors, label=name)
     return tensors

@@ -63,7 +63,7 @@ class PassCounters:
 
     prefix_batches: int = 0  # prefix passes over the token set (states)
     ablation_batches: int = 0  # suffix batches of SAE-independent ablation baselines (one per baseline)
-    clean_suffix_batches: int = 0  # clean suffixes in the splice loop (shared by all SAEs)
+    clean_suffix_batches: int = 0  # clean suffixes in the splice loop (shared; 0 when the clean side is cached)
     spliced_suffix_batches: int = 0  # spliced suffixes (one per SAE per batch)
     task_forward_batches: int = 0  # model passes over probing-task examples
     example_forward_batches: int = 0  # calls of examples.latent_acts_at (n2g pruning/saliency)
