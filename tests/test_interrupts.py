@@ -39,7 +39,7 @@ def _markers(out: Path) -> dict[str, object]:
         "start": 1.0,  # seconds: Python is up (its SIGINT handler installed) and importing torch
         "claimed": out / "ref" / ".core.json.lock",  # result locked, model about to load (its imports)
         "prefix": "prefix to blocks.6",
-        "splice": "clean + spliced",
+        "splice": "spliced (",  # the splice loop's bar (after the clean side's "clean suffix")
     }
 
 

@@ -43,6 +43,7 @@ number depends on the batch size.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ import torch
 
 from saebench.errors import SaebenchError
 from saebench.pipeline.states import ActivationPipeline
+from saebench.pipeline.stored import PrefixStates
 
 #: per-context float64 sums for reconstruction (kept positions)
 REC_COLUMNS = ("n_rec", "sq_err", "x_sq", "cos", "l2_in", "l2_out", "l2_ratio", "xhat_sq", "dot", "l0", "l1")
@@ -147,8 +149,8 @@ class CleanBatch:
     p: torch.Tensor | None = None
 
 
-#: columns of the cached clean side (affine logits only)
-CLEAN_COLUMNS = ("clean_term", "ce_clean", "wbar", "pb")
+#: per-position columns of the cached clean side beside wbar (affine logits only)
+CLEAN_COLUMNS = ("clean_term", "ce_clean", "pb")
 
 
 def _clean_batch(
@@ -174,6 +176,37 @@ def _clean_batch(
 def _dot(normed: torch.Tensor, wbar: torch.Tensor) -> torch.Tensor:
     """n · wbar per position in float64 (``normed`` may be one context standing for the batch)."""
     return (normed.double() * wbar.double()).sum(-1)
+
+
+def _clean_side(pipe: ActivationPipeline, affine: Any) -> tuple[PrefixStates, dict[str, torch.Tensor]]:
+    """The clean side of the whole token set for affine logits: wbar ``[n_seq, T, d_model]`` as a
+    streamed array (read a batch at a time, like the prefix states: memory stays bounded at any
+    token count) and the per-position columns :data:`CLEAN_COLUMNS`; both cached per (model, hook,
+    token set), so only a cold run pays the clean suffix."""
+    small = _cached(pipe, "clean", "side", set(CLEAN_COLUMNS))
+    collected: dict[str, list[torch.Tensor]] = {c: [] for c in CLEAN_COLUMNS}
+
+    def batches() -> Iterator[torch.Tensor]:
+        for parts in collected.values():
+            parts.clear()  # a retry (a cache write that failed) starts over
+        states, toks, p_buf = pipe.states(), pipe.tokens.tokens, None
+        for s in pipe.batch_starts("clean suffix"):
+            sl = slice(s, s + pipe.batch_size)
+            clean, p_buf = _clean_batch(pipe, states[sl].to(pipe.model.device), toks[sl], affine, p_buf)
+            pipe.counters.clean_suffix_batches += 1
+            for k, v in zip(CLEAN_COLUMNS, (clean.term, clean.ce, clean.pb), strict=True):
+                collected[k].append(v.cpu())
+            yield clean.wbar.float().cpu()
+
+    n_seq, t = pipe.tokens.tokens.shape
+    shape = (int(n_seq), int(t), int(affine[0].shape[0]))
+    wbar = pipe.streamed("wbar", shape, torch.float32, batches, time_label="clean_suffix")
+    if small is None:
+        if not collected["clean_term"]:  # wbar was cached but its columns were not: recompute them
+            for _ in batches():
+                pass
+        small = _store(pipe, "clean", "side", {k: torch.cat(v) for k, v in collected.items()})
+    return wbar, small
 
 
 def _run(pipe: ActivationPipeline, st: torch.Tensor, replacement: torch.Tensor, affine: Any) -> torch.Tensor:
@@ -265,11 +298,10 @@ def splice_stats(
     }
     clean_s, abl_s, sae_s = 0.0, 0.0, dict.fromkeys(saes, 0.0)
     affine = pipe.model.affine_unembed()
-    cached_clean = _cached(pipe, "clean", "clean", set(CLEAN_COLUMNS)) if affine is not None else None
-    new_clean: dict[str, list[torch.Tensor]] = {c: [] for c in CLEAN_COLUMNS}
-    p_buf: torch.Tensor | None = None  # clean probabilities [B, T, V], one buffer for every batch
+    side = pipe.shared("clean_side", lambda: _clean_side(pipe, affine)) if affine is not None else None
+    p_buf: torch.Tensor | None = None  # clean probabilities [B, T, V] (soft-capped logits), one buffer
     zero_run = _zero_all_run(pipe, toks.shape[1], states.dtype, affine) if "zero_all" in missing else None
-    for s in pipe.batch_starts(f"clean + spliced ({len(saes)} SAE)"):
+    for s in pipe.batch_starts(f"clean + spliced ({len(saes)} SAE)" if side is None else f"spliced ({len(saes)} SAE)"):
         t0 = time.perf_counter()
         sl = slice(s, s + pipe.batch_size)
         st = states[sl].to(dev)
@@ -278,15 +310,13 @@ def splice_stats(
         keep = ~special
         keep_ce = keep[:, :-1]
         acts = pipe.acts_batch(st)
-        if cached_clean is not None:
-            c_ = {k: v[sl].to(dev) for k, v in cached_clean.items()}
-            clean = CleanBatch(c_["clean_term"], c_["ce_clean"], wbar=c_["wbar"], pb=c_["pb"])
+        if side is not None:
+            wbar, small = side
+            cols_ = {k: v[sl].to(dev) for k, v in small.items()}
+            clean = CleanBatch(cols_["clean_term"], cols_["ce_clean"], wbar=wbar[sl].to(dev), pb=cols_["pb"])
         else:
             clean, p_buf = _clean_batch(pipe, st, tok, affine, p_buf)
             pipe.counters.clean_suffix_batches += 1
-            if affine is not None:
-                for k, v in zip(CLEAN_COLUMNS, (clean.term, clean.ce, clean.wbar, clean.pb), strict=True):
-                    new_clean[k].append(v.cpu())
         ce_clean = clean.ce
 
         x_kept = acts[keep]  # [N, d] in row-major (context, position) order
@@ -362,9 +392,8 @@ def splice_stats(
                 by_seq[label][sl].index_add_(0, rows, active.to(torch.int32).cpu())
             del z, xhat, spliced
             sae_s[label] += time.perf_counter() - t1
-    pipe.timing["clean_suffix_s"] = pipe.timing.get("clean_suffix_s", 0.0) + clean_s
-    if new_clean["clean_term"]:
-        _store(pipe, "clean", "clean", {k: torch.cat(v) for k, v in new_clean.items()})
+    if side is None:
+        pipe.timing["clean_suffix_s"] = pipe.timing.get("clean_suffix_s", 0.0) + clean_s
     for name, parts in new_ablation.items():
         ablation[name] = _store(pipe, "ablation", name, {k: torch.cat(v) for k, v in parts.items()})
     if missing:

@@ -20,11 +20,12 @@ read-only) is skipped with one warning: the run goes on without caching.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -324,14 +325,30 @@ class ActivationPipeline:
             self.counters.prefix_batches += 1
 
     def _load_states(self) -> PrefixStates:
+        return self.streamed(
+            "states", self._states_shape(), self.model.dtype, self._prefix_batches, time_label="prefix"
+        )
+
+    def streamed(
+        self,
+        what: str,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        batches: Callable[[], Iterable[torch.Tensor]],
+        time_label: str | None = None,
+    ) -> PrefixStates:
+        """A ``[n_seq, ...]`` array of cache kind ``what`` for this token set, read a batch slice at a
+        time (:class:`~saebench.pipeline.stored.PrefixStates`): the cache entry when present and
+        intact, else ``batches()`` (consecutive row blocks) streamed into it, so the array never
+        exists in memory whole. Without a writable cache: an anonymous temporary file (or memory)."""
         t0 = time.perf_counter()
-        key = self.cache_key("states", self.tokens.fingerprint())
-        shape, dtype = self._states_shape(), self.model.dtype
-        path = self.cache_path("states", key)
+        label = time_label or what
+        key = self.cache_key(what, self.tokens.fingerprint())
+        path = self.cache_path(what, key)
         if self.use_cache and str(path.parent) not in _UNWRITABLE:
             found = open_states(path, key, shape, dtype)
             if found is not None:
-                self.add_time("prefix_cached_s", t0)
+                self.add_time(f"{label}_cached_s", t0)
                 return found
             with file_lock(lock_path(path), f"cache entry {path.name}"):
                 # under the lock: another process may have written it while we waited
@@ -340,7 +357,7 @@ class ActivationPipeline:
                     discard_entry(path, "damaged, stale, or of another shape")
                 if found is None:
                     try:
-                        save_states(path, shape, dtype, key, self._prefix_batches())
+                        save_states(path, shape, dtype, key, batches())
                         found = open_states(path, key, shape, dtype, verify=False)  # just written and fsynced
                     except OSError as exc:
                         _UNWRITABLE.add(str(path.parent))
@@ -350,32 +367,35 @@ class ActivationPipeline:
                             f"cache-write:{path.parent}",
                             f"cannot write the activation cache in {path.parent} ("
                             + ("out of space" if full else str(exc.strerror))
-                            + f"); holding prefix states in {'memory' if full else 'a temporary file'} "
+                            + f"); holding {what} in {'memory' if full else 'a temporary file'} "
                             "(free space or set $SAEBENCH_CACHE to a larger disk)",
                         )
                         if full:  # a temporary file on the same disk would not fit either
-                            found = PrefixStates.in_memory(torch.cat(list(self._prefix_batches())))
+                            found = PrefixStates.in_memory(torch.cat(list(batches())))
             if found is not None:
-                self.add_time("prefix_s", t0)
+                self.add_time(f"{label}_s", t0)
                 return found
-        states = self._temporary_states(key, shape, dtype)
-        self.add_time("prefix_s", t0)
+        states = self._temporary_states(key, shape, dtype, batches)
+        self.add_time(f"{label}_s", t0)
         return states
 
-    def _temporary_states(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> PrefixStates:
-        """States in an anonymous temporary file (deleted when closed or the process dies) beside
+    def _temporary_states(
+        self, key: str, shape: tuple[int, ...], dtype: torch.dtype, batches: Callable[[], Iterable[torch.Tensor]]
+    ) -> PrefixStates:
+        """An array in an anonymous temporary file (deleted when closed or the process dies) beside
         the cache, or in memory when no file can be made there."""
         try:
             folder = cache_dir() / "activations"
             folder.mkdir(parents=True, exist_ok=True)
             fh = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - owned by PrefixStates
         except OSError:
-            return PrefixStates.in_memory(torch.cat(list(self._prefix_batches())))
+            return PrefixStates.in_memory(torch.cat(list(batches())))
         try:
-            write_states(fh, shape, dtype, key, self._prefix_batches())
+            write_states(fh, shape, dtype, key, batches())
         except OSError:  # the disk filled up under us: hold them in memory
-            fh.close()
-            return PrefixStates.in_memory(torch.cat(list(self._prefix_batches())))
+            with contextlib.suppress(OSError):  # closing flushes what did not fit: fails the same way
+                fh.close()
+            return PrefixStates.in_memory(torch.cat(list(batches())))
         return PrefixStates(fh, _data_offset(fh), shape, dtype)
 
     def acts_batch(self, state: torch.Tensor) -> torch.Tensor:
