@@ -65,7 +65,17 @@ def main() -> None:
     cost["groundtruth_s"] = time.perf_counter() - t0
 
     print("\n## groundtruth per SAE (95% intervals over true features / children / latents)\n")
-    cols = ["mcc", "recovery", "gt_absorption", "split_frac", "merge_frac", "magnitude_ratio", "dead_frac", "l0", "fvu"]
+    cols = [
+        "mcc",
+        "recovery",
+        "gt_absorption",
+        "split_frac",
+        "merge_frac",
+        "magnitude_ratio",
+        "dead_frac",
+        "eval_l0",
+        "fvu",
+    ]
     print("| SAE | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for n in names:

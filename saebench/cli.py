@@ -385,7 +385,7 @@ def cmd_groundtruth(a: argparse.Namespace) -> int:
         torch.set_num_threads(a.threads)
     overrides = {"n_tokens": a.tokens} if a.tokens else {}
     results = evaluate_groundtruth(a.sae, out=Path(a.out), profile=a.profile, overrides=overrides, seed=a.seed)
-    cols = ("mcc", "recovery", "gt_absorption", "split_frac", "merge_frac", "magnitude_ratio", "dead_frac", "l0")
+    cols = ("mcc", "recovery", "gt_absorption", "split_frac", "merge_frac", "magnitude_ratio", "dead_frac", "eval_l0")
     print("| SAE | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name, r in results.items():

@@ -48,7 +48,7 @@ def test_perfect_sae_scores_perfectly(tmp_path: Path) -> None:
     assert m["gt_absorption"] == 0.0 and m["parent_miss_alone"] == 0.0
     assert m["magnitude_ratio"] == pytest.approx(1.0, abs=2e-4)
     assert m["fvu"] < 1e-6 and m["dead_frac"] == 0.0
-    assert m["l0"] == pytest.approx(ORTHO.mean_l0, rel=0.05)
+    assert m["eval_l0"] == pytest.approx(ORTHO.mean_l0, rel=0.05)
     # intervals over their units; the file reloads with its checksum
     assert r.uncertainty["mcc"]["unit"] == "feature" and r.uncertainty["gt_absorption"]["unit"] == "child"
     (back,) = load_results([tmp_path / "res"])

@@ -24,7 +24,7 @@ they have no language model). Definitions (docs/groundtruth.md has the decisions
   feature, ``Σ a_j (d_j · f_i)``, over the feature's true magnitude ``Σ m_i`` on the tokens where
   it fires: 1 is no shrinkage, below 1 shrinkage. Mean over recovered features.
 - ``dead_frac`` — latents that never fire on the eval stream (unit: latent).
-- ``l0`` and ``fvu`` on the eval stream, over blocks of ``block_tokens`` tokens (tokens are
+- ``eval_l0`` and ``fvu`` on the eval stream, over blocks of ``block_tokens`` tokens (tokens are
   independent draws); FVU's variance is around the source's exact mean activation.
 """
 
@@ -108,7 +108,7 @@ METRICS: tuple[Metric, ...] = (
         mean_of("feature", "magnitude_ratio"),
     ),
     _m("dead_frac", "fraction of latents never firing on the eval stream", proportion_of("latent", "dead"), "down"),
-    _m("l0", "mean active latents per token on the eval stream", Ratio("block", {"l0_sum": 1.0}, {"tokens": 1.0})),
+    _m("eval_l0", "mean active latents per token on the eval stream", Ratio("block", {"l0_sum": 1.0}, {"tokens": 1.0})),
     _m(
         "fvu",
         "fraction of variance unexplained on the eval stream",
