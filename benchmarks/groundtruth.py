@@ -48,6 +48,7 @@ def main() -> None:
         probing_score,
         probing_tasks,
         spearman,
+        splitting_score,
     )
 
     zoo, out = Path(args.zoo), Path(args.out)
@@ -109,7 +110,24 @@ def main() -> None:
                 "gt_task_best_cos": sum(best_cos[t.feature] for t in ptasks) / len(ptasks),
             }
         )
-    cost["validity_scoring_s"] = time.perf_counter() - t0
+    cost["validity_scoring_s (absorption + probing, 20 SAEs)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    split_rows = []
+    for m in SYNTHETIC_ZOO:
+        if m.d_sae != 512:
+            continue
+        wide = next(w for w in SYNTHETIC_ZOO if (w.architecture, w.k, w.d_sae) == (m.architecture, m.k, 1024))
+        sp = splitting_score(str(zoo / m.name), str(zoo / wide.name))
+        split_rows.append(
+            {
+                "sae": m.name,
+                "reference": wide.name,
+                **sp,
+                "gt_merge_frac": results[m.name].metrics["merge_frac"],
+                "gt_split_frac_wide": results[wide.name].metrics["split_frac"],
+            }
+        )
+    cost["validity_splitting_s"] = time.perf_counter() - t0
 
     checks = [
         ("absorption", "absorption_rate", "gt_absorption", +1),
@@ -120,12 +138,14 @@ def main() -> None:
     ]
     for n, row in zip(names, rows, strict=True):
         row["gt_absorption_excess"] = results[n].metrics.get("gt_absorption_excess")
+    split_checks = [("splitting (512 vs 1024)", "split_frac", "gt_merge_frac", +1)]
     print("\n## validity over the synthetic zoo (Spearman, two-sided p)\n")
     print("| evaluator | score | truth | expected sign | rho | p | n |")
     print("|---|---|---|---|---|---|---|")
     validity = []
-    for label, score, truth, sign in checks:
-        rho, p, k = spearman([r[score] for r in rows], [r[truth] for r in rows])
+    for label, score, truth, sign in checks + split_checks:
+        table = split_rows if (label, score, truth, sign) in split_checks else rows
+        rho, p, k = spearman([r[score] for r in table], [r[truth] for r in table])
         validity.append({"evaluator": label, "score": score, "truth": truth, "sign": sign, "rho": rho, "p": p, "n": k})
         print(f"| {label} | {score} | {truth} | {'+' if sign > 0 else '-'} | {fmt(rho)} | {fmt(p)} | {k} |")
     print("\n## per SAE: scores and truths\n")
@@ -141,6 +161,15 @@ def main() -> None:
     print("|---" * (len(keys) + 1) + "|")
     for row in rows:
         print(f"| {row['sae']} | " + " | ".join(fmt(row[k]) for k in keys) + " |")
+
+    print("\n## splitting: narrow SAE vs its wider sibling\n")
+    print("| SAE | reference | split_frac | gt_merge_frac | gt_split_frac (wide) |")
+    print("|---|---|---|---|---|")
+    for r in split_rows:
+        print(
+            f"| {r['sae']} | {r['reference']} | {fmt(r.get('split_frac'))} | {fmt(r['gt_merge_frac'])} | "
+            f"{fmt(r['gt_split_frac_wide'])} |"
+        )
 
     print("\n## MCC cross-check against SAELens\n")
     cross: dict[str, object] = {}
@@ -165,7 +194,10 @@ def main() -> None:
         print(f"- {k}: {v:.1f}" if isinstance(v, float) else f"- {k}: {v}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "track.json").write_text(
-        json.dumps({"rows": rows, "validity": validity, "cost": cost, "crosscheck": cross}, indent=2) + "\n"
+        json.dumps(
+            {"rows": rows, "split_rows": split_rows, "validity": validity, "cost": cost, "crosscheck": cross}, indent=2
+        )
+        + "\n"
     )
     print(f"\nwrote {out / 'track.json'}")
 

@@ -167,7 +167,9 @@ def evaluate_groundtruth(
             "model": SYNTHETIC_MODEL,
             "hook": SYNTHETIC_HOOK,
             "profile": profile,
+            "tokens": cfg.n_tokens,
             "seed": seed,
+            "corpus": f"synthetic:{output.details['source']['fingerprint']}",
             "synthetic_source": output.details["source"]["fingerprint"],
             "evaluator_config": cfg.model_dump(),
         }

@@ -17,6 +17,10 @@ evaluator (:func:`spearman`; docs/groundtruth.md has the figures):
   its shuffled-label noise floor) exactly as ``--evals probing`` calls it, and the SAE's score is
   the evaluator's declared ``probe_loss_below_floor`` estimator. Truth: the mean over the task
   features of the best latent's decoder cosine with the feature.
+- **splitting** (:func:`splitting_score`): the splitting evaluator's own ``run`` on the narrow
+  SAE of each (architecture, L0) pair with the wide one as its reference; ``split_frac`` against
+  the narrow SAE's true ``merge_frac`` (latents mixing two or more true features: what a wider SAE
+  can split).
 - **split latents** (absorption's ``num_main_latents``, SAEBench's ``mean_num_split_features``):
   the number of main latents the k-sparse probe needs per parent. Truth: the mean number of latents
   whose best true feature is the parent (cosine >= ``split_cos``).
@@ -182,6 +186,48 @@ def probing_score(tasks: list[ProbeTask], sae: Any, seed: int = 0, **overrides: 
     return {
         "probe_loss_below_floor": estimate(_metric(ev, "probe_loss_below_floor"), samples),
         "heldout_probe_loss": estimate(_metric(ev, "heldout_probe_loss"), samples),
+    }
+
+
+# -- splitting -------------------------------------------------------------------------------------
+
+
+class _NoModel:
+    """What the splitting evaluator reads from its pipeline on a synthetic subject: the device, the
+    hook its references must share, and the per-hook memo (references loaded once)."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        from saebench.synthetic import SYNTHETIC_HOOK
+
+        self.model = SimpleNamespace(device=torch.device("cpu"))
+        self.hook = SYNTHETIC_HOOK
+        self._memo: dict[str, Any] = {}
+
+    def shared(self, key: str, fn: Any) -> Any:
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+
+def splitting_score(sae_spec: str, reference_spec: str, **overrides: Any) -> dict[str, Any]:
+    """The splitting evaluator's own ``run`` on ``sae_spec`` with ``reference_spec`` (a wider SAE of
+    the same family) as its reference: ``split_frac`` (latents with >= 2 children in the wider SAE),
+    ``novel_frac`` / ``mmcs_child`` where defined, via the evaluator's declared estimators."""
+    from saebench.evaluators.base import EvalContext
+    from saebench.evaluators.splitting import SplittingConfig, SplittingEvaluator
+    from saebench.loading import load_sae
+
+    ls = load_sae(sae_spec)
+    ev = SplittingEvaluator()
+    cfg = SplittingConfig(reference=[reference_spec], **overrides)
+    ctx = EvalContext(_NoModel(), ls.sae, ls.name, ls.fingerprint, 0, "quick")  # type: ignore[arg-type]
+    out = ev.run(ctx, cfg)
+    return {
+        m.name: estimate(m.estimator, out.samples)
+        for m in ev.metrics
+        if m.estimator is not None and m.name in ("split_frac", "mmcs_child", "children_per_latent")
     }
 
 

@@ -72,16 +72,16 @@ def absorbing(source: SyntheticSource, n_absorbed: int) -> NativeSAE:
 
 def test_absorption_score_tracks_planted_absorption() -> None:
     src = SyntheticSource(ORTHO)
-    task = absorption_task(src, n_tokens=32_768, n_words=3000)
+    task = absorption_task(src, n_tokens=32_768, n_words=2500)
     scores, truths = [], []
-    for n in (0, 8, 16, 24, 32, 40):
+    for n in (0, 10, 20, 30, 40):
         sae = absorbing(src, n)
         t = truth(sae)
         assert t["gt_absorption"] == n / 40 and t["parent_miss_alone"] == 0.0  # the truth is what was planted
         scores.append(absorption_score(task, sae, f"absorbing-{n}")["absorption_rate"])
         truths.append(t["gt_absorption_excess"])
     rho, p, k = spearman(scores, truths)
-    assert k == 6 and rho is not None and p is not None
+    assert k == 5 and rho is not None and p is not None
     assert rho > 0.8 and p < 0.05, (scores, truths)
     assert scores[0] < 0.02 < scores[-1]
 
@@ -111,4 +111,26 @@ def test_probing_score_tracks_how_well_a_latent_holds_the_feature() -> None:
         scores.append(probing_score(tasks, sae, n_permutations=9)["probe_loss_below_floor"])
     rho, p, _ = spearman(scores, truths)
     assert truths[0] > 0.999 and truths[-1] < 0.3
+    assert rho is not None and p is not None and rho > 0.8 and p < 0.05, (scores, truths)
+
+
+def test_splitting_score_tracks_merged_latents_a_wider_sae_splits(tmp_path) -> None:
+    from saebench.sae import save_native
+    from saebench.validity import splitting_score
+
+    src = SyntheticSource(ORTHO)
+    f = src.features
+    wide = tmp_path / "wide"
+    save_native(sae_of(src, f, f), wide)  # one latent per feature
+    scores, truths = [], []
+    for n in (0, 2, 4, 8, 16):  # the narrow SAE merges the last 2n features pairwise: n latents hold two each
+        rows = [f[i] for i in range(64 - 2 * n)]
+        rows += [(f[64 - 2 * n + 2 * i] + f[64 - 2 * n + 2 * i + 1]) / 2**0.5 for i in range(n)]
+        d = torch.stack(rows[::-1])  # reversed: never the wide SAE itself (which the evaluator skips)
+        sae = sae_of(src, d, d)
+        save_native(sae, tmp_path / f"narrow-{n}")
+        truths.append(truth(sae)["merge_frac"])
+        scores.append(splitting_score(str(tmp_path / f"narrow-{n}"), str(wide))["split_frac"])
+    rho, p, _ = spearman(scores, truths)
+    assert truths[0] == 0.0 and scores[0] == 0.0
     assert rho is not None and p is not None and rho > 0.8 and p < 0.05, (scores, truths)
