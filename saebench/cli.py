@@ -384,7 +384,9 @@ def cmd_groundtruth(a: argparse.Namespace) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     overrides = {"n_tokens": a.tokens} if a.tokens else {}
-    results = evaluate_groundtruth(a.sae, out=Path(a.out), profile=a.profile, overrides=overrides, seed=a.seed)
+    results = evaluate_groundtruth(
+        a.sae, out=Path(a.out), profile=a.profile, overrides=overrides, seed=a.seed, force=a.force
+    )
     cols = ("mcc", "recovery", "gt_absorption", "split_frac", "merge_frac", "magnitude_ratio", "dead_frac", "eval_l0")
     print("| SAE | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
@@ -566,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--profile", default="quick", choices=["quick", "standard", "paper"])
     gt.add_argument("--tokens", type=int, help="tokens of the source's eval stream (default: the profile's)")
     gt.add_argument("--seed", type=int, default=0)
+    gt.add_argument("--force", action="store_true", help="recompute results already complete in --out")
     gt.add_argument("--threads", type=int)
     ta = sub.add_parser("tasks", help="list the probing tasks (--evals probing) with sizes and offline availability")
     ta.add_argument("tasks", nargs="*", help="task names, globs or families (default: all)")

@@ -134,48 +134,69 @@ def evaluate_groundtruth(
     profile: str = "quick",
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Score SAEs trained on a synthetic source with the ``groundtruth`` evaluator; results go to
     ``out/<sae>/groundtruth.json`` in the project's result format (checksummed, atomic). Every SAE
     is loaded and checked (it must record a synthetic source) before any is scored: a real-model SAE
-    is refused in one line. Returns ``{sae name: Result}``."""
+    is refused in one line. A complete result already in ``out`` for the same SAE, source and settings
+    is reused (``force`` recomputes). The eval stream is fixed by the source's seed; ``seed`` is
+    recorded only. Returns ``{sae name: Result}``."""
     from saebench.errors import SaebenchError
     from saebench.evaluators.base import EvalContext
     from saebench.evaluators.groundtruth import GroundTruthEvaluator
     from saebench.loading import load_sae
-    from saebench.results import Result, SAERecord, environment, now, result_path, run_key, write_result
+    from saebench.results import (
+        Result,
+        SAERecord,
+        complete_result,
+        environment,
+        now,
+        result_path,
+        run_key,
+        write_result,
+    )
     from saebench.runner import finish_metrics
     from saebench.synthetic import source_of
 
     ev = GroundTruthEvaluator()
     cfg = ev.Config.for_profile(profile, **(overrides or {}))
     loaded = [load_sae(s) for s in specs]
+    sources = {}
     for ls in loaded:
-        if source_of(ls.sae) is None:
+        src = source_of(ls.sae)
+        if src is None:
             raise SaebenchError(
                 f"SAE {ls.name} was not trained on a synthetic source (no 'synthetic' record in its config); "
-                "groundtruth scores only SAEs from `saebench synthetic zoo`: evaluate it with `saebench run`"
+                "groundtruth scores only SAEs from `saebench synthetic-zoo`: evaluate it with `saebench run`"
             )
+        sources[ls.name] = src.cfg.fingerprint()
     env = environment()
     results: dict[str, Any] = {}
     for ls in loaded:
         t0 = time.perf_counter()
-        ctx = EvalContext(None, ls.sae, ls.name, ls.fingerprint, seed, profile)  # type: ignore[arg-type]
-        output = ev.run(ctx, cfg)
-        metrics, uncertainty, t_iv = finish_metrics(ev, output)
         run_cfg = {
             "model": SYNTHETIC_MODEL,
             "hook": SYNTHETIC_HOOK,
             "profile": profile,
             "tokens": cfg.n_tokens,
             "seed": seed,
-            "corpus": f"synthetic:{output.details['source']['fingerprint']}",
-            "synthetic_source": output.details["source"]["fingerprint"],
+            "corpus": f"synthetic:{sources[ls.name]}",
+            "synthetic_source": sources[ls.name],
             "evaluator_config": cfg.model_dump(),
         }
+        key = run_key(ls.fingerprint, ev.name, run_cfg)
+        path = result_path(Path(out), ls.name, ev.name) if out is not None else None
+        done = complete_result(path, key) if path is not None and not force else None
+        if done is not None:  # a rerun computes nothing it already has
+            results[ls.name] = done
+            continue
+        ctx = EvalContext(None, ls.sae, ls.name, ls.fingerprint, seed, profile)  # type: ignore[arg-type]
+        output = ev.run(ctx, cfg)
+        metrics, uncertainty, t_iv = finish_metrics(ev, output)
         result = Result(
             evaluator=ev.name,
-            run_key=run_key(ls.fingerprint, ev.name, run_cfg),
+            run_key=key,
             sae=SAERecord(
                 name=ls.name,
                 source=ls.source,
@@ -199,7 +220,7 @@ def evaluate_groundtruth(
             },
             created_at=now(),
         )
-        if out is not None:
-            write_result(result, result_path(Path(out), ls.name, ev.name))
+        if path is not None:
+            write_result(result, path)
         results[ls.name] = result
     return results

@@ -53,6 +53,10 @@ def test_perfect_sae_scores_perfectly(tmp_path: Path) -> None:
     assert r.uncertainty["mcc"]["unit"] == "feature" and r.uncertainty["gt_absorption"]["unit"] == "child"
     (back,) = load_results([tmp_path / "res"])
     assert back.metrics == r.metrics and back.evaluator == "groundtruth"
+    # a rerun reuses the complete result; --force recomputes the same numbers
+    assert evaluate_groundtruth([spec], out=tmp_path / "res")["perfect"].created_at == back.created_at
+    again = evaluate_groundtruth([spec], out=tmp_path / "res", force=True)["perfect"]
+    assert again.metrics == back.metrics
 
 
 def test_planted_absorption_shrinkage_split_and_merge(tmp_path: Path) -> None:
