@@ -50,12 +50,14 @@ def _metric(evaluator: Any, name: str) -> Any:
     raise SaebenchError(f"evaluator {evaluator.name} declares no metric {name}")  # pragma: no cover
 
 
-def _probe_stream(source: SyntheticSource, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, acts = [], []
+def _probe_stream(source: SyntheticSource, n_tokens: int, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [n, d]`` of the source's ``probe`` stream and which of the features ``cols`` fire
+    ``[n, len(cols)]`` (bool), batch by batch: never ``[n, N]``."""
+    xs, on = [], []
     for bt in source.batches(n_tokens, 4096, "probe"):
         xs.append(bt.x)
-        acts.append(bt.acts.to_sparse())
-    return torch.cat(xs), torch.cat(acts).coalesce()
+        on.append(bt.acts[:, cols] > 0)
+    return torch.cat(xs), torch.cat(on)
 
 
 # -- absorption ------------------------------------------------------------------------------------
@@ -69,8 +71,7 @@ def absorption_task(source: SyntheticSource, n_tokens: int = 65_536, n_words: in
     n_par = min(source.cfg.n_parents, len(LETTERS))
     if n_par < 2:
         raise SaebenchError("validity: the absorption task needs a source with at least 2 parents (n_parents)")
-    x, acts = _probe_stream(source, n_tokens)
-    on = acts.to_dense()[:, :n_par] > 0
+    x, on = _probe_stream(source, n_tokens, torch.arange(n_par))
     one = on.sum(1) == 1
     rows = one.nonzero().squeeze(1)[:n_words]
     labels = on[rows].float().argmax(1)
@@ -119,24 +120,27 @@ def probing_tasks(
     source: SyntheticSource, n_tasks: int = 24, n_train: int = 64, n_test: int = 64, n_tokens: int = 65_536
 ) -> list[ProbeTask]:
     """One balanced task per chosen feature: independent (not parent, child or grouped) features at
-    evenly spaced frequency ranks among those with at least ``n_train + n_test`` positives."""
-    x, acts = _probe_stream(source, n_tokens)
-    dense = acts.to_dense() > 0
+    evenly spaced frequency ranks among those expected to fire at least ``n_train + n_test`` times
+    in ``n_tokens`` (twice the positives a task needs)."""
     free = ((source.parent < 0) & (source.group < 0)).nonzero().squeeze(1)
     free = free[free >= source.cfg.n_parents]
-    counts = dense[:, free].sum(0)
     half = (n_train + n_test) // 2
-    ok = free[counts >= half]
+    expected = source.firing_prob()[free] * n_tokens  # choose by the known rates, then draw the stream once
+    ok = free[expected >= 2 * half]
     if ok.numel() < n_tasks:
         raise SaebenchError(
-            f"validity: only {ok.numel()} features fire {half} times in {n_tokens} tokens; raise n_tokens"
+            f"validity: only {ok.numel()} features are expected to fire {2 * half} times in {n_tokens} tokens; "
+            "raise n_tokens"
         )
     chosen = ok[torch.linspace(0, ok.numel() - 1, n_tasks).round().long()]
+    x, on = _probe_stream(source, n_tokens, chosen)
     gen = torch.Generator().manual_seed(0)
     tasks = []
-    for f in chosen.tolist():
-        pos = dense[:, f].nonzero().squeeze(1)
-        neg = (~dense[:, f]).nonzero().squeeze(1)
+    for j, f in enumerate(chosen.tolist()):
+        pos = on[:, j].nonzero().squeeze(1)
+        neg = (~on[:, j]).nonzero().squeeze(1)
+        if pos.numel() < half:
+            raise SaebenchError(f"validity: feature {f} fired {pos.numel()} < {half} times; raise n_tokens")
         pos = pos[torch.randperm(pos.numel(), generator=gen)[:half]]
         neg = neg[torch.randperm(neg.numel(), generator=gen)[:half]]
         tr = torch.cat([pos[: n_train // 2], neg[: n_train // 2]])
