@@ -57,6 +57,11 @@ def test_perfect_sae_scores_perfectly(tmp_path: Path) -> None:
     assert evaluate_groundtruth([spec], out=tmp_path / "res")["perfect"].created_at == back.created_at
     again = evaluate_groundtruth([spec], out=tmp_path / "res", force=True)["perfect"]
     assert again.metrics == back.metrics
+    # the board renders a synthetic section from these results alone (no board change needed)
+    from saebench.leaderboard import render
+
+    board = render([back])
+    assert "saebench-synthetic" in board and "MCC ↑" in board and "true absorption ↓" in board
 
 
 def test_planted_absorption_shrinkage_split_and_merge(tmp_path: Path) -> None:
