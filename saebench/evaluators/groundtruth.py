@@ -56,8 +56,20 @@ class GroundTruthConfig(EvalConfig):
     }
 
 
+#: the smallest change the gate treats as real, per directional metric (fractions and cosines)
+MIN_EFFECT = {"mcc": 0.01, "recovery": 0.01, "gt_absorption": 0.02, "gt_absorption_excess": 0.02, "fvu": 0.002}
+
+
 def _m(name: str, meaning: str, estimator: Any, direction: str = "", headline: bool = False, title: str = "") -> Metric:
-    return Metric(name, meaning, direction=direction, headline=headline, title=title, estimator=estimator)  # type: ignore[arg-type]
+    return Metric(
+        name,
+        meaning,
+        direction=direction,  # type: ignore[arg-type]
+        headline=headline,
+        title=title,
+        estimator=estimator,
+        min_effect=MIN_EFFECT.get(name, 0.01 if direction else 0.0),
+    )
 
 
 MCC = "SAELens' MCC: mean |cos| of Hungarian-matched decoder rows and true features"
