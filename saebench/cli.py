@@ -362,6 +362,53 @@ def cmd_zoo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthetic_zoo(a: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from saebench.synthetic_zoo import SYNTHETIC_ZOO, build_synthetic_zoo
+
+    if a.action == "list":
+        for m in SYNTHETIC_ZOO:
+            print(f"{m.name:28s} {m.architecture:10s} d_sae={m.d_sae:<5d} L0={m.k}")
+        return 0
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    import time
+
+    t0 = time.perf_counter()
+    logs = build_synthetic_zoo(Path(a.out), progress=not a.quiet)
+    if logs:
+        print(json.dumps([{k: v for k, v in lg.items() if k != "recipe"} for lg in logs], indent=2))
+        print(f"trained {len(logs)} synthetic SAEs in {time.perf_counter() - t0:.1f} s into {a.out}")
+    else:
+        print(f"synthetic zoo complete in {a.out}")
+    return 0
+
+
+def cmd_groundtruth(a: argparse.Namespace) -> int:
+    import torch
+
+    from saebench.display import with_interval
+    from saebench.synthetic_zoo import evaluate_groundtruth
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    overrides = {"n_tokens": a.tokens} if a.tokens else {}
+    results = evaluate_groundtruth(
+        a.sae, out=Path(a.out), profile=a.profile, overrides=overrides, seed=a.seed, force=a.force
+    )
+    cols = ("mcc", "recovery", "gt_absorption", "split_frac", "merge_frac", "magnitude_ratio", "dead_frac", "eval_l0")
+    print("| SAE | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for name, r in results.items():
+        cells = [with_interval(r.metrics.get(c), r.uncertainty.get(c)) for c in cols]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"wrote {len(results)} result(s) under {a.out}")
+    return 0
+
+
 def cmd_convert(a: argparse.Namespace) -> int:
     from saebench.loading import load_sae
     from saebench.models import DTYPES
@@ -536,6 +583,27 @@ def build_parser() -> argparse.ArgumentParser:
     zo.add_argument("--out", default="zoo", help="folder for the zoo SAEs (default: zoo/)")
     zo.add_argument("--threads", type=int)
     zo.add_argument("--quiet", action="store_true")
+    sz = sub.add_parser(
+        "synthetic-zoo",
+        help="list or train the synthetic zoo: 20 SAEs on a known dictionary (see docs/groundtruth.md)",
+    )
+    sz.add_argument("action", choices=["list", "build"])
+    sz.add_argument("--out", default="synthetic-zoo", help="folder for the synthetic SAEs (default: synthetic-zoo/)")
+    sz.add_argument("--threads", type=int)
+    sz.add_argument("--quiet", action="store_true")
+    gt = sub.add_parser(
+        "groundtruth",
+        help="score SAEs trained on a synthetic source against its known dictionary (MCC, recovery, absorption)",
+        description="Score SAEs from `saebench synthetic-zoo build` against the true features of the source recorded "
+        "in their cfg.json; results are written as OUT/<sae>/groundtruth.json. SAEs of a language model are refused.",
+    )
+    gt.add_argument("--sae", action="append", required=True, help="synthetic SAE folder (repeatable)")
+    gt.add_argument("--out", default="saebench-results", help="results folder (default: saebench-results)")
+    gt.add_argument("--profile", default="quick", choices=["quick", "standard", "paper"])
+    gt.add_argument("--tokens", type=int, help="tokens of the source's eval stream (default: the profile's)")
+    gt.add_argument("--seed", type=int, default=0)
+    gt.add_argument("--force", action="store_true", help="recompute results already complete in --out")
+    gt.add_argument("--threads", type=int)
     ta = sub.add_parser("tasks", help="list the probing tasks (--evals probing) with sizes and offline availability")
     ta.add_argument("tasks", nargs="*", help="task names, globs or families (default: all)")
     ta.add_argument("--spec", action="append", default=[], help="extra task spec TOML file (repeatable)")
@@ -605,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         "convert": cmd_convert,
         "compare": cmd_compare,
         "zoo": cmd_zoo,
+        "synthetic-zoo": cmd_synthetic_zoo,
+        "groundtruth": cmd_groundtruth,
         "tasks": cmd_tasks,
         "export": cmd_export,
     }

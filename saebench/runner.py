@@ -53,6 +53,7 @@ from saebench.results import (
     write_result,
 )
 from saebench.spec import RunSpec
+from saebench.synthetic import synthetic_record
 
 
 @dataclass
@@ -356,6 +357,11 @@ def plan_run(sae: Any, spec: RunSpec, release_weights: bool = False) -> RunPlan:
     model_name = spec.model.name if isinstance(spec.model, SubjectModel) else spec.model
     jobs: list[Job] = []
     for ls in loaded:
+        if synthetic_record(ls.sae) is not None:  # no language model behind it (saebench.synthetic)
+            raise SaebenchError(
+                f"SAE {ls.name} was trained on a synthetic source, not on a language model; score it with "
+                f"`saebench groundtruth --sae {ls.source}`"
+            )
         m_name = model_name or resolve_model_name(ls.model_name, ls.name)
         h = check_place(ls, spec.hook, spec.force_hook)
         if ls.model_name and ls.model_name != m_name:

@@ -181,11 +181,14 @@ def train_sae(
     aux_coef: float = 1 / 32,
     progress: bool = True,
     recipe: PenaltyRecipe | None = None,
+    lr: float | None = None,
 ) -> tuple[NativeSAE, dict[str, Any]]:
     """Train one SAE of ``architecture`` on ``acts`` (model units); ``k`` is TopK's k or the target L0.
 
     ``batch_tokens`` applies to TopK/BatchTopK; the penalised architectures take theirs (and every
-    other setting) from ``recipe`` (default :class:`PenaltyRecipe`)."""
+    other setting) from ``recipe`` (default :class:`PenaltyRecipe`). ``lr`` replaces the base
+    learning rate (default Gao et al.'s scaling, times ``recipe.lr_scale`` for the penalised
+    architectures; the synthetic zoo's small problems take a larger one)."""
     gen = torch.Generator().manual_seed(seed)
     d_in = acts.shape[1]
     scale = math.sqrt(d_in) / float(acts.norm(dim=1).mean())
@@ -215,7 +218,8 @@ def train_sae(
     sae = _init(cfg, x_all, gen, eps, rec.relu_dec_norm)
     if architecture == "jumprelu" and rec.jumprelu_theta_init == "quantile":
         _theta_at_rate(sae, x_all, k / d_sae, gen, eps)
-    lr = 2e-4 / math.sqrt(d_sae / 16384) * (rec.lr_scale if penalised else 1.0)
+    if lr is None:
+        lr = 2e-4 / math.sqrt(d_sae / 16384) * (rec.lr_scale if penalised else 1.0)
     groups = [{"params": [p for n, p in sae.named_parameters() if n != "threshold"], "lr_scale": 1.0}]
     if architecture == "jumprelu":
         groups.append({"params": [sae.threshold], "lr_scale": rec.jumprelu_theta_lr_scale})
