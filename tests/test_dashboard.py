@@ -10,8 +10,10 @@ import torch
 from conftest import HOOK, SMALL, write_native
 
 from saebench import evaluate
+from saebench.compare import compare
 from saebench.errors import SaebenchError
 from saebench.evaluators.dashboard import direction_logits, histogram, top_windows
+from saebench.leaderboard import render
 
 SIZES = {"tokens": 1024, "ctx_len": 32, "batch_size": 8}
 
@@ -111,6 +113,7 @@ def test_the_default_sample_is_n2gs_and_bad_latents_are_refused(model, tmp_path,
         hook=HOOK,
         evals=["n2g", "dashboard"],
         progress=False,
+        out=tmp_path / "out",
         eval_config={"n2g": n2g_cfg, "dashboard": {"n2g_settings": n2g_cfg, "autointerp_settings": {"n_latents": 3}}},
         **SMALL,
     )
@@ -119,6 +122,14 @@ def test_the_default_sample_is_n2gs_and_bad_latents_are_refused(model, tmp_path,
     assert n2g_ids and [r["latent"] for r in rows if "n2g" in r["sampled_by"]] == n2g_ids
     assert run.metrics["dashboard"]["n_latents_autointerp"] == 3
     assert all(r["contexts"] and len(r["promoted"]["tokens"]) == 10 for r in rows)
+    # no headline metric: the markdown board is the same with and without the dashboard's result
+    got = next(iter(run.results.values()))
+    assert render([got["n2g"]]) == render([got["n2g"], got["dashboard"]])
+    same = compare([tmp_path / "out"], [tmp_path / "out"])  # the gate lists it and never fails on it
+    assert {(r.metric, r.verdict) for r in same.rows if r.evaluator == "dashboard"} == {
+        (m, "same")
+        for m in ("n_latents", "n_latents_n2g", "n_latents_autointerp", "n_latents_silent", "n_tokens_scanned")
+    }
     with pytest.raises(SaebenchError, match="outside 0..63"):
         evaluate(sae, model=model, hook=HOOK, evals=["dashboard"], progress=False,
                  eval_config={"dashboard": {"latents": [64]}}, **SMALL)  # fmt: skip
