@@ -164,9 +164,21 @@ def plot_names(groups: dict[Group, Rows], stem: str, results: list[Result]) -> d
     return names
 
 
+def on_board(decl: dict[str, Metric]) -> bool:
+    """Whether an evaluator's results belong on the markdown board: it declares a headline metric
+    (or declares nothing, as old plugin results may: those are shown as before)."""
+    return not decl or any(m.headline for m in decl.values())
+
+
 def render(results: list[Result], title: str = "saebench leaderboard",
            plots: dict[Group, dict[str, str]] | None = None) -> str:  # fmt: skip
-    """The markdown text of the leaderboard (``plots``: image file names per group to link)."""
+    """The markdown text of the leaderboard (``plots``: image file names per group to link).
+
+    Results of an evaluator that declares metrics but no headline one (``dashboard``: per-latent
+    page data) put nothing on the board and are left out of it entirely, header counts included:
+    adding them leaves the markdown byte for byte as it was."""
+    decl_all = metric_table(evaluator_order({r.evaluator for r in results}), results)
+    results = [r for r in results if on_board(decl_all.get(r.evaluator, {}))]
     groups = group_results(results)
     evaluators = evaluator_order({r.evaluator for r in results})
     lines = [

@@ -66,6 +66,7 @@ SLOW_TESTS = {
     "test_web.py::test_sorting_and_filtering_change_the_rows",
     "test_web.py::test_a_plot_renders_its_hover_names_the_sae_and_a_click_opens_its_page",
     "test_web.py::test_a_latent_page_highlights_the_activating_tokens",
+    "test_web.py::test_a_latent_page_shows_real_contexts_a_histogram_and_output_tokens",
     "test_web.py::test_a_planted_script_is_shown_as_text_and_never_runs",
     "test_web.py::test_the_compare_page_shows_the_chosen_pair",
     "test_web.py::test_the_pages_policy_blocks_inline_script_should_escaping_ever_fail",

@@ -31,7 +31,7 @@ from saebench.web import write_site
 
 BOARD = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
 SAES = ("relu-2304-l0_32", "topk-2304-k16", "topk-2304-k32")
-EVALS = ("core", "probing", "n2g", "autointerp", "absorption", "scr", "tpp", "ksweep")
+EVALS = ("core", "probing", "n2g", "autointerp", "absorption", "scr", "tpp", "ksweep", "dashboard")
 PLANT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 PLANT_TOKEN = "</script><b onmouseover=window.__pwned=3>x</b>"
 DAMAGED = "topk-2304-k16/tpp.json"
@@ -58,6 +58,11 @@ def _results(tmp: Path) -> Path:
     r = read_result(res / "topk-2304-k32" / "n2g.json")
     r.details["latents"][0]["explanation"][0]["pattern"] = '" the" ' + json.dumps(PLANT_TOKEN)
     write_result(r, res / "topk-2304-k32" / "n2g.json")
+    r = read_result(res / "topk-2304-k32" / "dashboard.json")  # a context token and a promoted token
+    ctx = r.details["latents"][0]["contexts"][0]
+    ctx["tokens"][ctx["acts"].index(max(ctx["acts"]))] = PLANT_TOKEN
+    r.details["latents"][0]["promoted"]["tokens"][0] = PLANT
+    write_result(r, res / "topk-2304-k32" / "dashboard.json")
     r = read_result(res / "relu-2304-l0_32" / "core.json")
     r.config["hook"] = "blocks.3.hook_resid_post"
     r.sae.name = ODD
@@ -140,6 +145,29 @@ def test_untrusted_text_reaches_the_page_as_json_text_only(built: dict[str, Any]
     assert any(lat.get("autointerp", {}).get("explanation") == PLANT for lat in lats.values())
     toks = [t["t"] for lat in lats.values() for p in lat.get("n2g", {}).get("patterns", []) for t in p["tokens"] or []]
     assert PLANT_TOKEN in toks
+    assert any(PLANT_TOKEN in c["t"] for lat in lats.values() for c in lat.get("contexts", []))
+    assert any(PLANT in lat.get("dashboard", {}).get("promoted", {}).get("t", []) for lat in lats.values())
+
+
+def test_latent_pages_join_n2g_autointerp_and_the_dashboard_by_latent_id(built: dict[str, Any]) -> None:
+    for sae in ("topk-2304-k16", "relu-2304-l0_32"):
+        lats = {lat["id"]: lat for lat in page_data(built["site"] / "latents" / f"{sae}.html")["latents"]}
+        dash = {r["latent"]: r for r in read_result(built["res"] / sae / "dashboard.json").details["latents"]}
+        n2g = {r["latent"] for r in read_result(built["res"] / sae / "n2g.json").details["latents"]}
+        ai = read_result(built["res"] / sae / "autointerp.json").details
+        auto = {r["latent"] for r in ai["latents"]}
+        # the dashboard holds every latent n2g and autointerp sampled (autointerp's skipped ones too)
+        assert set(lats) == set(dash) == n2g | auto | set(ai["skipped_latents"])
+        for i, row in dash.items():
+            lat = lats[i]
+            assert ("n2g" in lat) == (i in n2g) and ("autointerp" in lat) == (i in auto)
+            assert [c["t"] for c in lat["contexts"]] == [c["tokens"] for c in row["contexts"]]
+            assert lat["histogram"]["counts"] == row["histogram"]["counts"]
+            assert lat["dashboard"]["promoted"]["t"] == row["promoted"]["tokens"]
+    d = page_data(built["site"] / "sae" / "topk-2304-k16.html")
+    ev = next(e for e in d["evaluators"] if e["name"] == "dashboard")  # its records live on the latent page
+    assert "latents" not in {t["title"] for t in ev["details"]["tables"]}
+    assert "latent page" in ev["details"]["settings"]["latents"]
 
 
 def test_comparisons_are_saebench_compare_s(built: dict[str, Any]) -> None:
@@ -333,6 +361,30 @@ def test_a_latent_page_highlights_the_activating_tokens(built: dict[str, Any], b
     assert [r.find_element("css selector", "td").text for r in _rows(table)] == [str(lat)]
 
 
+def test_a_latent_page_shows_real_contexts_a_histogram_and_output_tokens(built: dict[str, Any], browser: Any) -> None:
+    site = built["site"]
+    rows = read_result(built["res"] / "topk-2304-k16" / "dashboard.json").details["latents"]
+    row = next(r for r in rows if "autointerp" in r["sampled_by"] and len(r["contexts"]) >= 3)
+    assert _open(browser, site, f"latents/topk-2304-k16.html#{row['latent']}") == []
+    detail = browser.find_element("id", "latent-detail")
+    items = detail.find_elements("css selector", ".contexts li")
+    assert len(items) == len(row["contexts"]) >= 3
+    for li, c in zip(items, row["contexts"], strict=True):
+        shown = li.find_elements("css selector", ".tok")
+        assert [t.get_attribute("textContent") for t in shown] == c["tokens"]
+        active = [t for t, a in zip(shown, c["acts"], strict=True) if a]
+        assert active and all("active" in t.get_attribute("class") for t in active)
+        assert all("rgba(255, 120, 0" in t.value_of_css_property("background-color") for t in active)
+        top = c["acts"].index(max(c["acts"]))
+        assert shown[top].get_attribute("title") == f"activation {c['acts'][top]}"
+    promoted = [t.get_attribute("textContent") for t in detail.find_elements("css selector", ".logits.promoted .tok")]
+    suppressed = [
+        t.get_attribute("textContent") for t in detail.find_elements("css selector", ".logits.suppressed .tok")
+    ]
+    assert promoted == row["promoted"]["tokens"] and suppressed == row["suppressed"]["tokens"] and len(promoted) == 10
+    assert detail.find_elements("css selector", "svg.chart")  # the activation histogram
+
+
 def test_a_planted_script_is_shown_as_text_and_never_runs(built: dict[str, Any], browser: Any) -> None:
     site = built["site"]
     lats = page_data(site / "latents" / "topk-2304-k32.html")["latents"]
@@ -340,11 +392,17 @@ def test_a_planted_script_is_shown_as_text_and_never_runs(built: dict[str, Any],
     token = next(
         lat["id"] for lat in lats if any(PLANT_TOKEN in p["text"] for p in lat.get("n2g", {}).get("patterns", []))
     )
-    for lid in (planted, token):
+    in_context = next(lat["id"] for lat in lats if any(PLANT_TOKEN in c["t"] for c in lat.get("contexts", [])))
+    for lid in (planted, in_context, token):
         assert _open(browser, site, f"latents/topk-2304-k32.html#{lid}") == []
         for el in browser.find_elements("css selector", "#latent-detail .tok, #latent-detail .explanation"):
             browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('mouseover', {bubbles: true}))", el)
         assert browser.execute_script("return window.__pwned === undefined")
+        if lid == in_context:  # the planted context token is the highlighted one, as text; the promoted one too
+            active = browser.find_elements("css selector", "#latent-detail .contexts li:first-child .tok.active")
+            assert PLANT_TOKEN in [a.text for a in active]
+            assert browser.find_element("css selector", "#latent-detail .logits.promoted .tok").text == PLANT
+            assert not browser.find_elements("css selector", "#app img, #app b")
     assert browser.find_element("css selector", "#latent-detail .patterns li .tok.active").text == PLANT_TOKEN
     _open(browser, site, f"latents/topk-2304-k32.html#{planted}")
     assert browser.find_element("css selector", "#latent-detail .explanation").text == PLANT

@@ -289,6 +289,17 @@ def random_windows(
     return out
 
 
+def sample_latents(ctx: EvalContext, cfg: AutointerpConfig) -> tuple[list[int], int | None]:
+    """The latents ``--evals autointerp`` explains for this SAE (sorted) and how many were live: the
+    explicit list, else a seeded draw (the run's ``--seed``) among latents firing on at least
+    ``min_active_tokens`` tokens of the run's token set. Public so that other evaluators (the
+    dashboard) show exactly autointerp's latents."""
+    chosen, n_live = examples.choose_latents(
+        ctx.pipeline, ctx.sae, cfg.latents, cfg.n_latents, ctx.seed, "autointerp", min_count=cfg.min_active_tokens
+    )
+    return chosen.tolist(), n_live
+
+
 def gather_examples(
     pipe: ActivationPipeline, sae: Any, latents: list[int], cfg: AutointerpConfig, seed: int
 ) -> dict[int, Collected]:
@@ -564,10 +575,7 @@ class AutointerpEvaluator:
         seed = ctx.seed
         pipe, sae = ctx.pipeline, ctx.sae
         t0 = time.perf_counter()
-        chosen, n_live = examples.choose_latents(
-            pipe, sae, cfg.latents, cfg.n_latents, seed, "autointerp", min_count=cfg.min_active_tokens
-        )
-        latents = chosen.tolist()
+        latents, n_live = sample_latents(ctx, cfg)
         if cfg.latents is None:
             if len(latents) < cfg.n_latents:
                 ctx.notes.append(f"autointerp: only {len(latents)} live latents, fewer than n_latents={cfg.n_latents}")

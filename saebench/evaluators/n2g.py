@@ -34,6 +34,7 @@ batched by length into ``batch_size x ctx_len``-token calls; ``forward_calls`` v
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -125,7 +126,7 @@ METRICS = (
 )
 
 
-def _token_pipeline(ctx: EvalContext, n_tokens: int | None) -> ActivationPipeline:
+def token_pipeline(ctx: EvalContext, n_tokens: int | None) -> ActivationPipeline:
     """The run's pipeline, or (when it holds fewer than ``n_tokens`` tokens) one over a longer token
     set from the same corpus, split and seed: its first contexts are the run's own (the token stream
     is the same, cut later). Built once per run and hook (memoised on the run's pipeline); its prefix
@@ -158,6 +159,47 @@ def _token_pipeline(ctx: EvalContext, n_tokens: int | None) -> ActivationPipelin
     return got
 
 
+@dataclass
+class N2GSample:
+    """What n2g reads and whom it explains: the token pipeline (:func:`token_pipeline`), the example
+    contexts ``train`` and held-out contexts ``held`` (indices into its token set), the sampled
+    ``latents`` (sorted), how many were in the density band, and the firing counts on ``train``
+    (None for an explicit list)."""
+
+    pipe: ActivationPipeline
+    train: torch.Tensor
+    held: torch.Tensor
+    latents: torch.Tensor
+    n_band: int | None
+    counts: torch.Tensor | None
+
+
+def sample_latents(ctx: EvalContext, cfg: N2GConfig) -> N2GSample:
+    """The token set, split and latent sample of ``--evals n2g`` for this SAE (public so that other
+    evaluators, the dashboard, show exactly n2g's latents): one firing-count pass over the example
+    contexts, then the stable seeded draw within the density band."""
+    pipe = token_pipeline(ctx, cfg.n_tokens)
+    n_seq = pipe.tokens.tokens.shape[0]
+    n_hold = max(1, round(n_seq * cfg.heldout_frac))
+    if n_seq - n_hold < 1:
+        raise SaebenchError(f"n2g needs at least 2 contexts (examples + held-out), got {n_seq}; raise --tokens")
+    train, held = torch.arange(n_seq - n_hold), torch.arange(n_seq - n_hold, n_seq)
+    counts = examples.fire_counts(pipe, ctx.sae, train) if cfg.latents is None else None
+    latents, n_band = examples.choose_latents(
+        pipe,
+        ctx.sae,
+        cfg.latents,
+        cfg.n_latents,
+        ctx.seed if cfg.latent_seed is None else cfg.latent_seed,
+        "n2g",
+        seqs=train,
+        density=(cfg.min_density, cfg.max_density),
+        counts=counts,
+        stable=True,
+    )
+    return N2GSample(pipe, train, held, latents, n_band, counts)
+
+
 class N2GEvaluator:
     """``--evals n2g``: see module doc."""
 
@@ -178,25 +220,15 @@ class N2GEvaluator:
             raise SaebenchError("n2g: need 0 <= min_density <= max_density <= 1; fix the --set values")
         sae, model = ctx.sae, ctx.model
         seed = ctx.seed
-        pipe = _token_pipeline(ctx, cfg.n_tokens)
-        n_seq = pipe.tokens.tokens.shape[0]
-        n_hold = max(1, round(n_seq * cfg.heldout_frac))
-        if n_seq - n_hold < 1:
-            raise SaebenchError(f"n2g needs at least 2 contexts (examples + held-out), got {n_seq}; raise --tokens")
-        train, held = torch.arange(n_seq - n_hold), torch.arange(n_seq - n_hold, n_seq)
         t0 = time.perf_counter()
-        counts = examples.fire_counts(pipe, sae, train) if cfg.latents is None else None
-        latents, n_band = examples.choose_latents(
-            pipe,
-            sae,
-            cfg.latents,
-            cfg.n_latents,
-            seed if cfg.latent_seed is None else cfg.latent_seed,
-            "n2g",
-            seqs=train,
-            density=(cfg.min_density, cfg.max_density),
-            counts=counts,
-            stable=True,
+        pick = sample_latents(ctx, cfg)
+        pipe, train, held, latents, n_band, counts = (
+            pick.pipe,
+            pick.train,
+            pick.held,
+            pick.latents,
+            pick.n_band,
+            pick.counts,
         )
         n_live = int((counts > 0).sum()) if counts is not None else None
         ex = examples.latent_examples(pipe, sae, latents, n_top=cfg.n_top, n_random=cfg.n_random, seed=seed, seqs=train)

@@ -45,6 +45,8 @@ MAX_DETAIL_ROWS = 400
 MAX_COMPARE_SAES = 20
 #: a nested value inside a details table cell is shown as compact JSON cut at this many characters
 MAX_CELL_CHARS = 160
+#: the evaluator whose per-latent records are the latent pages' contexts, histograms and output tokens
+DASHBOARD = "dashboard"
 
 
 def load(paths: list[str | Path]) -> tuple[list[tuple[Path, Result]], list[str]]:
@@ -235,7 +237,7 @@ class Site:
                     "created_at": r.created_at,
                     "metrics": metrics,
                     "notes": list(r.notes),
-                    "details": details_view(r.details),
+                    "details": details_view(dashboard_settings(r.details) if ev == DASHBOARD else r.details),
                     "config": _json_text(r.config),
                     "timing": {k: fmt(v) for k, v in r.timing.items()},
                     "env": _json_text(r.env),
@@ -273,6 +275,8 @@ class Site:
                     entry["n2g"] = n2g_view(lat)
                 elif ev == "autointerp":
                     entry["autointerp"] = autointerp_view(lat)
+                elif ev == DASHBOARD:
+                    entry["dashboard"] = dashboard_view(lat)
                 else:
                     entry.setdefault("other", {})[ev] = {k: _cell_text(v) for k, v in lat.items() if k != "latent"}
                 ctx = contexts_view(lat)
@@ -504,11 +508,38 @@ def autointerp_view(lat: dict[str, Any]) -> dict[str, Any]:
 
 def contexts_view(lat: dict[str, Any]) -> list[dict[str, Any]]:
     """Activating contexts stored with a latent (``contexts`` or ``examples``: records with token
-    strings ``tokens`` and activations ``acts``), as token lists with activations. Today's
-    evaluators do not store them (docs/web.md); a result that does gets them shown."""
+    strings ``tokens`` and activations ``acts``; the dashboard evaluator stores them), compact:
+    ``{"t": [token text], "a": [activation]}`` (the page script makes the highlighted tokens)."""
     out = []
     for c in (lat.get("contexts") or lat.get("examples") or [])[:20]:
         if isinstance(c, dict) and isinstance(c.get("tokens"), list) and isinstance(c.get("acts"), list):
-            toks = [{"kind": "tok", "t": str(t), "a": _num(a)} for t, a in zip(c["tokens"], c["acts"], strict=False)]
-            out.append({"tokens": toks, "max": max((t["a"] or 0.0 for t in toks), default=0.0)})
+            n = min(len(c["tokens"]), len(c["acts"]))
+            acts = [_num(a) for a in c["acts"][:n]]
+            out.append({"t": [str(t) for t in c["tokens"][:n]], "a": [0 if not a else a for a in acts]})
     return out
+
+
+def dashboard_view(lat: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard evaluator's record of one latent, beyond its contexts and histogram (which
+    the generic keys carry): firing count, density, maximum, who sampled it, and the promoted and
+    suppressed output tokens with their logit-lens values."""
+    out: dict[str, Any] = {
+        k: fmt(lat.get(k)) for k in ("n_fire", "density", "max_act") if isinstance(lat.get(k), (int, float))
+    }
+    by = lat.get("sampled_by")
+    if isinstance(by, list):
+        out["sampled_by"] = ", ".join(str(x) for x in by)
+    for key in ("promoted", "suppressed"):
+        rec = lat.get(key)
+        if isinstance(rec, dict) and isinstance(rec.get("tokens"), list) and isinstance(rec.get("logits"), list):
+            out[key] = {"t": [str(t) for t in rec["tokens"]], "v": [fmt(v) for v in rec["logits"]]}
+    return out
+
+
+def dashboard_settings(details: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard result's details for its SAE page: the per-latent records (contexts,
+    histograms, output tokens) live on the latent page, so the SAE page names their count only."""
+    lats = details.get("latents")
+    if not isinstance(lats, list):
+        return details
+    return {**details, "latents": f"{len(lats)} latents: contexts, histograms and output tokens on the latent page"}

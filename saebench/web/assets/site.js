@@ -311,6 +311,15 @@ function histogram(h) {
   return chart([{ name: "activation histogram", colour: "#1f77b4", points: pts }], "activation", "count", { lines: true });
 }
 
+function contextTokens(c) {
+  return tokens(c.t.map((t, i) => ({ kind: "tok", t, a: c.a[i] })));
+}
+
+function logitList(title, rec) {
+  return el("div", { class: "logits " + title }, el("h4", {}, title),
+    el("table", { class: "lens" }, el("tbody", {}, rec.t.map((t, i) => el("tr", {}, el("td", {}, el("span", { class: "tok" }, t)), el("td", { class: "num" }, rec.v[i]))))));
+}
+
 function latentDetail(lat) {
   const box = el("section", { id: "latent-detail", class: "latent", "data-latent": lat.id }, el("h2", {}, `${DATA.sae} · latent ${lat.id}`));
   if (lat.autointerp) {
@@ -329,8 +338,19 @@ function latentDetail(lat) {
         "token is the activating one, shaded by the pattern's activation (a fraction of the latent's maximum)."),
       el("ol", { class: "patterns" }, lat.n2g.patterns.map((p) => el("li", {}, p.tokens ? tokens(p.tokens) : el("code", {}, p.text), el("span", { class: "act" }, " act " + p.act_text)))));
   }
-  if (lat.contexts) box.append(el("h3", {}, "top activating contexts"), el("ol", { class: "contexts" }, lat.contexts.map((c) => el("li", {}, tokens(c.tokens)))));
-  else box.append(el("p", { class: "note" }, "The results store no activating contexts, activation histogram or promoted/suppressed tokens for this latent (docs/web.md)."));
+  if (lat.dashboard) {
+    const d = lat.dashboard;
+    box.append(el("h3", {}, "activations"), kvTable(Object.fromEntries([["sampled by", d.sampled_by], ["fires on (positions)", d.n_fire], ["density", d.density], ["max activation", d.max_act]].filter(([, v]) => v !== undefined))));
+    if (d.promoted || d.suppressed) {
+      box.append(el("h3", {}, "output tokens"),
+        el("p", { class: "help" }, "Logit lens of the decoder row: W_dec[i] scaled by the final norm's gain, times W_U (the norm's 1/RMS scale left out; docs/web.md)."),
+        el("div", { class: "logit-lists" }, d.promoted ? logitList("promoted", d.promoted) : null, d.suppressed ? logitList("suppressed", d.suppressed) : null));
+    }
+  }
+  if (lat.contexts) {
+    box.append(el("h3", {}, "top activating contexts"), el("p", { class: "help" }, "Windows around the largest activations (one per stretch of text), shaded by the activation; hover a token for its value."),
+      el("ol", { class: "contexts" }, lat.contexts.map((c) => el("li", {}, contextTokens(c)))));
+  } else box.append(el("p", { class: "note" }, "The results store no activating contexts, activation histogram or promoted/suppressed tokens for this latent (run --evals dashboard; docs/web.md)."));
   if (lat.histogram) box.append(el("h3", {}, "activation histogram"), histogram(lat.histogram));
   if (lat.other) for (const [ev, rec] of Object.entries(lat.other)) box.append(el("h3", {}, ev), kvTable(rec));
   return box;
