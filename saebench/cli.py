@@ -297,7 +297,9 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         out = None
         if a.output is not None or a.html is None:  # --html alone writes only the site
-            out = write_leaderboard(a.results, a.output or "LEADERBOARD.md", a.title, plots=not a.no_plots)
+            out = write_leaderboard(
+                a.results, a.output or "LEADERBOARD.md", a.title, plots=not a.no_plots, validity=a.validity
+            )
         site = None
         if a.html is not None:
             from saebench.web import DEFAULT_BUDGET, write_site
@@ -502,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lb.add_argument("--title", default="saebench leaderboard")
     lb.add_argument("--no-plots", action="store_true", help="write only the markdown, no PNG plots")
+    lb.add_argument(
+        "--validity",
+        metavar="FILE",
+        default=None,
+        help="add the synthetic ground-truth validity of each evaluator (the track.json that "
+        "`python benchmarks/groundtruth.py` writes; the board's copy: leaderboard/validity.json, docs/groundtruth.md)",
+    )
     lb.add_argument(
         "--html",
         metavar="DIR",

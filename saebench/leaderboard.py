@@ -17,6 +17,8 @@ naming them.
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -170,9 +172,70 @@ def on_board(decl: dict[str, Metric]) -> bool:
     return not decl or any(m.headline for m in decl.values())
 
 
+def load_validity(path: str | Path) -> list[dict[str, Any]]:
+    """The validity rows of a synthetic-track file (``benchmarks/groundtruth.py`` writes them in its
+    ``track.json``; the board's copy is ``leaderboard/validity.json``): per evaluator score, the
+    Spearman rank correlation over the synthetic zoo with the ground-truth quantity it claims to
+    measure. A missing or malformed file is one line naming it."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())["validity"]
+        for r in rows:
+            for k in ("evaluator", "score", "truth", "sign", "rho", "p", "n"):
+                r[k]  # noqa: B018 - KeyError names the missing field
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SaebenchError(
+            f"cannot read validity rows from {path} ({type(exc).__name__}: {exc}); pass the track.json that "
+            "`python benchmarks/groundtruth.py` writes (docs/groundtruth.md)"
+        ) from None
+    return rows
+
+
+def tracks(row: dict[str, Any], alpha: float = 0.05) -> bool:
+    """A score tracks its truth: rank correlation of the expected sign, significant at ``alpha``."""
+    return row["rho"] is not None and row["sign"] * row["rho"] > 0 and row["p"] is not None and row["p"] < alpha
+
+
+def _validity_line(row: dict[str, Any]) -> str:
+    verdict = "tracks it" if tracks(row) else "⚠ **does not track it**"
+    return (
+        f"`{row['score']}` vs true `{row['truth']}`: Spearman ρ = {row['rho']:+.2f} (p = {row['p']:.2g}, "
+        f"{row['n']} synthetic SAEs; expected sign {'+' if row['sign'] > 0 else '−'}): {verdict}"
+    )
+
+
+def _validity_section(rows: list[dict[str, Any]]) -> list[str]:
+    from tabulate import tabulate
+
+    table = [
+        [r["evaluator"], f"`{r['score']}`", f"`{r['truth']}`", f"{r['rho']:+.2f}", f"{r['p']:.2g}", r["n"],
+         "tracks" if tracks(r) else "⚠ does not track"]
+        for r in rows
+    ]  # fmt: skip
+    return [
+        "## Validity on synthetic ground truth",
+        "",
+        "Each evaluator's own scoring code run on SAEs trained on a synthetic source whose true features are "
+        "known, and the Spearman rank correlation over those SAEs between its score and the true quantity it "
+        "claims to measure (docs/groundtruth.md; `python benchmarks/groundtruth.py`). Not listed: evaluators "
+        "that need real text or a model (not yet validated).",
+        "",
+        tabulate(
+            table,
+            headers=["evaluator", "score", "truth", "ρ", "p", "SAEs", "verdict"],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
+
+
 def render(results: list[Result], title: str = "saebench leaderboard",
-           plots: dict[Group, dict[str, str]] | None = None) -> str:  # fmt: skip
-    """The markdown text of the leaderboard (``plots``: image file names per group to link).
+           plots: dict[Group, dict[str, str]] | None = None,
+           validity: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    """The markdown text of the leaderboard (``plots``: image file names per group to link;
+    ``validity``: rows of :func:`load_validity`, shown in their own section and under each evaluator
+    they name).
 
     Results of an evaluator that declares metrics but no headline one (``dashboard``: per-latent
     page data) put nothing on the board and are left out of it entirely, header counts included:
@@ -215,6 +278,9 @@ def render(results: list[Result], title: str = "saebench leaderboard",
                 lines += ([title_ev, ""] if title_ev else []) + [_table(rows, [(ev, m) for m in heads[ev]]), ""]
                 flags = resolution_flags(rows, [(ev, m) for m in heads[ev]])
                 lines += [f"⚠ not resolved at this profile: {why}" for why in flags.values()] + ([""] if flags else [])
+                checked = [_validity_line(v) for v in validity or [] if _validity_evaluator(v) == ev]
+                if checked:
+                    lines += ["Validity on synthetic ground truth: " + "; ".join(checked) + ".", ""]
         if plots and plots.get(key):
             links = [f"![L0 vs {m.column}]({plots[key][f'{ev}.{m.name}']})" for ev, m in _plot_metrics(decl, evs)
                      if f"{ev}.{m.name}" in plots[key]]  # fmt: skip
@@ -223,7 +289,15 @@ def render(results: list[Result], title: str = "saebench leaderboard",
                       if f"{ev}.curve.{c}" in plots[key]]  # fmt: skip
             if curves:
                 lines += ["### Curves", "", " ".join(curves), ""]
+    if validity:
+        lines += _validity_section(validity)
     return "\n".join(lines)
+
+
+def _validity_evaluator(row: dict[str, Any]) -> str:
+    """The evaluator a validity row is about: its name up to the first space or colon
+    (``absorption (vs excess)``, ``absorption: split latents`` are absorption's)."""
+    return re.split(r"[ :]", str(row["evaluator"]), maxsplit=1)[0]
 
 
 def _colour(arch: str) -> str:
@@ -362,8 +436,10 @@ def plot_curve(rows: Rows, evaluator: str, curve: str, title: str) -> bytes | No
 
 
 def write_leaderboard(paths: list[str | Path], out: str | Path, title: str = "saebench leaderboard",
-                      plots: bool = True) -> Path:  # fmt: skip
-    """Render results found under ``paths`` to ``out`` (atomically), with PNG plots beside it."""
+                      plots: bool = True, validity: str | Path | None = None) -> Path:  # fmt: skip
+    """Render results found under ``paths`` to ``out`` (atomically), with PNG plots beside it and the
+    validity rows of the file ``validity`` (:func:`load_validity`) when given."""
+    validity_rows = load_validity(validity) if validity is not None else None
     results = load_results(list(paths))
     if not results:
         raise SaebenchError(
@@ -397,5 +473,5 @@ def write_leaderboard(paths: list[str | Path], out: str | Path, title: str = "sa
                     if png is not None:
                         atomic_write_bytes(out.parent / files[f"{ev}.curve.{c}"], png)
                         names.setdefault(key, {})[f"{ev}.curve.{c}"] = files[f"{ev}.curve.{c}"]
-    atomic_write_bytes(out, render(results, title, names).encode())
+    atomic_write_bytes(out, render(results, title, names, validity_rows).encode())
     return out

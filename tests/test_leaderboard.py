@@ -124,3 +124,36 @@ def test_frontier_labels_do_not_overlap():
     overlaps = sum(boxes[i].overlaps(boxes[j]) for i in range(13) for j in range(i + 1, 13))
     assert overlaps == 0
     plt.close(fig)
+
+
+def test_validity_rows_under_their_evaluator_and_in_their_own_section(tmp_path, capsys):
+    """`--validity FILE`: each evaluator's synthetic ground-truth figures print under its table, a
+    score that does not track its truth is flagged, and the section lists every row; a malformed
+    file is one line naming it."""
+    import json
+
+    rows = [
+        {"evaluator": "core", "score": "fvu", "truth": "t1", "sign": 1, "rho": 0.62, "p": 0.003, "n": 20},
+        {"evaluator": "core (raw)", "score": "fvu", "truth": "t2", "sign": 1, "rho": 0.23, "p": 0.34, "n": 20},
+        {"evaluator": "probing", "score": "s", "truth": "t3", "sign": -1, "rho": -0.53, "p": 0.016, "n": 20},
+    ]
+    (tmp_path / "v.json").write_text(json.dumps({"validity": rows}))
+    _write_all(tmp_path / "res", ZOO)
+    out = tmp_path / "LB.md"
+    assert (
+        main(
+            ["leaderboard", str(tmp_path / "res"), "-o", str(out), "--no-plots", "--validity", str(tmp_path / "v.json")]
+        )
+        == 0
+    )
+    text = out.read_text()
+    board, section = text.split("## Validity on synthetic ground truth")
+    under = [ln for ln in board.splitlines() if ln.startswith("Validity on synthetic ground truth:")]
+    assert len(under) == 1  # one line for core's two rows; probing has no table here
+    assert "`fvu` vs true `t1`: Spearman ρ = +0.62" in under[0] and "tracks it" in under[0]
+    assert "`fvu` vs true `t2`" in under[0] and "does not track it" in under[0]
+    assert section.count("| core") == 2 and "| probing" in section and section.count("does not track") == 1
+    (tmp_path / "bad.json").write_text(json.dumps({"validity": [{"evaluator": "core"}]}))
+    assert main(["leaderboard", str(tmp_path / "res"), "-o", str(out), "--validity", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read validity rows from" in err and "bad.json" in err and "Traceback" not in err
