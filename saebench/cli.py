@@ -346,20 +346,21 @@ def cmd_zoo(a: argparse.Namespace) -> int:
 
     import torch
 
-    from saebench.zoo import ZOO, build_zoo
+    from saebench.zoo import SEED_ZOO, ZOO, build_zoo
 
+    members = ZOO + SEED_ZOO if a.seeds else ZOO
     if a.action == "list":
-        for m in ZOO:
+        for m in members:
             print(
-                f"{m.name:24s} {m.architecture:10s} d_sae={m.d_sae:<5d} "
-                f"{'k' if m.architecture in ('topk', 'batchtopk') else 'target L0'}={m.k}"
+                f"{m.name:27s} {m.architecture:10s} d_sae={m.d_sae:<5d} "
+                f"{'k' if m.architecture in ('topk', 'batchtopk') else 'target L0'}={m.k:<3d} seed={m.seed}"
             )
         return 0
     if a.threads:
         torch.set_num_threads(a.threads)
     from saebench.models import load_model
 
-    logs = build_zoo(load_model(), Path(a.out), progress=not a.quiet)
+    logs = build_zoo(load_model(), Path(a.out), members=members, progress=not a.quiet)
     print(json.dumps(logs, indent=2) if logs else f"zoo complete in {a.out}")
     return 0
 
@@ -590,6 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     zo = sub.add_parser("zoo", help="list or regenerate the reference zoo (13 SAEs; see saebench/zoo.py)")
     zo.add_argument("action", choices=["list", "build"])
     zo.add_argument("--out", default="zoo", help="folder for the zoo SAEs (default: zoo/)")
+    zo.add_argument(
+        "--seeds",
+        action="store_true",
+        help="also the reseeded copies (seeds 1 and 2 of the five architectures at 2304 / L0 32 and TopK k16, k64: "
+        "14 more SAEs, named <config>-s<seed>) that measure training-seed reliability",
+    )
     zo.add_argument("--threads", type=int)
     zo.add_argument("--quiet", action="store_true")
     sz = sub.add_parser(
