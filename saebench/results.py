@@ -74,6 +74,18 @@ class SAERecord(BaseModel):
     d_sae: int
     fingerprint: str
 
+    @classmethod
+    def of(cls, ls: Any) -> SAERecord:
+        """The record of a loaded SAE (:class:`saebench.loading.LoadedSAE`)."""
+        return cls(
+            name=ls.name,
+            source=ls.source,
+            architecture=ls.architecture,
+            d_in=int(ls.sae.d_in),
+            d_sae=int(ls.sae.d_sae),
+            fingerprint=ls.fingerprint,
+        )
+
 
 class Result(BaseModel):
     schema_version: int = SCHEMA_VERSION

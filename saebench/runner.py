@@ -593,14 +593,7 @@ def evaluate(sae: Any, spec: RunSpec | None = None, reuse: dict[Any, Any] | None
                     result = Result(
                         evaluator=ev.name,
                         run_key=job.key,
-                        sae=SAERecord(
-                            name=ls.name,
-                            source=ls.source,
-                            architecture=ls.architecture,
-                            d_in=int(ls.sae.d_in),
-                            d_sae=int(ls.sae.d_sae),
-                            fingerprint=ls.fingerprint,
-                        ),
+                        sae=SAERecord.of(ls),
                         config={**job.run_config, **token_set.meta(), "bos_excluded": True},
                         metrics=metrics,
                         uncertainty=uncertainty,

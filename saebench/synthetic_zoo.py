@@ -197,14 +197,7 @@ def evaluate_groundtruth(
         result = Result(
             evaluator=ev.name,
             run_key=key,
-            sae=SAERecord(
-                name=ls.name,
-                source=ls.source,
-                architecture=ls.architecture,
-                d_in=int(ls.sae.d_in),
-                d_sae=int(ls.sae.d_sae),
-                fingerprint=ls.fingerprint,
-            ),
+            sae=SAERecord.of(ls),
             config=run_cfg,
             metrics=metrics,
             uncertainty=uncertainty,
