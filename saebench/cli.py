@@ -435,6 +435,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     from saebench.compare import IncomparableError, compare, parse_min_effects, render
+    from saebench.reliability import load_seed_variance
 
     direct = a.baseline is None
     if direct and len(a.new) != 2:
@@ -451,6 +452,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                 ignore=tuple(a.ignore),
                 direct=direct,
                 only_run=a.only_run,
+                seed_variance=load_seed_variance(a.seed_variance) if a.seed_variance else None,
             )
         except IncomparableError as exc:
             _error(str(exc))
@@ -459,6 +461,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     print(render(result, show_all=not a.only_changes, direct=direct))
     return 1 if result.failures and not direct else 0
+
+
+def cmd_reliability(a: argparse.Namespace) -> int:
+    from saebench.reliability import render, write_reliability
+
+    rows = write_reliability(a.results, a.output)
+    print(render(rows))
+    print(f"wrote {a.output}")
+    return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -566,6 +577,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="gate only the evaluators and metrics the new results hold (default: a baseline result or metric the new "
         "side lacks fails the gate, naming it)",
     )
+    cp.add_argument(
+        "--seed-variance",
+        metavar="FILE",
+        help="a reliability file (`saebench reliability`): add each metric's training-seed variance to the noise "
+        "model, for a retrained SAE compared with another training run (default: same weights, data noise only)",
+    )
+    rl = sub.add_parser(
+        "reliability",
+        help="training-seed reliability per metric: which metrics can rank configurations (docs/seed_reliability.md)",
+        description="From results of configurations each trained with 2+ seeds (SAE names <config>-s<seed>; "
+        "`saebench zoo build --seeds`), evaluated on the same tokens and profile: per headline metric the "
+        "data-sampling SE, the training-seed SD, the spread between configurations, ICC(1), Kendall's tau of the "
+        "ranking between seeds, and a verdict. Writes FILE for `compare --seed-variance`.",
+    )
+    rl.add_argument("results", nargs="+", help="result files or folders (only the reseeded configurations)")
+    rl.add_argument("-o", "--output", default="reliability.json", help="reliability file to write")
     ex = sub.add_parser(
         "export",
         help="write results in another tool's layout (SAEBench's eval_results JSON)",
@@ -688,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         "train-reference": cmd_train_reference,
         "convert": cmd_convert,
         "compare": cmd_compare,
+        "reliability": cmd_reliability,
         "zoo": cmd_zoo,
         "synthetic-zoo": cmd_synthetic_zoo,
         "groundtruth": cmd_groundtruth,

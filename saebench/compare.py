@@ -220,9 +220,16 @@ def _family_wise(rows: list[Row], level: float = 0.95) -> None:
 
 
 def compare_metric(
-    name: str, decl: Metric | None, new: Result, base: Result, override: dict[str, tuple[float, bool]]
+    name: str,
+    decl: Metric | None,
+    new: Result,
+    base: Result,
+    override: dict[str, tuple[float, bool]],
+    seed_sd: tuple[float, int] | None = None,
 ) -> Row:
-    """One row: values, difference with interval, verdict (see module doc)."""
+    """One row: values, difference with interval, verdict (see module doc). ``seed_sd``: the metric's
+    training-seed standard deviation and its df (a reliability file): the two sides are then two
+    training runs, and the difference's variance gains 2·seed_sd² (Welch–Satterthwaite df)."""
     direction = decl.direction if decl is not None else ""
     b, n = base.metrics.get(name, "absent"), new.metrics.get(name, "absent")
     key = (new.sae.name, new.evaluator, name, direction, base.metrics.get(name), new.metrics.get(name))
@@ -243,6 +250,11 @@ def compare_metric(
     if not direction:
         return Row(*key, diff, None, None, False, None, "changed")
     low, high, paired, se, df, why = _interval(decl, name, new, base)
+    if seed_sd is not None:
+        retrain = math.sqrt(2.0) * seed_sd[0]
+        se, df = stats.welch(se, df, retrain, float(seed_sd[1])) if se is not None else (retrain, float(seed_sd[1]))
+        q = stats.t_quantile(math.inf if df is None else df)
+        low, high, why = diff - q * se, diff + q * se, ""
     bad = diff > 0 if direction == "down" else diff < 0
     basis = ""
     if low is None:  # no interval: only the minimum effect decides, and with none the metric is not judged
@@ -269,6 +281,7 @@ def compare(
     ignore: tuple[str, ...] = (),
     direct: bool = False,
     only_run: bool = False,
+    seed_variance: dict[tuple[str, str], tuple[float, int]] | None = None,
 ) -> Comparison:
     """Compare the results under ``new_paths`` with those under ``baseline_paths``.
 
@@ -277,7 +290,9 @@ def compare(
     The gate (not ``direct``) fails on every baseline result and metric the new side lacks: a run
     that crashed before an evaluator, or no longer reports a metric, measured nothing there.
     ``only_run`` restricts the gate to the evaluators the new side ran (a baseline evaluator the
-    new results do not hold is then a note, not a failure).
+    new results do not hold is then a note, not a failure). ``seed_variance``
+    (:func:`saebench.reliability.load_seed_variance`): add each metric's training-seed variance to the
+    noise model, for a retrained SAE compared with another training run (default: the same weights).
     """
     override = dict(min_effects or {})
     new = collect(list(new_paths), "new results")
@@ -339,7 +354,8 @@ def compare(
     for key in matched:
         b, n = base[key], new[key]
         names = sorted(m for m in set(b.metrics) | set(n.metrics) if m not in ignore)
-        rows = [compare_metric(m, decl.get(key[1], {}).get(m), n, b, override) for m in names]
+        sv = seed_variance or {}
+        rows = [compare_metric(m, decl.get(key[1], {}).get(m), n, b, override, sv.get((key[1], m))) for m in names]
         if only_run or direct:  # a metric the new side did not compute is a note, not a failure
             for r in rows:
                 if r.verdict == "missing":
