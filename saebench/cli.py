@@ -346,6 +346,7 @@ def cmd_zoo(a: argparse.Namespace) -> int:
 
     import torch
 
+    from saebench.baselines import baseline_names, build_baselines
     from saebench.zoo import SEED_ZOO, ZOO, build_zoo
 
     members = ZOO + SEED_ZOO if a.seeds else ZOO
@@ -355,12 +356,17 @@ def cmd_zoo(a: argparse.Namespace) -> int:
                 f"{m.name:27s} {m.architecture:10s} d_sae={m.d_sae:<5d} "
                 f"{'k' if m.architecture in ('topk', 'batchtopk') else 'target L0'}={m.k:<3d} seed={m.seed}"
             )
+        for name in baseline_names() if a.baselines else []:
+            print(f"{name:36s} baseline (no training; saebench/baselines.py)")
         return 0
     if a.threads:
         torch.set_num_threads(a.threads)
     from saebench.models import load_model
 
-    logs = build_zoo(load_model(), Path(a.out), members=members, progress=not a.quiet)
+    model = load_model()
+    logs = build_zoo(model, Path(a.out), members=members, progress=not a.quiet)
+    if a.baselines:
+        logs += [{"name": n, "baseline": True} for n in build_baselines(model, Path(a.out), progress=not a.quiet)]
     print(json.dumps(logs, indent=2) if logs else f"zoo complete in {a.out}")
     return 0
 
@@ -623,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also the reseeded copies (seeds 1 and 2 of the five architectures at 2304 / L0 32 and TopK k16, k64: "
         "14 more SAEs, named <config>-s<seed>) that measure training-seed reliability",
+    )
+    zo.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also the 7 baseline SAEs (untrained random init per architecture, PCA and neuron-basis TopK readers; "
+        "named baseline-*): the floor under every metric",
     )
     zo.add_argument("--threads", type=int)
     zo.add_argument("--quiet", action="store_true")
