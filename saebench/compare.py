@@ -365,7 +365,8 @@ def compare(
     return out
 
 
-def _ci(r: Row) -> str:
+def diff_text(r: Row) -> str:
+    """The difference with its 95% interval as the table shows it (``p``: paired)."""
     if r.diff is None:
         return ""
     if r.low is None:
@@ -391,7 +392,7 @@ def render(cmp: Comparison, show_all: bool = True, direct: bool = False) -> str:
         values = [fmt(r.new), fmt(r.baseline)] if direct else [fmt(r.baseline), fmt(r.new)]
         rows.append(
             ([] if direct else [r.sae])
-            + [r.evaluator, f"{r.metric} {arrow[r.direction]}".rstrip(), *values, _ci(r)]
+            + [r.evaluator, f"{r.metric} {arrow[r.direction]}".rstrip(), *values, diff_text(r)]
             + ["" if r.min_effect is None else f"{r.min_effect:.3g}", words.get(r.verdict, r.verdict)]
         )
     heads = (
@@ -427,4 +428,4 @@ def _failure(r: Row) -> str:
         return f"{r.sae}/{r.evaluator} (the baseline has it, the new results do not; --only-run to gate only what ran)"
     if r.verdict == "missing":
         return f"{r.metric} of {r.sae}/{r.evaluator} (the new result does not report it)"
-    return f"{r.metric} of {r.sae}/{r.evaluator} ({fmt(r.baseline)} → {fmt(r.new)}, {_ci(r) or r.verdict})"
+    return f"{r.metric} of {r.sae}/{r.evaluator} ({fmt(r.baseline)} → {fmt(r.new)}, {diff_text(r) or r.verdict})"

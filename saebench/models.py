@@ -245,6 +245,19 @@ class SubjectModel:
         w = unembed.W_U.detach().float()
         return w, (b.detach().float() if b is not None else torch.zeros(w.shape[1], device=w.device))
 
+    @torch.no_grad()
+    def logit_lens(self, directions: torch.Tensor) -> torch.Tensor:
+        """Direct-path logits ``[n, V]`` (float32, CPU) of residual-stream directions ``[n, d_model]``:
+        a LayerNorm model's centring (linear), the final norm's elementwise gain, then ``W_U``. The
+        norm's 1/RMS scale (one positive number per position: it changes no ranking) and the
+        unembedding bias (the same for every direction) are left out: the usual logit-lens reading."""
+        d = directions.float().cpu()
+        if str(self.model.cfg.normalization_type) in ("LN", "LNPre"):
+            d = d - d.mean(-1, keepdim=True)  # LayerNorm centres first; RMSNorm does not
+        w_u = self.model.W_U.detach().float().cpu()
+        gain = getattr(getattr(self.model, "ln_final", None), "w", None)
+        return d @ (w_u * gain.detach().float().cpu()[:, None] if gain is not None else w_u)
+
     def _soft_cap(self) -> float:
         return float(getattr(self.model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
 

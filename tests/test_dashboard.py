@@ -12,8 +12,9 @@ from conftest import HOOK, SMALL, write_native
 from saebench import evaluate
 from saebench.compare import compare
 from saebench.errors import SaebenchError
-from saebench.evaluators.dashboard import direction_logits, histogram, top_windows
+from saebench.evaluators.dashboard import histogram, top_windows
 from saebench.leaderboard import render
+from saebench.models import SubjectModel
 
 SIZES = {"tokens": 1024, "ctx_len": 32, "batch_size": 8}
 
@@ -41,11 +42,15 @@ def test_logit_lens_folds_the_norm_gain_and_centres_only_layernorm():
     gain = torch.tensor([3.0, 0.5])
     tl = types.SimpleNamespace(W_U=w_u, ln_final=types.SimpleNamespace(w=gain), cfg=types.SimpleNamespace())
     d = torch.tensor([[1.0, 1.0]])
+
+    def lens(x: torch.Tensor) -> torch.Tensor:  # SubjectModel.logit_lens on a stand-in model
+        return SubjectModel.logit_lens(types.SimpleNamespace(model=tl), x)  # type: ignore[arg-type]
+
     tl.cfg.normalization_type = "RMS"
-    rms = direction_logits(types.SimpleNamespace(model=tl), d)
+    rms = lens(d)
     assert rms.tolist() == [[3.0, 1.0, -2.5]]  # (d * gain) @ W_U: no 1/RMS scale, no bias
     tl.cfg.normalization_type = "LN"
-    assert direction_logits(types.SimpleNamespace(model=tl), d).tolist() == [[0.0, 0.0, 0.0]]  # centred: d - mean = 0
+    assert lens(d).tolist() == [[0.0, 0.0, 0.0]]  # centred: d - mean = 0
 
 
 # -- on the embedded model -----------------------------------------------------------------------

@@ -20,8 +20,8 @@ same to ``n2g_settings`` / ``autointerp_settings``), or an explicit ``latents`` 
   positive number per position: it rescales every logit alike and changes no ranking, and it
   belongs to the whole residual stream, not to the latent), as is the unembedding bias (the same
   for every latent); a LayerNorm model's centring is applied (it is linear). This is the direct
-  path from the hook to the logits, the usual logit-lens reading (transformer-lens folds the gain
-  into ``W_U`` the same way); later layers are not run.
+  path from the hook to the logits, the usual logit-lens reading (:meth:`SubjectModel.logit_lens`;
+  transformer-lens folds the gain into ``W_U`` the same way); later layers are not run.
 
 The result carries no headline metric (nothing here ranks SAEs): the markdown board is unchanged
 by it, and the web board's latent pages show it next to n2g's patterns and autointerp's
@@ -141,24 +141,6 @@ def histogram(values: torch.Tensor, n_bins: int) -> dict[str, list[Any]]:
     return {"edges": [_sig(e) for e in edges.tolist()], "counts": [int(c) for c in counts.tolist()]}
 
 
-def output_weights(model: Any) -> torch.Tensor:
-    """``[d_model, d_vocab]`` float32: the unembedding with the final norm's elementwise gain folded
-    in (rows scaled by it), as the direct path from the residual stream to the logits reads a
-    direction; the norm's 1/RMS scale and the unembedding bias are left out (module doc)."""
-    tl = model.model
-    w_u = tl.W_U.detach().float()
-    gain = getattr(getattr(tl, "ln_final", None), "w", None)
-    return w_u * gain.detach().float()[:, None] if gain is not None else w_u
-
-
-def direction_logits(model: Any, directions: torch.Tensor) -> torch.Tensor:
-    """Logit-lens logits ``[n, d_vocab]`` of residual-stream directions ``[n, d_model]`` (module doc)."""
-    d = directions.float().cpu()
-    if str(getattr(model.model.cfg, "normalization_type", "")) in ("LN", "LNPre"):
-        d = d - d.mean(-1, keepdim=True)  # LayerNorm centres first; RMSNorm does not
-    return d @ output_weights(model)
-
-
 def decoder_rows(sae: Any, latents: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``decode(e_i) - decode(0)`` for each latent: its decoder direction from the protocol's
     ``decode`` alone (exactly ``W_dec[i]`` for a linear decoder), float32 ``[L, d_in]``."""
@@ -231,7 +213,7 @@ class DashboardEvaluator:
             else:
                 params = list(sae.parameters()) if hasattr(sae, "parameters") else []
                 like = params[0].detach() if params else torch.zeros(1, device=model.device)
-                logits = direction_logits(model, decoder_rows(sae, latents, like))
+                logits = model.logit_lens(decoder_rows(sae, latents, like))
         toks, ctx_len = pipe.tokens.tokens, pipe.tokens.ctx_len
         rows = []
         for li, lat in enumerate(latents.tolist()):

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from saebench.compare import FAILING, compare, config_differences
+from saebench.compare import FAILING, compare, config_differences, diff_text
 from saebench.display import ARROW, fmt, interval_ends
 from saebench.errors import SaebenchError
 from saebench.evaluators import Metric, metric_table
@@ -337,7 +337,7 @@ class Site:
                             "metric": r.metric + (" " + ARROW[r.direction].strip() if r.direction else ""),
                             "a": fmt(r.new),
                             "b": fmt(r.baseline),
-                            "diff": _diff_text(r),
+                            "diff": diff_text(r),
                             "min_effect": "" if r.min_effect is None else f"{r.min_effect:.3g}",
                             "verdict": words.get(r.verdict, r.verdict),
                             "kind": r.verdict if r.verdict in ("better", "WORSE", *FAILING) else "",
@@ -349,15 +349,6 @@ class Site:
                 summary = f"A = {a} vs B = {b}: A better on {better}, worse on {worse} metric(s) beyond noise"
                 skipped += c.notes
         return {"a": a, "b": b, "rows": rows, "summary": summary, "notes": skipped}
-
-
-def _diff_text(r: Any) -> str:
-    """A − B with its 95% interval as ``saebench compare`` prints it (``p``: paired)."""
-    if r.diff is None:
-        return ""
-    if r.low is None:
-        return f"{r.diff:+.4g}"
-    return f"{r.diff:+.4g} [{r.low:+.3g}, {r.high:+.3g}]{' p' if r.paired else ''}"
 
 
 def _json_text(v: Any) -> str:
