@@ -150,6 +150,38 @@ class RunResults:
         return {e: r.details for e, r in self._only().items()}
 
 
+def make_result(
+    ev: Evaluator,
+    key: str,
+    ls: Any,
+    config: dict[str, Any],
+    output: EvalOutput,
+    metrics: dict[str, Any],
+    uncertainty: dict[str, dict[str, Any]],
+    notes: list[str],
+    env: dict[str, Any],
+    timing: dict[str, float],
+) -> Result:
+    """The result of one evaluator on one loaded SAE (the runner's and the synthetic track's): the
+    metrics and intervals of :func:`finish_metrics`, the output's details and samples, and the
+    evaluator's declarations, so the board and the gate read any result the same way."""
+    return Result(
+        evaluator=ev.name,
+        run_key=key,
+        sae=SAERecord.of(ls),
+        config=config,
+        metrics=metrics,
+        uncertainty=uncertainty,
+        details=output.details,
+        samples={k: v.to_dict() for k, v in output.samples.items()},
+        declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
+        notes=notes,
+        env=env,
+        timing={k: round(v, 4) for k, v in timing.items()},
+        created_at=now(),
+    )
+
+
 def finish_metrics(ev: Evaluator, output: EvalOutput) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float]:
     """Metrics with every declared estimator's value filled in, their intervals, and the seconds spent.
 
@@ -590,21 +622,8 @@ def evaluate(sae: Any, spec: RunSpec | None = None, reuse: dict[Any, Any] | None
                         "evaluator_s": time.perf_counter() - t0,
                         "total_s": time.perf_counter() - t_start,
                     }
-                    result = Result(
-                        evaluator=ev.name,
-                        run_key=job.key,
-                        sae=SAERecord.of(ls),
-                        config={**job.run_config, **token_set.meta(), "bos_excluded": True},
-                        metrics=metrics,
-                        uncertainty=uncertainty,
-                        details=output.details,
-                        samples={k: v.to_dict() for k, v in output.samples.items()},
-                        declarations={m.name: m.to_dict() for m in getattr(ev, "metrics", ())},
-                        notes=ctx.notes,
-                        env=env,
-                        timing={k: round(v, 4) for k, v in timing.items()},
-                        created_at=now(),
-                    )
+                    config = {**job.run_config, **token_set.meta(), "bos_excluded": True}
+                    result = make_result(ev, job.key, ls, config, output, metrics, uncertainty, ctx.notes, env, timing)
                     run.results.setdefault(ls.name, {})[ev.name] = result
                     if job.path is not None:
                         write_result(result, job.path)

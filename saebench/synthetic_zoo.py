@@ -147,16 +147,13 @@ def evaluate_groundtruth(
     from saebench.evaluators.groundtruth import GroundTruthEvaluator
     from saebench.loading import load_sae
     from saebench.results import (
-        Result,
-        SAERecord,
         complete_result,
         environment,
-        now,
         result_path,
         run_key,
         write_result,
     )
-    from saebench.runner import finish_metrics
+    from saebench.runner import finish_metrics, make_result
     from saebench.synthetic import source_of
 
     ev = GroundTruthEvaluator()
@@ -194,25 +191,8 @@ def evaluate_groundtruth(
         ctx = EvalContext(None, ls.sae, ls.name, ls.fingerprint, seed, profile)  # type: ignore[arg-type]
         output = ev.run(ctx, cfg)
         metrics, uncertainty, t_iv = finish_metrics(ev, output)
-        result = Result(
-            evaluator=ev.name,
-            run_key=key,
-            sae=SAERecord.of(ls),
-            config=run_cfg,
-            metrics=metrics,
-            uncertainty=uncertainty,
-            details=output.details,
-            samples={k: v.to_dict() for k, v in output.samples.items()},
-            declarations={m.name: m.to_dict() for m in ev.metrics},
-            notes=ctx.notes + ls.notes,
-            env=env,
-            timing={
-                **{k: round(v, 4) for k, v in output.timing.items()},
-                "intervals_s": round(t_iv, 4),
-                "total_s": round(time.perf_counter() - t0, 4),
-            },
-            created_at=now(),
-        )
+        timing = {**output.timing, "intervals_s": t_iv, "total_s": time.perf_counter() - t0}
+        result = make_result(ev, key, ls, run_cfg, output, metrics, uncertainty, ctx.notes + ls.notes, env, timing)
         if path is not None:
             write_result(result, path)
         results[ls.name] = result

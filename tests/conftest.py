@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -168,3 +169,22 @@ def write_native(folder: Path, arch: str = "relu", d_in: int = 576, d_sae: int =
         for p in sae.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return save_native(sae, folder), sae
+
+
+def planted_synthetic_sae(source: Any, enc: torch.Tensor, dec: torch.Tensor) -> Any:
+    """A ReLU SAE on a synthetic ``source`` with encoder directions ``enc [m, d]``, decoder rows
+    ``dec [m, d]`` and an encoder bias of -1e-4 (float rounding leaves ~1e-7 on silent features'
+    pre-activations), recording the source (the validity and groundtruth tests' planted SAEs)."""
+    from saebench.sae import NativeSAE, SAEConfig
+    from saebench.synthetic import RECORD_KEY, SYNTHETIC_HOOK, SYNTHETIC_MODEL
+
+    cfg = SAEConfig(
+        architecture="relu", d_in=source.d, d_sae=dec.shape[0], hook_name=SYNTHETIC_HOOK, model_name=SYNTHETIC_MODEL
+    )
+    sae = NativeSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(enc.T)
+        sae.W_dec.copy_(dec)
+        sae.b_enc.fill_(-1e-4)
+    setattr(sae.cfg, RECORD_KEY, source.record())
+    return sae.eval()

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import planted_synthetic_sae
 
 from saebench.cli import main
 from saebench.errors import SaebenchError
 from saebench.results import load_results
-from saebench.sae import NativeSAE, SAEConfig, save_native
-from saebench.synthetic import RECORD_KEY, SYNTHETIC_HOOK, SYNTHETIC_MODEL, SyntheticConfig, SyntheticSource
+from saebench.sae import save_native
+from saebench.synthetic import RECORD_KEY, SYNTHETIC_MODEL, SyntheticConfig, SyntheticSource
 from saebench.synthetic_zoo import evaluate_groundtruth
 
 # orthonormal features: a planted SAE can be exact. Parents 0, 1; children 2-7; independents 8-23
@@ -22,18 +23,8 @@ ORTHO = SyntheticConfig(
 
 
 def planted(source: SyntheticSource, enc: torch.Tensor, dec: torch.Tensor, folder: Path) -> str:
-    """A ReLU SAE with encoder directions ``enc [m, d]``, decoder rows ``dec [m, d]`` and an encoder
-    bias of -1e-4 (float rounding leaves ~1e-7 on silent features' pre-activations), recording
-    ``source``; saved natively, returns its folder."""
-    m = dec.shape[0]
-    cfg = SAEConfig(architecture="relu", d_in=source.d, d_sae=m, hook_name=SYNTHETIC_HOOK, model_name=SYNTHETIC_MODEL)
-    sae = NativeSAE(cfg)
-    with torch.no_grad():
-        sae.W_enc.copy_(enc.T)
-        sae.W_dec.copy_(dec)
-        sae.b_enc.fill_(-1e-4)
-    setattr(sae.cfg, RECORD_KEY, source.record())
-    save_native(sae, folder)
+    """:func:`conftest.planted_synthetic_sae` saved natively; returns its folder."""
+    save_native(planted_synthetic_sae(source, enc, dec), folder)
     return str(folder)
 
 

@@ -9,12 +9,13 @@ the same SAEs."""
 from __future__ import annotations
 
 import torch
+from conftest import planted_synthetic_sae
 
 from saebench.evaluators.base import EvalContext
 from saebench.evaluators.groundtruth import GroundTruthEvaluator
 from saebench.runner import finish_metrics
-from saebench.sae import NativeSAE, SAEConfig
-from saebench.synthetic import RECORD_KEY, SYNTHETIC_HOOK, SYNTHETIC_MODEL, SyntheticConfig, SyntheticSource
+from saebench.sae import NativeSAE
+from saebench.synthetic import SyntheticConfig, SyntheticSource
 from saebench.validity import absorption_score, absorption_task, probing_score, probing_tasks, spearman
 
 # parents 0-3 with 10 children each (4-43), independents 44-63. Each child fires on 3% of its
@@ -36,16 +37,7 @@ ORTHO = SyntheticConfig(
 
 
 def sae_of(source: SyntheticSource, enc: torch.Tensor, dec: torch.Tensor) -> NativeSAE:
-    cfg = SAEConfig(
-        architecture="relu", d_in=source.d, d_sae=dec.shape[0], hook_name=SYNTHETIC_HOOK, model_name=SYNTHETIC_MODEL
-    )
-    sae = NativeSAE(cfg)
-    with torch.no_grad():
-        sae.W_enc.copy_(enc.T)
-        sae.W_dec.copy_(dec)
-        sae.b_enc.fill_(-1e-4)
-    setattr(sae.cfg, RECORD_KEY, source.record())
-    return sae.eval()
+    return planted_synthetic_sae(source, enc, dec)
 
 
 def truth(sae: NativeSAE) -> dict:
