@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
+from saebench.results import BASELINE_PREFIX as PREFIX
 from saebench.sae import NativeSAE, SAEConfig, save_native
 from saebench.train import DEFAULT_HOOK, collect_train_acts, train_sae
 
-PREFIX = "baseline-"
 RANDOM_ARCHS = ("topk", "batchtopk", "relu", "jumprelu", "gated")
 WIDTH, K = 2304, 32
 

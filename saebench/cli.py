@@ -298,14 +298,19 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
         out = None
         if a.output is not None or a.html is None:  # --html alone writes only the site
             out = write_leaderboard(
-                a.results, a.output or "LEADERBOARD.md", a.title, plots=not a.no_plots, validity=a.validity
+                a.results,
+                a.output or "LEADERBOARD.md",
+                a.title,
+                plots=not a.no_plots,
+                validity=a.validity,
+                reliability=a.reliability,
             )
         site = None
         if a.html is not None:
             from saebench.web import DEFAULT_BUDGET, write_site
 
             budget = DEFAULT_BUDGET if a.html_budget is None else a.html_budget if a.html_budget > 0 else None
-            site = write_site(a.results, a.html, a.title, budget=budget)
+            site = write_site(a.results, a.html, a.title, budget=budget, reliability=a.reliability)
     for w in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {w}", file=sys.stderr)
     if out is not None:
@@ -528,6 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="add the synthetic ground-truth validity of each evaluator (the track.json that "
         "`python benchmarks/groundtruth.py` writes; the board's copy: leaderboard/validity.json, docs/groundtruth.md)",
+    )
+    lb.add_argument(
+        "--reliability",
+        metavar="FILE",
+        default=None,
+        help="show each column's training-seed reliability verdict (● ranks, ◐ large differences only, ○ cannot "
+        "rank) beside its header and the reliability table in its own section (the file `saebench reliability -o` "
+        "writes; the board's copy: leaderboard/reliability.json, docs/seed_reliability.md)",
     )
     lb.add_argument(
         "--html",

@@ -48,7 +48,7 @@ from saebench import stats
 from saebench.display import fmt
 from saebench.errors import SaebenchError
 from saebench.evaluators import Metric, metric_table
-from saebench.results import Result, read_results
+from saebench.results import Result, is_baseline, read_results
 
 #: config keys whose difference makes two results measure different things
 INCOMPARABLE_KEYS = ("model", "hook", "n_tokens", "ctx_len", "corpus", "split", "dtype", "evaluator_config")
@@ -159,15 +159,31 @@ def _threshold(decl: Metric | None, base: float, override: dict[str, tuple[float
     return max(effect, FLOAT_NOISE * max(1.0, abs(base)))
 
 
-def _interval(
-    decl: Metric | None, name: str, new: Result, base: Result
+def difference_interval(
+    decl: Metric | None, name: str, new: Result, base: Result, stored_when_unpaired: bool = False
 ) -> tuple[float | None, float | None, bool, float | None, float | None, str]:
     """95% interval of new - base, its standard error and degrees of freedom, from the samples
     (:func:`saebench.stats.difference`: paired where the units coincide, Welch's t otherwise), else
     from the two stored standard errors (Welch's t with the stored degrees of freedom; normal for
-    results that stored none), else none, with the reason (last element)."""
+    results that stored none), else none, with the reason (last element).
+
+    ``stored_when_unpaired``: when the two sides' units differ (different latents of two SAEs),
+    take Welch's t from the stored standard errors instead of recomputing both sides' intervals
+    from their samples (the same numbers, without the resampling: the board's significance marks
+    compare every SAE with the best)."""
     est = decl.estimator if decl is not None else None
-    if est is not None and est.unit in new.samples and est.unit in base.samples:
+    paired_units = (
+        est is not None
+        and est.unit in new.samples
+        and est.unit in base.samples
+        and new.samples[est.unit].get("ids") == base.samples[est.unit].get("ids")
+    )
+    if (
+        est is not None
+        and est.unit in new.samples
+        and est.unit in base.samples
+        and (paired_units or not stored_when_unpaired)
+    ):
         d = stats.difference(est, stats.samples_from_json(new.samples), est, stats.samples_from_json(base.samples))
         return d.low, d.high, d.paired, d.se, d.df, d.reason
     ua, ub = new.uncertainty.get(name, {}), base.uncertainty.get(name, {})
@@ -207,12 +223,7 @@ def _family_wise(rows: list[Row], level: float = 0.95) -> None:
     every other time (measured: benchmarks/noise.py)."""
     tested = [r for r in rows if r.se is not None and r.se > 0 and r.direction and r.diff is not None]
     alpha, m = 1 - level, len(tested)
-    pvals = sorted((stats.t_pvalue(r.diff / r.se, r.df), i) for i, r in enumerate(tested))  # type: ignore[operator]
-    significant = set()
-    for rank, (p, i) in enumerate(pvals):
-        if p > alpha / (m - rank):
-            break
-        significant.add(i)
+    significant = stats.holm([stats.t_pvalue(r.diff / r.se, r.df) for r in tested], alpha)  # type: ignore[operator]
     for i, r in enumerate(tested):
         if r.verdict in ("WORSE", "better") and i not in significant:
             r.verdict = "within noise"
@@ -249,7 +260,7 @@ def compare_metric(
         return Row(*key, 0.0, None, None, False, effect if direction else None, "same")  # identical values
     if not direction:
         return Row(*key, diff, None, None, False, None, "changed")
-    low, high, paired, se, df, why = _interval(decl, name, new, base)
+    low, high, paired, se, df, why = difference_interval(decl, name, new, base)
     if seed_sd is not None:
         retrain = math.sqrt(2.0) * seed_sd[0]
         se, df = stats.welch(se, df, retrain, float(seed_sd[1])) if se is not None else (retrain, float(seed_sd[1]))
@@ -304,6 +315,20 @@ def compare(
     if not base:
         raise SaebenchError(f"no saebench results in baseline {', '.join(map(str, baseline_paths))}; check the path")
     out = Comparison(direct=direct)
+    if not direct:  # floors are not SAEs under test: a gate neither fails nor passes on them
+        skipped = sorted({s for s, _ in list(new) + list(base) if is_baseline(s) and s != against})
+        if skipped:
+            out.notes.append(
+                f"skipped {len(skipped)} baseline(s) (floors, not SAEs under test; saebench.baselines): "
+                + ", ".join(skipped)
+            )
+            new = {k: v for k, v in new.items() if not is_baseline(k[0])}
+            base = {k: v for k, v in base.items() if not is_baseline(k[0]) or k[0] == against}
+            if not new:
+                raise SaebenchError(
+                    "every new result is a baseline (baseline-*): the gate compares SAEs under test; "
+                    "gate your SAEs, or use `saebench compare A B` to compare a baseline directly"
+                )
     if direct:
         names_a, names_b = sorted({s for s, _ in new}), sorted({s for s, _ in base})
         if len(names_a) != 1 or len(names_b) != 1:

@@ -27,9 +27,17 @@ from saebench.display import ARROW, interval_ends, with_interval
 from saebench.errors import SaebenchError
 from saebench.evaluators import Metric, metric_table
 from saebench.io import atomic_write_bytes, slug
-from saebench.results import Result, load_results
+from saebench.reliability import icc_text, load_reliability
+from saebench.results import Result, is_baseline, load_results
+from saebench.significance import Marks, marks, resolved_pairs
 
 BUILTIN_ORDER = ("core", "probing", "n2g", "ablation", "autointerp")
+#: the seed-reliability verdict's symbol beside a column header (saebench.reliability.VERDICTS order)
+VERDICT_SYMBOL = {
+    "ranks architectures": "●",
+    "separates only large differences": "◐",
+    "cannot rank at this profile": "○",
+}
 SUMMARY_CORE = 5
 SUMMARY_OTHER = 1
 
@@ -101,18 +109,57 @@ def resolution_flags(rows: Rows, cols: list[tuple[str, Metric]]) -> dict[tuple[s
     return out
 
 
-def _table(rows: Rows, cols: list[tuple[str, Metric]]) -> str:
+def row_order(rows: Rows) -> list[str]:
+    """The board's row order: SAEs by name, then the baselines (floors) by name."""
+    return sorted(rows, key=lambda n: (is_baseline(n), n))
+
+
+def column_marks(rows: Rows, cols: list[tuple[str, Metric]]) -> dict[tuple[str, str], Marks]:
+    """Per column, the best SAE and those not distinguishable from it (:func:`saebench.significance.marks`)."""
+    return {(ev, m.name): marks(rows, ev, m) for ev, m in cols}
+
+
+def marked_cell(text: str, name: str, mk: Marks | None) -> str:
+    """A markdown cell with its significance mark: bold when the SAE is the best (★) or not
+    distinguishable from it."""
+    if not text or mk is None or not mk.bold(name):
+        return text
+    return f"**{text}**" + (" ★" if name == mk.best else "")
+
+
+def verdict_symbol(reliability: dict[tuple[str, str], Any] | None, ev: str, metric: str) -> str:
+    """The seed-reliability verdict of a column as a symbol (●, ◐, ○); empty when not measured."""
+    r = (reliability or {}).get((ev, metric))
+    return VERDICT_SYMBOL.get(r.verdict, "") if r is not None else ""
+
+
+def _table(rows: Rows, cols: list[tuple[str, Metric]], mk: dict[tuple[str, str], Marks] | None = None,
+           reliability: dict[tuple[str, str], Any] | None = None) -> str:  # fmt: skip
     from tabulate import tabulate
 
     flagged = resolution_flags(rows, cols)
-    headers = ["SAE", "arch", "d_sae"] + [m.column + ARROW[m.direction] + (" ⚠" if (ev, m.name) in flagged else "")
-                                          for ev, m in cols]  # fmt: skip
-    mixed = mixed_rows(rows)
-    body = [
-        [name + (" ⚠" if name in mixed else ""), row["architecture"], row["d_sae"]]
-        + [cell(row["results"].get(ev), m.name) for ev, m in cols]
-        for name, row in sorted(rows.items())
+    mk = mk if mk is not None else column_marks(rows, cols)
+    headers = ["SAE", "arch", "d_sae"] + [
+        " ".join(
+            x
+            for x in (
+                m.column + ARROW[m.direction],
+                "⚠" if (ev, m.name) in flagged else "",
+                verdict_symbol(reliability, ev, m.name),
+            )
+            if x
+        )
+        for ev, m in cols
     ]
+    mixed = mixed_rows(rows)
+    body = []
+    for name in row_order(rows):
+        row = rows[name]
+        label = name + (" ⚠" if name in mixed else "")
+        body.append(
+            [f"*{label}*" if is_baseline(name) else label, row["architecture"], row["d_sae"]]
+            + [marked_cell(cell(row["results"].get(ev), m.name), name, mk[(ev, m.name)]) for ev, m in cols]
+        )
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -230,12 +277,70 @@ def _validity_section(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def resolution_rows(rows: Rows, cols: list[tuple[str, Metric]], mk: dict[tuple[str, str], Marks],
+                    reliability: dict[tuple[str, str], Any] | None) -> list[list[str]]:  # fmt: skip
+    """Per directional headline column of a section: pairwise differences resolved (Holm over the
+    pairs), SAEs not distinguishable from the best, and the column's seed-reliability verdict."""
+    out = []
+    for ev, m in cols:
+        if m.direction not in ("up", "down"):
+            continue
+        done, total = resolved_pairs(rows, ev, m)
+        if not total:
+            continue
+        marks_ = mk[(ev, m.name)]
+        rel = (reliability or {}).get((ev, m.name))
+        seed = "not measured" if rel is None else f"{VERDICT_SYMBOL[rel.verdict]} {rel.verdict} (ICC {icc_text(rel)})"
+        out.append([ev, m.column or m.name, f"{done} of {total}", f"{len(marks_.tied)} of {marks_.compared}", seed])
+    return out
+
+
+def _significance_section(rows: Rows, cols: list[tuple[str, Metric]], mk: dict[tuple[str, str], Marks],
+                          reliability: dict[tuple[str, str], Any] | None) -> list[str]:  # fmt: skip
+    from tabulate import tabulate
+
+    body = resolution_rows(rows, cols, mk, reliability)
+    if not body:
+        return []
+    heads = ["evaluator", "metric", "pairs resolved", "tied with the best", "training-seed reliability"]
+    return [
+        "### What each column can tell apart",
+        "",
+        "Pairs resolved: the SAE pairs whose difference is significant (paired over the same units where they "
+        "coincide, else Welch; Holm over the column's pairs, 5% family-wise). Tied with the best: the SAEs in bold. "
+        "Training-seed reliability: from the reliability file (docs/seed_reliability.md): whether the column's "
+        "ordering of *configurations* survives retraining.",
+        "",
+        tabulate(body, headers=heads, tablefmt="github", disable_numparse=True),
+        "",
+    ]
+
+
+def _reliability_section(reliability: dict[tuple[str, str], Any]) -> list[str]:
+    from saebench.reliability import render as render_reliability
+
+    return [
+        "## Training-seed reliability",
+        "",
+        "Each configuration retrained with other seeds and evaluated at the same profile (`saebench reliability`; "
+        "docs/seed_reliability.md): data SE is the mean width of today's intervals (one run), seed SD the spread "
+        "between retrainings, between SD the spread between configurations; ICC(1) with its 95% interval; τ the "
+        "Kendall rank agreement between seeds. ● ranks architectures (ICC ≥ 0.75, τ ≥ 0.6), ◐ separates only "
+        "large differences (ICC ≥ 0.5), ○ cannot rank at this profile.",
+        "",
+        render_reliability(list(reliability.values())),
+        "",
+    ]
+
+
 def render(results: list[Result], title: str = "saebench leaderboard",
            plots: dict[Group, dict[str, str]] | None = None,
-           validity: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+           validity: list[dict[str, Any]] | None = None,
+           reliability: dict[tuple[str, str], Any] | None = None) -> str:  # fmt: skip
     """The markdown text of the leaderboard (``plots``: image file names per group to link;
     ``validity``: rows of :func:`load_validity`, shown in their own section and under each evaluator
-    they name).
+    they name; ``reliability``: :func:`saebench.reliability.load_reliability`, each column's verdict
+    beside its header and the table in its own section).
 
     Results of an evaluator that declares metrics but no headline one (``dashboard``: per-latent
     page data) put nothing on the board and are left out of it entirely, header counts included:
@@ -255,6 +360,10 @@ def render(results: list[Result], title: str = "saebench leaderboard",
         "(docs/statistics.md). Intervals resample documents for core (contexts of one document are not "
         "independent), else tasks, latents, pairs or classes. Positions holding the BOS id are excluded from every "
         "average.",
+        "**Bold**: the best SAE of a column (★) and every SAE not distinguishable from it (paired comparison over "
+        "the same units where they coincide, else Welch; Holm over the column's rows, 5% family-wise). *Italic* "
+        "rows are baselines (random init, PCA or neuron basis): floors, never marked. ● ◐ ○ beside a header: the "
+        "column's training-seed reliability verdict (see its section).",
         "",
     ]
     configs = sorted({key[2] for key in groups})
@@ -270,12 +379,15 @@ def render(results: list[Result], title: str = "saebench leaderboard",
         lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
         for name, what in sorted(mixed_rows(rows).items()):
             lines += [f"⚠ **{name}** holds results of different SAEs ({what}): rerun them under distinct names.", ""]
+        all_cols = [(ev, m) for ev in evs for m in heads[ev]]
+        mk = column_marks(rows, all_cols)
         if len(evs) > 1:
-            lines += ["### Summary", "", _table(rows, summary_columns(evs, heads)), ""]
+            lines += ["### Summary", "", _table(rows, summary_columns(evs, heads), mk, reliability), ""]
         for ev in evs:
             if heads[ev]:
                 title_ev = f"### {ev}" if len(evs) > 1 else ""
-                lines += ([title_ev, ""] if title_ev else []) + [_table(rows, [(ev, m) for m in heads[ev]]), ""]
+                table = _table(rows, [(ev, m) for m in heads[ev]], mk, reliability)
+                lines += ([title_ev, ""] if title_ev else []) + [table, ""]
                 flags = resolution_flags(rows, [(ev, m) for m in heads[ev]])
                 lines += [f"⚠ not resolved at this profile: {why}" for why in flags.values()] + ([""] if flags else [])
                 checked = [_validity_line(v) for v in validity or [] if _validity_evaluator(v) == ev]
@@ -289,6 +401,9 @@ def render(results: list[Result], title: str = "saebench leaderboard",
                       if f"{ev}.curve.{c}" in plots[key]]  # fmt: skip
             if curves:
                 lines += ["### Curves", "", " ".join(curves), ""]
+        lines += _significance_section(rows, all_cols, mk, reliability)
+    if reliability:
+        lines += _reliability_section(reliability)
     if validity:
         lines += _validity_section(validity)
     return "\n".join(lines)
@@ -301,7 +416,9 @@ def _validity_evaluator(row: dict[str, Any]) -> str:
 
 
 def _colour(arch: str) -> str:
-    """The same colour for an architecture in every plot."""
+    """The same colour for an architecture in every plot (baselines grey)."""
+    if arch == "baseline":
+        return "0.55"
     order = ("relu", "topk", "batchtopk", "jumprelu", "gated")
     i = order.index(arch) if arch in order else len(order) + sum(map(ord, arch)) % 5
     return f"C{i}"
@@ -357,7 +474,8 @@ def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> byt
         y = res.metrics.get(metric.name) if res else None
         if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x > 0:
             ends = interval_ends(y, res.uncertainty.get(metric.name))
-            series.setdefault(str(row["architecture"]), []).append((float(x), float(y), ends, name))
+            group = "baseline" if is_baseline(name) else str(row["architecture"])  # floors: one grey series
+            series.setdefault(group, []).append((float(x), float(y), ends, name))
     if not series:
         return None
     better = {"up": "higher is better", "down": "lower is better"}.get(metric.direction, "")
@@ -410,7 +528,7 @@ def plot_curve(rows: Rows, evaluator: str, curve: str, title: str) -> bytes | No
         c = (res.details.get("curves") or {}).get(curve) if res else None
         if c and any(isinstance(v, (int, float)) for v in c.get("y", [])):
             pts = [(x, y) for x, y in zip(c["x"], c["y"], strict=True) if isinstance(y, (int, float))]
-            lines.append((name, str(row["architecture"]), pts, c))
+            lines.append((name, "baseline" if is_baseline(name) else str(row["architecture"]), pts, c))
     if not lines:
         return None
     spec = lines[0][3]
@@ -436,10 +554,13 @@ def plot_curve(rows: Rows, evaluator: str, curve: str, title: str) -> bytes | No
 
 
 def write_leaderboard(paths: list[str | Path], out: str | Path, title: str = "saebench leaderboard",
-                      plots: bool = True, validity: str | Path | None = None) -> Path:  # fmt: skip
+                      plots: bool = True, validity: str | Path | None = None,
+                      reliability: str | Path | None = None) -> Path:  # fmt: skip
     """Render results found under ``paths`` to ``out`` (atomically), with PNG plots beside it and the
-    validity rows of the file ``validity`` (:func:`load_validity`) when given."""
+    validity rows of the file ``validity`` (:func:`load_validity`) and the seed-reliability verdicts of
+    the file ``reliability`` (``saebench reliability -o``) when given."""
     validity_rows = load_validity(validity) if validity is not None else None
+    reliability_rows = load_reliability(reliability) if reliability is not None else None
     results = load_results(list(paths))
     if not results:
         raise SaebenchError(
@@ -473,5 +594,5 @@ def write_leaderboard(paths: list[str | Path], out: str | Path, title: str = "sa
                     if png is not None:
                         atomic_write_bytes(out.parent / files[f"{ev}.curve.{c}"], png)
                         names.setdefault(key, {})[f"{ev}.curve.{c}"] = files[f"{ev}.curve.{c}"]
-    atomic_write_bytes(out, render(results, title, names, validity_rows).encode())
+    atomic_write_bytes(out, render(results, title, names, validity_rows, reliability_rows).encode())
     return out

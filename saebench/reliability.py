@@ -66,6 +66,9 @@ class MetricReliability:
     ratio: float | None
     tau: float | None
     verdict: str
+    icc_low: float | None = None  # 95% interval of ICC(1) from the F distribution (Shrout & Fleiss 1979)
+    icc_high: float | None = None
+    tau_min: float | None = None  # the smallest τ over the pairs of seeds
 
 
 def _kendall_tau(a: list[float], b: list[float]) -> float | None:
@@ -76,6 +79,20 @@ def _kendall_tau(a: list[float], b: list[float]) -> float | None:
         return None
     t = kendalltau(a, b).statistic
     return None if t is None or math.isnan(t) else float(t)
+
+
+def icc_interval(
+    msb: float, msw: float, k: int, n0: float, df_within: int, level: float = 0.95
+) -> tuple[float, float] | None:
+    """95% interval of ICC(1) (Shrout & Fleiss 1979, table 4): F0 = MSB/MSW on (k − 1, N − k) df,
+    F_L = F0 / F_{1−α/2}(k − 1, N − k), F_U = F0 · F_{1−α/2}(N − k, k − 1), ICC = (F − 1)/(F + n − 1)."""
+    from scipy.stats import f as fdist
+
+    if k < 2 or df_within < 1 or msw <= 0:
+        return None
+    f0, q = msb / msw, 1 - (1 - level) / 2
+    fl, fu = f0 / fdist.ppf(q, k - 1, df_within), f0 * fdist.ppf(q, df_within, k - 1)
+    return float((fl - 1) / (fl + n0 - 1)), float((fu - 1) / (fu + n0 - 1))
 
 
 def verdict(icc: float | None, tau: float | None) -> str:
@@ -111,6 +128,7 @@ def metric_reliability(
         if t is not None:
             taus.append(t)
     tau = float(np.mean(taus)) if taus else None
+    ci = icc_interval(msb, msw, k, n0, df_within)
     ses = [se for s in runs.values() for _, se in s.values() if se is not None and math.isfinite(se)]
     return MetricReliability(
         evaluator=evaluator,
@@ -125,6 +143,9 @@ def metric_reliability(
         ratio=None if ratio is None else float(ratio),
         tau=tau,
         verdict=verdict(icc, tau),
+        icc_low=None if ci is None else ci[0],
+        icc_high=None if ci is None else ci[1],
+        tau_min=float(min(taus)) if taus else None,
     )
 
 
@@ -175,6 +196,14 @@ def reliability(results: list[Result]) -> list[MetricReliability]:
     return out
 
 
+def icc_text(r: MetricReliability) -> str:
+    """ICC(1) with its 95% interval, as every table shows it."""
+    if r.icc is None:
+        return "–"
+    ci = "" if r.icc_low is None else f" [{r.icc_low:.2f}, {r.icc_high:.2f}]"
+    return f"{r.icc:.3g}{ci}"
+
+
 def render(rows: list[MetricReliability]) -> str:
     """The reliability table in markdown."""
     from tabulate import tabulate
@@ -183,12 +212,12 @@ def render(rows: list[MetricReliability]) -> str:
         return "–" if v is None else f"{v:.3g}"
 
     body = [
-        [r.evaluator, r.metric, r.n_configs, f(r.n_seeds), f(r.data_se), f(r.seed_sd), f(r.between_sd), f(r.icc),
-         f(r.ratio), f(r.tau), r.verdict]
+        [r.evaluator, r.metric, r.n_configs, f(r.n_seeds), f(r.data_se), f(r.seed_sd), f(r.between_sd),
+         icc_text(r), f(r.ratio), f(r.tau) + ("" if r.tau_min is None else f" (min {r.tau_min:.2g})"), r.verdict]
         for r in rows
     ]  # fmt: skip
-    headers = ["evaluator", "metric", "configs", "seeds", "data SE", "seed SD", "between SD", "ICC", "ratio", "τ",
-               "verdict"]  # fmt: skip
+    headers = ["evaluator", "metric", "configs", "seeds", "data SE", "seed SD", "between SD", "ICC [95%]", "ratio",
+               "τ", "verdict"]  # fmt: skip
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -198,6 +227,20 @@ def write_reliability(paths: list[str | Path], out: str | Path) -> list[MetricRe
     payload = {"schema": "saebench-reliability/1", "metrics": [asdict(r) for r in rows]}
     atomic_write_bytes(Path(out), (json.dumps(payload, indent=1) + "\n").encode())
     return rows
+
+
+def load_reliability(path: str | Path) -> dict[tuple[str, str], MetricReliability]:
+    """``{(evaluator, metric): row}`` from a reliability file (``saebench reliability -o``); a missing
+    or malformed file is one line naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("schema") != "saebench-reliability/1":
+            raise ValueError("not a saebench reliability file")
+        return {(m["evaluator"], m["metric"]): MetricReliability(**m) for m in data["metrics"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SaebenchError(
+            f"cannot read the reliability file {path} ({exc}); write one with `saebench reliability RESULTS -o FILE`"
+        ) from None
 
 
 def load_seed_variance(path: str | Path) -> dict[tuple[str, str], tuple[float, int]]:

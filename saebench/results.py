@@ -66,6 +66,16 @@ UNCERTAINTY_FIELDS = ("se", "ci_low", "ci_high", "n")
 TRACKED_PACKAGES = ("saebench", "torch", "transformer-lens", "transformers", "numpy", "sae-lens", "sae-probes")
 
 
+#: names of the zoo's floors (random init, PCA and neuron bases; :mod:`saebench.baselines`)
+BASELINE_PREFIX = "baseline-"
+
+
+def is_baseline(sae_name: str) -> bool:
+    """A floor row, not an SAE under test: the board draws it apart and never marks it best, the
+    gate skips it (named ``baseline-…`` by ``saebench zoo build --baselines``)."""
+    return sae_name.startswith(BASELINE_PREFIX)
+
+
 class SAERecord(BaseModel):
     name: str
     source: str

@@ -365,6 +365,19 @@ def t_quantile(df: float, level: float = LEVEL) -> float:
     return float(stdtrit(df, 1 - (1 - level) / 2))
 
 
+def holm(pvalues: list[float], alpha: float = 0.05) -> set[int]:
+    """Indices of the hypotheses Holm's step-down rejects at family-wise level ``alpha``: in order of
+    p-value, reject while p_(i) <= alpha / (m - i), stopping at the first that is not (Holm 1979).
+    Controls the chance of any false rejection at ``alpha`` under any dependence."""
+    m = len(pvalues)
+    out: set[int] = set()
+    for rank, (p, i) in enumerate(sorted((p, i) for i, p in enumerate(pvalues))):
+        if p > alpha / (m - rank):
+            break
+        out.add(i)
+    return out
+
+
 def t_pvalue(t: float, df: float | None) -> float:
     """Two-sided p-value of a t statistic (normal when ``df`` is None)."""
     from scipy.special import ndtr, stdtr

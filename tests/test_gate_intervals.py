@@ -8,7 +8,7 @@ import math
 import pytest
 
 from saebench import stats
-from saebench.compare import Row, _family_wise, _interval, compare_metric
+from saebench.compare import Row, _family_wise, compare_metric, difference_interval
 from saebench.evaluators.base import Metric
 from saebench.results import Result, SAERecord
 
@@ -73,10 +73,10 @@ def test_holm_keeps_what_bonferroni_would_drop():
 def test_stored_standard_errors_give_welch_t_with_their_degrees_of_freedom():
     base = _result(None, 0.30, {"se": 0.01, "df": 21.0, "ci_low": 0.28, "ci_high": 0.32})
     new = _result(None, 0.35, {"se": 0.02, "df": 9.0, "ci_low": 0.31, "ci_high": 0.39})
-    low, high, paired, se, df, _ = _interval(None, "x", new, base)
+    low, high, paired, se, df, _ = difference_interval(None, "x", new, base)
     want_se, want_df = stats.welch(0.02, 9.0, 0.01, 21.0)
     assert not paired and se == pytest.approx(math.hypot(0.01, 0.02)) and df == pytest.approx(want_df)
     assert high - 0.05 == pytest.approx(stats.t_quantile(want_df) * want_se)
     old = _result(None, 0.30, {"se": 0.01, "ci_low": 0.28, "ci_high": 0.32})  # written before issue 26: no df
-    low, high, _, se, df, _ = _interval(None, "x", new, old)
+    low, high, _, se, df, _ = difference_interval(None, "x", new, old)
     assert df is None and high - 0.05 == pytest.approx(1.959964 * se, rel=1e-5)

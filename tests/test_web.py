@@ -117,9 +117,14 @@ def test_tables_equal_the_markdown_board_cell_for_cell(built: dict[str, Any]) ->
             rows = md[(heading, t["title"])] if len(sec["tables"]) > 1 else md[(heading, "")]
             assert sorted(rows) == sorted(r["sae"] for r in t["rows"])
             for r in t["rows"]:
-                assert rows[r["sae"]] == [r["architecture"], str(r["d_sae"])] + [c["t"] for c in r["cells"]]
+                assert rows[r["sae"]] == [r["architecture"], str(r["d_sae"])] + [_marked(c) for c in r["cells"]]
                 seen += 1
     assert seen > 20
+
+
+def _marked(c: dict[str, Any]) -> str:
+    """A web cell as the markdown board writes it: bold when tied with the best, ★ on the best."""
+    return c["t"] if not c.get("b") else f"**{c['t']}**" + (" ★" if c["b"] == 2 else "")
 
 
 def test_other_hooks_get_their_own_section_and_the_damaged_file_is_named(built: dict[str, Any]) -> None:
@@ -318,6 +323,8 @@ def test_sorting_and_filtering_change_the_rows(built: dict[str, Any], browser: A
     assert "lower is better" in header.get_attribute("title") and "fvu" in header.get_attribute("title")
     header.click()
     assert [r.get_attribute("data-sae") for r in _rows(table)] == sorted(fvu, key=fvu.get)
+    best = _rows(table)[0].find_elements("css selector", "td")[3 + col]  # the lowest FVU: bold, starred
+    assert best.find_element("css selector", "strong").text and best.text.endswith("★")
     header.click()
     assert [r.get_attribute("data-sae") for r in _rows(table)] == sorted(fvu, key=fvu.get, reverse=True)
     Select(browser.find_element("id", "filter-architecture")).select_by_value("topk")

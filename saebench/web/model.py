@@ -29,14 +29,19 @@ from saebench.leaderboard import (
     Group,
     Rows,
     cell,
+    column_marks,
     evaluator_order,
     group_results,
     headline_columns,
     mixed_rows,
     resolution_flags,
+    resolution_rows,
+    row_order,
     summary_columns,
 )
-from saebench.results import Result, read_result, result_files
+from saebench.reliability import icc_text
+from saebench.results import Result, is_baseline, read_result, result_files
+from saebench.significance import Marks
 
 #: a details table longer than this is cut (the page says how many rows it left out)
 MAX_DETAIL_ROWS = 400
@@ -105,8 +110,15 @@ class Site:
     """Everything the pages need, from loaded results: groups (sections), SAE pages, latents,
     comparisons. ``left_out`` names the files that could not be read."""
 
-    def __init__(self, loaded: list[tuple[Path, Result]], left_out: list[str], title: str) -> None:
+    def __init__(
+        self,
+        loaded: list[tuple[Path, Result]],
+        left_out: list[str],
+        title: str,
+        reliability: dict[tuple[str, str], Any] | None = None,
+    ) -> None:
         self.title = title
+        self.reliability = reliability
         self.left_out = left_out
         self.results = [r for _, r in loaded]
         self.files = {id(r): f for f, r in loaded}
@@ -130,7 +142,9 @@ class Site:
         return evaluator_order({e for row in self.groups[key].values() for e in row["results"]})
 
     # ---- the board -------------------------------------------------------------------------
-    def _table(self, rows: Rows, key: Group, title: str, cols: list[tuple[str, Metric]]) -> dict[str, Any]:
+    def _table(
+        self, rows: Rows, key: Group, title: str, cols: list[tuple[str, Metric]], mk: dict[tuple[str, str], Marks]
+    ) -> dict[str, Any]:
         flags = resolution_flags(rows, cols)
         mixed = mixed_rows(rows)
         columns = []
@@ -139,18 +153,32 @@ class Site:
             if (ev, m.name) in flags:
                 c["label"] += " ⚠"
                 c["help"] += f" ⚠ not resolved at this profile: {flags[(ev, m.name)]}"
+            rel = (self.reliability or {}).get((ev, m.name))
+            if rel is not None:
+                c["verdict"] = rel.verdict
+                c["help"] += f" Training-seed reliability: {rel.verdict} (ICC {icc_text(rel)})."
             columns.append(c)
-        body = [
-            {
-                "sae": name,
-                "page": self.page[(key, name)],
-                "mixed": mixed.get(name),
-                "architecture": str(row["architecture"]),
-                "d_sae": row["d_sae"],
-                "cells": [_value(row["results"].get(ev), m.name) for ev, m in cols],
-            }
-            for name, row in sorted(rows.items())
-        ]
+        body = []
+        for name in row_order(rows):
+            row = rows[name]
+            cells = []
+            for ev, m in cols:
+                c = _value(row["results"].get(ev), m.name)
+                marks = mk[(ev, m.name)]
+                if c["t"] and marks.bold(name):
+                    c["b"] = 2 if name == marks.best else 1  # 2: the best, 1: not distinguishable from it
+                cells.append(c)
+            body.append(
+                {
+                    "sae": name,
+                    "page": self.page[(key, name)],
+                    "mixed": mixed.get(name),
+                    "baseline": is_baseline(name),
+                    "architecture": str(row["architecture"]),
+                    "d_sae": row["d_sae"],
+                    "cells": cells,
+                }
+            )
         return {"title": title, "columns": columns, "rows": body, "flags": sorted(set(flags.values()))}
 
     def board(self) -> dict[str, Any]:
@@ -163,10 +191,12 @@ class Site:
             evs = self._evs(key)
             decl = self.decl[key]
             heads = headline_columns(rows, evs, decl)
+            all_cols = [(ev, m) for ev in evs for m in heads[ev]]
+            mk = column_marks(rows, all_cols)
             tables = []
             if len(evs) > 1:
-                tables.append(self._table(rows, key, "Summary", summary_columns(evs, heads)))
-            tables += [self._table(rows, key, ev, [(ev, m) for m in heads[ev]]) for ev in evs if heads[ev]]
+                tables.append(self._table(rows, key, "Summary", summary_columns(evs, heads), mk))
+            tables += [self._table(rows, key, ev, [(ev, m) for m in heads[ev]], mk) for ev in evs if heads[ev]]
             sections.append(
                 {
                     "id": self.gid[key],
@@ -176,6 +206,7 @@ class Site:
                     "mixed": mixed_rows(rows),
                     "saes": [self._sae_summary(key, name) for name in sorted(rows)],
                     "tables": tables,
+                    "resolution": resolution_rows(rows, all_cols, mk, self.reliability),
                     "metrics": self._plot_metrics(key),
                 }
             )
@@ -188,6 +219,7 @@ class Site:
             "name": name,
             "page": self.page[(key, name)],
             "architecture": str(row["architecture"]),
+            "baseline": is_baseline(name),
             "d_sae": row["d_sae"],
             "l0": _num(core.metrics.get("l0")) if core else None,
         }

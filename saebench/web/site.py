@@ -80,14 +80,20 @@ def page(kind: str, title: str, data: Any, root: str = "") -> str:
 
 
 def write_site(
-    paths: list[str | Path], out: str | Path, title: str = "saebench leaderboard", budget: int | None = DEFAULT_BUDGET
+    paths: list[str | Path],
+    out: str | Path,
+    title: str = "saebench leaderboard",
+    budget: int | None = DEFAULT_BUDGET,
+    reliability: str | Path | None = None,
 ) -> SiteReport:
     """Build the site for the results under ``paths`` into the folder ``out`` (replaced wholesale:
     a page of an SAE no longer present does not linger). Damaged files are left out and named on
     the index page. Raises SaebenchError when the site exceeds ``budget`` bytes (None: no budget)."""
     t0 = time.perf_counter()
     loaded, left_out = load(list(paths))
-    site = Site(loaded, left_out, title)
+    from saebench.reliability import load_reliability
+
+    site = Site(loaded, left_out, title, load_reliability(reliability) if reliability is not None else None)
     out = Path(out).resolve()
     if out.exists() and not (out / "index.html").is_file() and any(out.iterdir()):
         raise SaebenchError(

@@ -9,7 +9,7 @@ const ROOT = document.body.dataset.root || "";
 const APP = document.getElementById("app");
 const TIP = document.getElementById("tooltip");
 const SVGNS = "http://www.w3.org/2000/svg";
-const ARCH_COLOURS = { relu: "#1f77b4", topk: "#ff7f0e", batchtopk: "#2ca02c", jumprelu: "#d62728", gated: "#9467bd" };
+const ARCH_COLOURS = { relu: "#1f77b4", topk: "#ff7f0e", batchtopk: "#2ca02c", jumprelu: "#d62728", gated: "#9467bd", baseline: "#8c8c8c" };
 const MORE_COLOURS = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
 function el(tag, attrs, ...children) {
@@ -83,16 +83,24 @@ function sortableTable(columns, rows, opts) {
     caption.hidden = shown.length <= limit;
     caption.textContent = `showing ${limit} of ${shown.length} rows: search or sort to see others`;
     tbody.replaceChildren(...shown.slice(0, limit).map((r) =>
-      el("tr", { "data-sae": r.sae || null }, columns.map((c) => el("td", {}, c.cell(r))))));
+      el("tr", { "data-sae": r.sae || null, class: r.baseline ? "baseline" : null }, columns.map((c) => el("td", {}, c.cell(r))))));
   }
   table.redraw = draw;
   draw();
   return table;
 }
 
+const VERDICT = { "ranks architectures": "●", "separates only large differences": "◐", "cannot rank at this profile": "○" };
+
+// a board cell: bold when the SAE is the best of its column (★) or not distinguishable from it (b: 2 / 1)
+function markedCell(c) {
+  if (!c.b) return c.t;
+  return el("span", { class: "mark" }, el("strong", {}, c.t), c.b === 2 ? el("span", { class: "best", title: "best of the column" }, " ★") : null);
+}
+
 function metricColumns(columns) {
-  return columns.map((c, i) => ({ label: c.label, help: c.help, key: (r) => r.cells[i].v,
-    cell: (r) => r.cells[i].t }));
+  return columns.map((c, i) => ({ label: c.label + (c.verdict ? " " + VERDICT[c.verdict] : ""), help: c.help, key: (r) => r.cells[i].v,
+    cell: (r) => markedCell(r.cells[i]) }));
 }
 
 // ---- the board -------------------------------------------------------------------------------
@@ -118,7 +126,11 @@ function renderBoard() {
   APP.append(el("p", {}, `Built by saebench leaderboard --html from ${DATA.n_results} result file(s). ` +
     "Arrows mark the better direction; a ± b is a value and the half-width of its 95% interval, a [lo, hi] the ends " +
     "of an asymmetric one, a (n=k) a value with too few independent units for an interval (docs/statistics.md). " +
-    "Hover a column header for the metric's meaning; click it to sort."));
+    "Hover a column header for the metric's meaning; click it to sort. Bold: the best SAE of a column (★) and every " +
+    "SAE not distinguishable from it (paired comparison over the same units where they coincide, else Welch; Holm " +
+    "over the column's rows, 5% family-wise). Italic grey rows are baselines (random init, PCA or neuron basis): " +
+    "floors, never marked. ● ◐ ○ beside a header: the column's training-seed reliability (ranks architectures / " +
+    "separates only large differences / cannot rank at this profile)."));
   if (DATA.left_out.length) {
     APP.append(el("div", { class: "warning", id: "left-out" }, el("strong", {}, `${DATA.left_out.length} result file(s) left out:`),
       el("ul", {}, DATA.left_out.map((w) => el("li", {}, w)))));
@@ -149,6 +161,15 @@ function renderBoard() {
       tables.push(table);
       node.append(el("h3", {}, t.title), el("div", { class: "scroll" }, table));
       for (const why of t.flags) node.append(el("p", { class: "warning" }, "⚠ not resolved at this profile: " + why));
+    }
+    if (sec.resolution.length) {
+      const heads = ["evaluator", "metric", "pairs resolved", "tied with the best", "training-seed reliability"];
+      const cols = heads.map((h, i) => ({ label: h, key: (r) => r[i], cell: (r) => r[i] }));
+      const table = sortableTable(cols, sec.resolution, {});
+      table.dataset.table = "resolution";
+      node.append(el("h3", {}, "What each column can tell apart"), el("p", { class: "help" },
+        "Pairs resolved: SAE pairs whose difference is significant (Holm over the column's pairs, 5%). Tied with the best: the SAEs in bold."),
+        el("div", { class: "scroll" }, table));
     }
     sectionNodes.push([sec, node]);
     APP.append(node);
@@ -234,7 +255,8 @@ function renderPlots() {
         const c = m.points[s.name], x = s[xk];
         if (!c || x === null || x === undefined || !(x > 0)) continue;
         const lines = [s.name, `${s.architecture}, d_sae ${s.d_sae}`, `${m.label}: ${c.t}`, `${xk === "l0" ? "L0" : "d_sae"}: ${x}`];
-        (series[s.architecture] = series[s.architecture] || []).push({ x, y: c.v, lo: c.lo, hi: c.hi, label: s.name, lines, href: saeHref(s.page) });
+        const group = s.baseline ? "baseline" : s.architecture;
+        (series[group] = series[group] || []).push({ x, y: c.v, lo: c.lo, hi: c.hi, label: s.name, lines, href: saeHref(s.page) });
       }
       const list = Object.keys(series).sort().map((a) => ({ name: a, colour: colour(a), points: series[a] }));
       box.replaceChildren(list.length ? chart(list, xk === "l0" ? "L0 (active latents per token)" : "width (d_sae)", m.label, { logx: true })
