@@ -30,7 +30,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,7 @@ class MetricReliability:
     icc_low: float | None = None  # 95% interval of ICC(1) from the F distribution (Shrout & Fleiss 1979)
     icc_high: float | None = None
     tau_min: float | None = None  # the smallest τ over the pairs of seeds
+    runs: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)  # config → seed → [value, data se]
 
 
 def _kendall_tau(a: list[float], b: list[float]) -> float | None:
@@ -146,6 +147,7 @@ def metric_reliability(
         icc_low=None if ci is None else ci[0],
         icc_high=None if ci is None else ci[1],
         tau_min=float(min(taus)) if taus else None,
+        runs={c: {str(seed): [v, se] for seed, (v, se) in sorted(s.items())} for c, s in sorted(runs.items())},
     )
 
 
