@@ -53,7 +53,7 @@ ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 @runtime_checkable
 class SAEProtocol(Protocol):
     """What saebench needs from an SAE; optional members (``W_dec``, ``encode_pre``,
-    ``hook_name``, ``model_name``) unlock more metrics and defaults."""
+    ``hook_name``, ``model_name``, ``matryoshka_widths``) unlock more metrics and defaults."""
 
     d_in: int
     d_sae: int
