@@ -634,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int)
     tr.add_argument("--quiet", action="store_true")
-    zo = sub.add_parser("zoo", help="list or regenerate the reference zoo (13 SAEs; see saebench/zoo.py)")
+    zo = sub.add_parser("zoo", help="list or regenerate the reference zoo (14 SAEs; see saebench/zoo.py)")
     zo.add_argument("action", choices=["list", "build"])
     zo.add_argument("--out", default="zoo", help="folder for the zoo SAEs (default: zoo/)")
     zo.add_argument(

@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from saebench.errors import SaebenchError
 from saebench.io import TMP_MARK, as_os_error, check_memory, read_json_object, writing_in
@@ -44,7 +53,7 @@ ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 @runtime_checkable
 class SAEProtocol(Protocol):
     """What saebench needs from an SAE; optional members (``W_dec``, ``encode_pre``,
-    ``hook_name``, ``model_name``) unlock more metrics and defaults."""
+    ``hook_name``, ``model_name``, ``matryoshka_widths``) unlock more metrics and defaults."""
 
     d_in: int
     d_sae: int
@@ -75,6 +84,9 @@ class SAEConfig(BaseModel):
     # "none", or "layer_norm" (per-token LayerNorm of the input, undone on decode; OpenAI/SAELens).
     # A constant rescaling used in training is recorded as act_scale, not here.
     normalize_activations: Literal["none", "layer_norm"] = "none"
+    # Matryoshka SAEs (Bussmann et al. 2025): the nested prefix widths, each prefix an SAE of that
+    # width (latents [0, m)); strictly increasing, at most d_sae (SAELens' ``matryoshka_widths``)
+    matryoshka_widths: list[Size] | None = None
 
     @field_validator("act_scale", mode="before")
     @classmethod
@@ -88,6 +100,33 @@ class SAEConfig(BaseModel):
         if self.k is not None and self.k > self.d_sae:
             raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}")
         return self
+
+    @field_validator("matryoshka_widths")
+    @classmethod
+    def _prefixes(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        d_sae = info.data.get("d_sae")
+        return v if v is None or d_sae is None else check_prefix_widths(v, d_sae)
+
+
+def check_prefix_widths(widths: Any, d_sae: int, where: str = "") -> list[int]:
+    """A Matryoshka prefix list as plain ints: non-empty, positive integers, strictly increasing,
+    none above ``d_sae``. Raises ``ValueError`` (pydantic turns it into a field error) naming the
+    fault and the fix; ``where`` prefixes the message."""
+    at = f"{where}: " if where else ""
+    if not isinstance(widths, (list, tuple)) or not widths:
+        raise ValueError(f"{at}matryoshka_widths must be a non-empty list of prefix widths, e.g. [128, 512, {d_sae}]")
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        raise ValueError(f"{at}matryoshka_widths {list(widths)} must hold positive integers")
+    out = [int(w) for w in widths]
+    if any(out[i + 1] <= out[i] for i in range(len(out) - 1)):
+        raise ValueError(
+            f"{at}matryoshka_widths {out} is not strictly increasing; list each prefix width once, smallest first"
+        )
+    if out[-1] > d_sae:
+        raise ValueError(
+            f"{at}matryoshka_widths {out} exceeds d_sae={d_sae}; the largest prefix is at most the dictionary"
+        )
+    return out
 
 
 class NativeSAE(torch.nn.Module):
@@ -130,6 +169,11 @@ class NativeSAE(torch.nn.Module):
     @property
     def architecture(self) -> str:
         return self.cfg.architecture
+
+    @property
+    def matryoshka_widths(self) -> list[int] | None:
+        """The declared Matryoshka prefix widths (None for a plain SAE); an optional protocol member."""
+        return list(self.cfg.matryoshka_widths) if self.cfg.matryoshka_widths else None
 
     def _sae_in(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.W_enc.dtype) * self.cfg.act_scale

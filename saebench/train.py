@@ -17,6 +17,12 @@ TopK and BatchTopK (batch 2048 tokens; the shipped reference SAE is the TopK rec
   (no firing for ``dead_tokens`` tokens) reconstruct the residual error; unit-norm decoder.
 - ``batchtopk`` (Bussmann et al. 2024): the top k·B pre-activations over the whole batch; + AuxK;
   at inference a global threshold = EMA of the smallest selected activation per batch.
+- Matryoshka BatchTopK (Bussmann, Nabeshima, Karvonen & Nanda 2025, "Learning Multi-Level Features
+  with Matryoshka SAEs"): ``batchtopk`` with ``matryoshka_widths`` m_1 < ... < m_n (= d_sae): the
+  BatchTopK selection over the whole dictionary, then the sum over prefixes of the normalised
+  reconstruction loss of b_dec + z[:, :m_i] W_dec[:m_i] (the paper's and SAELens' unweighted sum;
+  the full width is always one of the terms) + AuxK on the full-width residual (SAELens' default).
+  Saved as ``batchtopk`` with ``matryoshka_widths`` in cfg.json (docs/matryoshka.md).
 
 The penalised architectures (relu, jumprelu, gated) follow :class:`PenaltyRecipe` (checked against
 the literature's gaps to TopK at matched L0 in docs/zoo.md): batches of 512 tokens (4x the steps
@@ -50,9 +56,10 @@ import torch
 from tqdm.auto import tqdm
 
 from saebench.data import build_token_set
+from saebench.errors import SaebenchError
 from saebench.models import SubjectModel
 from saebench.pipeline import ActivationPipeline
-from saebench.sae import NativeSAE, SAEConfig, save_native, topk_relu
+from saebench.sae import NativeSAE, SAEConfig, check_prefix_widths, save_native, topk_relu
 
 DEFAULT_HOOK = "blocks.6.hook_resid_post"
 
@@ -182,13 +189,28 @@ def train_sae(
     progress: bool = True,
     recipe: PenaltyRecipe | None = None,
     lr: float | None = None,
+    matryoshka_widths: list[int] | None = None,
 ) -> tuple[NativeSAE, dict[str, Any]]:
     """Train one SAE of ``architecture`` on ``acts`` (model units); ``k`` is TopK's k or the target L0.
 
     ``batch_tokens`` applies to TopK/BatchTopK; the penalised architectures take theirs (and every
     other setting) from ``recipe`` (default :class:`PenaltyRecipe`). ``lr`` replaces the base
     learning rate (default Gao et al.'s scaling, times ``recipe.lr_scale`` for the penalised
-    architectures; the synthetic zoo's small problems take a larger one)."""
+    architectures; the synthetic zoo's small problems take a larger one). ``matryoshka_widths``
+    (BatchTopK only) trains a Matryoshka BatchTopK SAE on those nested prefixes (d_sae is added as
+    the last prefix when missing)."""
+    prefixes: list[int] | None = None
+    if matryoshka_widths is not None:
+        if architecture != "batchtopk":
+            raise SaebenchError(
+                f"matryoshka_widths trains a Matryoshka BatchTopK SAE; architecture is {architecture!r}"
+            )
+        try:
+            prefixes = check_prefix_widths(list(matryoshka_widths), d_sae)
+        except ValueError as exc:
+            raise SaebenchError(str(exc)) from exc
+        if prefixes[-1] != d_sae:
+            prefixes.append(d_sae)
     gen = torch.Generator().manual_seed(seed)
     d_in = acts.shape[1]
     scale = math.sqrt(d_in) / float(acts.norm(dim=1).mean())
@@ -212,6 +234,7 @@ def train_sae(
         train_epochs=epochs,
         train_batch_tokens=batch_tokens,
         target_l0=k if penalised else None,
+        matryoshka_widths=prefixes,
     )
     # ε in our units: Rajamanoharan et al. normalise to E‖x‖² = 1, we to E‖x‖ = sqrt(d_in)
     eps = rec.jumprelu_bandwidth * float(x_all.norm(dim=1).pow(2).mean().sqrt())
@@ -273,7 +296,16 @@ def train_sae(
                 gate_relu = torch.relu(gate)
                 aux_rec = gate_relu @ sae.W_dec.detach() + sae.b_dec.detach()
                 extra = lam_t * gate_relu.sum() / var + (x - aux_rec).pow(2).sum() / var
-            xhat = z @ sae.W_dec + sae.b_dec
+            if prefixes is None:
+                xhat = z @ sae.W_dec + sae.b_dec
+                prefix_loss = torch.zeros(())
+            else:  # nested reconstructions, one block of latents added at a time; the last is the full SAE's
+                xhat, prefix_loss, lo = sae.b_dec.expand_as(x), torch.zeros(()), 0
+                for m in prefixes:
+                    xhat = xhat + z[:, lo:m] @ sae.W_dec[lo:m]
+                    if m != prefixes[-1]:
+                        prefix_loss = prefix_loss + (x - xhat).pow(2).sum() / var
+                    lo = m
             err = x - xhat
             nmse = err.pow(2).sum() / var
             fired = (z > 0).any(0)
@@ -282,7 +314,7 @@ def train_sae(
             dead = since_fired > dead_tokens
             if architecture in ("topk", "batchtopk"):
                 extra = aux_coef * _aux_k(pre, dead, err, sae.W_dec, k_aux, var)
-            loss = nmse + extra
+            loss = nmse + prefix_loss + extra
             opt.zero_grad()
             loss.backward()
             if unit_norm:
@@ -335,6 +367,7 @@ def train_sae(
         "final_dead": int(dead.sum()),
         "sparsity_coefficient": lam if penalised else None,
         "recipe": asdict(rec) if penalised else None,
+        "matryoshka_widths": prefixes,
         "curve": curve,
         "train_s": time.perf_counter() - t0,
     }

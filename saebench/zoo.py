@@ -5,7 +5,9 @@ corpus' train split at ``blocks.6.hook_resid_post``, seed 0, 3 epochs each):
 
 - the five architectures at one width (2304 = 4 x d_model) and matched L0 (32): TopK and BatchTopK
   by construction, ReLU / JumpReLU / Gated by steering their sparsity coefficient to L0 32;
-- TopK at three widths (1152, 2304, 4608) x three k (16, 32, 64).
+- TopK at three widths (1152, 2304, 4608) x three k (16, 32, 64);
+- one Matryoshka BatchTopK SAE at width 2304 and k 32 (``matryoshka-2304-k32``, prefixes
+  128 / 512 / 1152 / 2304; docs/matryoshka.md).
 
 The zoo is not shipped (it would be ~77 MB of fp16); ``saebench zoo build`` regenerates it
 deterministically (same seed, same activations; bit-identical on the same torch build and thread
@@ -33,12 +35,15 @@ class ZooMember:
     d_sae: int
     k: int  # TopK/BatchTopK k, or the target L0 of the penalised architectures
     seed: int = 0  # training seed: initialisation and data order (same activations)
+    prefixes: tuple[int, ...] = ()  # Matryoshka prefix widths (BatchTopK only); () for a plain SAE
 
     @property
     def config(self) -> str:
-        """The configuration's name, shared by its reseeded copies (``topk-2304-k32``)."""
+        """The configuration's name, shared by its reseeded copies (``topk-2304-k32``,
+        ``matryoshka-2304-k32`` for a Matryoshka BatchTopK SAE)."""
         sparsity = f"k{self.k}" if self.architecture in ("topk", "batchtopk") else f"l0_{self.k}"
-        return f"{self.architecture}-{self.d_sae}-{sparsity}"
+        family = "matryoshka" if self.prefixes else self.architecture
+        return f"{family}-{self.d_sae}-{sparsity}"
 
     @property
     def name(self) -> str:
@@ -46,9 +51,13 @@ class ZooMember:
         return self.config if self.seed == 0 else f"{self.config}-s{self.seed}"
 
 
+#: the Matryoshka member's nested widths (docs/matryoshka.md): 128 and 512 (~d_in/4.5 and ~d_in) for the
+#: coarse levels, 1152 and 2304 the zoo's TopK widths, so each large prefix has a plain SAE to compare with
+MATRYOSHKA_PREFIXES = (128, 512, 1152, 2304)
 ZOO: tuple[ZooMember, ...] = tuple(
     [ZooMember(a, 2304, 32) for a in ("topk", "batchtopk", "relu", "jumprelu", "gated")]
     + [ZooMember("topk", w, k) for w in (1152, 2304, 4608) for k in (16, 32, 64) if (w, k) != (2304, 32)]
+    + [ZooMember("batchtopk", 2304, 32, prefixes=MATRYOSHKA_PREFIXES)]
 )
 ZOO_TOKENS = 393_216
 ZOO_EPOCHS = 3
@@ -86,6 +95,7 @@ def build_zoo(
             seed=m.seed,
             epochs=ZOO_EPOCHS,
             progress=progress,
+            matryoshka_widths=list(m.prefixes) or None,
         )
         save_native(sae, out / m.name, dtype=torch.float16)
         log = {"name": m.name, **log, "wall_s": round(time.perf_counter() - t0, 1)}

@@ -146,16 +146,16 @@ def test_help_teaches(capsys):
 
 
 def test_zoo_list_names_the_reseeded_copies(capsys):
-    """`saebench zoo list --seeds`: the 13 board members keep their names (seed 0) and the 14
+    """`saebench zoo list --seeds`: the 14 board members keep their names (seed 0) and the 14
     reseeded copies of the seven reliability configurations are named <config>-s<seed>."""
     from saebench.cli import main
     from saebench.zoo import RESEEDED_CONFIGS, SEED_ZOO, ZOO
 
     assert main(["zoo", "list"]) == 0
     plain = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
-    assert plain == [m.name for m in ZOO] and len(plain) == 13 and all(m.seed == 0 for m in ZOO)
+    assert plain == [m.name for m in ZOO] and len(plain) == 14 and all(m.seed == 0 for m in ZOO)
     assert main(["zoo", "list", "--seeds"]) == 0
     names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
-    assert names[:13] == plain and len(names) == len(set(names)) == 27
+    assert names[:14] == plain and len(names) == len(set(names)) == 28
     assert {m.config for m in SEED_ZOO} == set(RESEEDED_CONFIGS) and {m.seed for m in SEED_ZOO} == {1, 2}
     assert "relu-2304-l0_32-s2" in names and "topk-2304-k16-s1" in names

@@ -84,6 +84,7 @@ def load_dictionary_learning(path: str | Path) -> Converted:
         notes.append("no config.json beside ae.pt: class inferred from tensor names, model/hook unknown")
     k = None
     apply_b_dec = True
+    extra: dict[str, Any] = {}
     if cls == "AutoEncoder":
         t = {
             "W_enc": sd["encoder.weight"].T,
@@ -110,6 +111,11 @@ def load_dictionary_learning(path: str | Path) -> Converted:
     elif cls == "MatryoshkaBatchTopKSAE":
         t = {n: sd[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
         k = int(sd["k"]) if "k" in sd else trainer.get("k")
+        sizes = sd["group_sizes"].reshape(-1).tolist() if "group_sizes" in sd else trainer.get("group_sizes")
+        if sizes:  # the library stores group sizes; the prefix widths are their running sums
+            widths = [sum(int(g) for g in sizes[: i + 1]) for i in range(len(sizes))]
+            extra["matryoshka_widths"] = widths
+            notes.append(f"Matryoshka group sizes {[int(g) for g in sizes]} kept as prefix widths {widths}")
     elif cls == "JumpReluAutoEncoder":
         t = {n: sd[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
         t["threshold"] = jump_threshold(sd["threshold"].to(torch.float32), notes)
@@ -156,6 +162,7 @@ def load_dictionary_learning(path: str | Path) -> Converted:
         model_name=trainer.get("lm_name"),
         source_format="dictionary_learning",
         source_class=cls,
+        **extra,
     )
     name = pt.parent.name if pt.name == "ae.pt" else pt.stem
     return Converted(sae, "dictionary_learning", arch, notes, name=name)

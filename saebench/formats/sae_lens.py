@@ -20,7 +20,8 @@ from saebench.formats.common import (
 )
 from saebench.sae import check_load_memory, read_safetensors, safetensors_shapes
 
-SAE_LENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "batchtopk"}
+SAE_LENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "batchtopk",
+                 "matryoshka_batchtopk": "batchtopk"}  # fmt: skip
 
 
 def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Converted:
@@ -68,11 +69,12 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
             t["W_dec"] = t["W_dec"] * s.to(t["W_dec"].dtype)[:, None]
             notes.append("SAELens finetuning scaling_factor folded into W_dec")
     k = cfg.get("k") if cfg.get("k") is not None else kwargs.get("k")
-    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+    # (a BatchTopK training save too: SAELens folds the same way when it saves the inference SAE)
+    if arch in ("topk", "batchtopk", "matryoshka_batchtopk") and cfg.get("rescale_acts_by_decoder_norm"):
         n = t["W_dec"].norm(dim=-1).clamp(min=1e-8)
         t["W_enc"], t["b_enc"], t["W_dec"] = t["W_enc"] * n, t["b_enc"] * n, t["W_dec"] / n[:, None]
         notes.append("rescale_acts_by_decoder_norm folded into W_enc, b_enc, W_dec")
-    if arch == "batchtopk" and "topk_threshold" in t:
+    if arch in ("batchtopk", "matryoshka_batchtopk") and "topk_threshold" in t:
         t["threshold"] = t.pop("topk_threshold")
     ours = SAE_LENS_ARCH[arch]
     training_arch = meta.get("training_architecture") or cfg.get("training_architecture")
@@ -89,6 +91,17 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
             ours = "batchtopk"
             t["threshold"] = th.reshape(-1)[0].reshape(())
             notes.append("SAELens saved this BatchTopK SAE as JumpReLU with one uniform threshold; loaded as batchtopk")
+    # Matryoshka: the training config's widths (``matryoshka_widths``), kept at the top level by a
+    # training SAE's save, in metadata.training_architecture_details by the inference save (JumpReLU)
+    details = (
+        meta.get("training_architecture_details") if isinstance(meta.get("training_architecture_details"), dict) else {}
+    )
+    widths = cfg.get("matryoshka_widths") or details.get("matryoshka_widths")
+    if arch == "matryoshka_batchtopk" or training_arch == "matryoshka_batchtopk" or widths:
+        if widths:
+            notes.append(f"Matryoshka prefix widths {list(widths)} kept (matryoshka_widths)")
+        else:
+            notes.append("a Matryoshka SAE without matryoshka_widths in its config: loaded as a plain SAE")
     if ours in ("topk",) and not k:
         raise SaebenchError(f"{where}: a TopK SAELens config needs 'k'; add it to cfg.json")
     if arch == "gated":
@@ -104,6 +117,7 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
         normalize_activations=norm,
         source_format="sae_lens",
         source_architecture=arch,
+        **({"matryoshka_widths": list(widths)} if widths else {}),
     )
     return Converted(sae, "sae_lens", ours, [f"SAELens architecture {arch!r} → {ours}", *notes])
 
