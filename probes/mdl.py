@@ -154,7 +154,7 @@ class SparseCodes:
         u_fb = (uniq % (f_ * nb)).numpy()
         cnt = cnt.numpy().astype(np.float64)
 
-        total = np.bincount(u_fb, weights=cnt, minlength=f_ * nb)
+        total = np.bincount(u_fb, weights=cnt, minlength=f_ * nb).astype(np.float64)
         starts = np.searchsorted(u_doc, np.arange(n_docs + 1))  # unique keys are sorted: doc-major
         nnz_all, fire_all = nnz_doc.sum(0), fire_doc.sum(0)
 
