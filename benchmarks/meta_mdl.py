@@ -1,7 +1,7 @@
 """``meta_structure`` and ``mdl``: ours against SAEBench 0.6.0's own code, same SAE and inputs, timed.
 
     OMP_NUM_THREADS=1 python benchmarks/meta_mdl.py [--sae /work/zoo/topk-2304-k32] [--tokens 4096]
-        [--steps 1500] [--skip-meta] [--skip-mdl]
+        [--steps 1500] [--mdl-settings cli|config] [--skip-meta] [--skip-mdl]
 
 Needs ``sae-bench==0.6.0`` (``bash setup.sh --crosscheck``); both evaluations ship in its wheel
 (``sae_bench/evals/meta_structure``, ``sae_bench/evals/mdl``). Both sides run in this process on
@@ -12,7 +12,8 @@ one thread.
   :func:`saebench.probes.meta_sae.train_meta_sae` + ``row_errors`` with the same seed and SAEBench's
   defaults (1500 steps of 1024 rows, bf16 autocast). Prints both values, |ours − theirs| and the
   time ratio.
-- **mdl**: SAEBench's ``run_eval_single_sae`` (MDLEvalConfig defaults: 6 bin counts × 3 k) fed the
+- **mdl**: SAEBench's ``run_eval_single_sae`` (by default at its command line's settings: bins 8, 16,
+  32, 64, no TopK, threshold 0.2; ``--mdl-settings config``: MDLEvalConfig's 18 settings) fed the
   kept hook activations of our token set through a stand-in for SAELens's ``ActivationsStore``
   (every buffer it draws is the whole token set, so its maximum, MSE check and DL all see our
   tokens), against our evaluator's ``run`` on the same pipeline (states cached before timing on
@@ -166,6 +167,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=1500, help="meta-SAE training steps (SAEBench: 1500)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--mdl-settings", choices=["cli", "config"], default="cli",
+                    help="cli: SAEBench's command-line settings (bins 8/16/32/64, no TopK, threshold 0.2; its "
+                    "DL loop costs ~2.5 min per setting at d_sae 2304 on one thread); config: MDLEvalConfig's "
+                    "defaults (6 bin counts x 3 k: 18 settings)")  # fmt: skip
     ap.add_argument("--skip-meta", action="store_true")
     ap.add_argument("--skip-mdl", action="store_true")
     args = ap.parse_args()
@@ -191,11 +196,13 @@ def main() -> None:
         model = load_model()
         ctx = mdl_context(sae, model, args.tokens, args.ctx_len, args.batch_size)
         chunks = kept_chunks(ctx)
-        cfg = MdlConfig()
+        settings: dict[str, Any] = {}
+        if args.mdl_settings == "cli":  # SAEBench's __main__ block
+            settings = {"num_bins_values": [8, 16, 32, 64], "k_values": [None], "mse_epsilon_threshold": 0.2}
         t0 = time.perf_counter()
-        out = MdlEvaluator().run(ctx, cfg)
+        out = MdlEvaluator().run(ctx, MdlConfig(**settings))
         t_ours = time.perf_counter() - t0
-        rows, t_theirs = saebench_mdl(sae, chunks)
+        rows, t_theirs = saebench_mdl(sae, chunks, **settings)
         print(f"mdl ({sum(c.shape[0] for c in chunks)} kept tokens, {len(rows)} settings):")
         worst_dl = worst_mse = 0.0
         for r in rows:
