@@ -57,6 +57,7 @@ def histogram_bins(values: torch.Tensor, feats: torch.Tensor, edges: torch.Tenso
 def quantize(z: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """Each code replaced by the midpoint of its bin (``bucketize``, indices clamped to 1..num_bins)."""
     nb = edges.shape[1] - 1
+    edges = edges.to(z.device)
     idx = torch.searchsorted(edges.contiguous(), z.T.float().contiguous(), right=False)
     idx = idx.clamp(1, nb) - 1
     mids = 0.5 * (edges[:, :-1] + edges[:, 1:])

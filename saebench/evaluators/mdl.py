@@ -152,14 +152,15 @@ class MdlEvaluator:
         if codes.n_docs == 0:
             raise SaebenchError("mdl: the token set has no kept token (every position is the BOS id); raise --tokens")
         hist_max = codes.hist_max()
-        edges = {nb: bin_edges(hist_max, nb) for nb in cfg.num_bins_values}
+        nbs, ks = list(dict.fromkeys(cfg.num_bins_values)), list(dict.fromkeys(cfg.k_values))
+        edges = {nb: bin_edges(hist_max, nb) for nb in nbs}
         t_codes = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         metrics: dict[str, Any] = {}
         uncertainty: dict[str, Any] = {}
         n_tok = 0.0
-        for nb in cfg.num_bins_values:
+        for nb in nbs:
             value, loo, info = codes.dl(edges[nb])
             n_tok = info["n_tokens"]
             metrics[dl_name(nb)] = value
@@ -167,14 +168,14 @@ class MdlEvaluator:
         t_dl = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        combos = [(nb, k) for nb in cfg.num_bins_values for k in cfg.k_values]
+        combos = [(nb, k) for nb in nbs for k in ks]
         sq = np.zeros((len(combos), codes.n_docs))
         for x, labels in kept_batches(ctx):
             doc = torch.tensor([codes.doc(lab) for lab in labels], dtype=torch.long)
             z = encode(sae, x)
-            for k in dict.fromkeys(cfg.k_values):
+            for k in ks:
                 zk = topk_codes(z, k)
-                for nb in cfg.num_bins_values:
+                for nb in nbs:
                     with torch.no_grad():
                         err = ((sae.decode(quantize(zk, edges[nb])).float() - x.float()) ** 2).double().sum(-1)
                     sq[combos.index((nb, k))] += np.bincount(
