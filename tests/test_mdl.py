@@ -149,14 +149,13 @@ def test_bad_settings_are_one_line(model, tmp_path):
 
 def test_jackknife_interval_is_reported_with_enough_documents():
     """Nine documents: the DL gets a jackknife-t interval over documents around its value."""
-    from saebench.evaluators.mdl import TARGET
-    from saebench.stats import jackknife_interval
+    from saebench.evaluators.mdl import doc_jackknife
 
     g = torch.Generator().manual_seed(3)
     z = torch.relu(torch.randn(90, 4, generator=g) * 60 - 30)
     sc = codes_of(z.T.tolist(), [i // 10 for i in range(90)])
     value, loo, _ = sc.dl(bin_edges(sc.hist_max(), 8))
-    iv = jackknife_interval(value, loo, 90, "token", "document", TARGET, bounds=(0.0, math.inf))
+    iv = doc_jackknife(value, loo, 90)
     assert iv.n_clusters == 9 and iv.low < value < iv.high
     se = math.sqrt(8 / 9 * float(np.sum((loo - loo.mean()) ** 2)))
     assert iv.se == pytest.approx(se)

@@ -118,7 +118,13 @@ def kept_batches(ctx: EvalContext) -> Any:
         yield acts[keep.to(acts.device)], [labels[int(r)] for r in rows]
 
 
+def doc_jackknife(value: float, loo: np.ndarray, n_tok: float) -> Any:
+    """The delete-one-document jackknife interval of a value from its leave-one-out values."""
+    return jackknife_interval(value, loo, int(n_tok), "token", "document", TARGET, bounds=(0.0, math.inf))
+
+
 def encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """The SAE's codes for ``x [n, d_in]``, checked: ``[n, d_sae]`` and finite."""
     with torch.no_grad():
         z = sae.encode(x)
     if z.shape != (x.shape[0], int(sae.d_sae)):
@@ -164,7 +170,7 @@ class MdlEvaluator:
             value, loo, info = codes.dl(edges[nb])
             n_tok = info["n_tokens"]
             metrics[dl_name(nb)] = value
-            uncertainty[dl_name(nb)] = self._interval(value, loo, codes.n_docs, n_tok)
+            uncertainty[dl_name(nb)] = doc_jackknife(value, loo, n_tok)
         t_dl = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -192,7 +198,7 @@ class MdlEvaluator:
             value = mse_of(float(sq[i].sum()), n_tok)
             loo = np.array([mse_of(float(sq[i].sum() - sq[i][d]), n_tok - tok_doc[d]) for d in range(codes.n_docs)])
             metrics[mse_name(nb, k)] = value
-            uncertainty[mse_name(nb, k)] = self._interval(value, loo, codes.n_docs, n_tok)
+            uncertainty[mse_name(nb, k)] = doc_jackknife(value, loo, n_tok)
             within = bool(value < cfg.mse_epsilon_threshold)
             metrics[thr_name(nb, k)] = within
             rows.append({"num_bins": nb, "bins": [], "k": k, "description_length": metrics[dl_name(nb)],
@@ -215,7 +221,3 @@ class MdlEvaluator:
         }
         return EvalOutput(metrics, details, uncertainty=uncertainty,
                           timing={"codes_s": t_codes, "dl_s": t_dl, "mse_check_s": t_mse})  # fmt: skip
-
-    @staticmethod
-    def _interval(value: float, loo: np.ndarray, n_docs: int, n_tok: float) -> Any:
-        return jackknife_interval(value, loo, int(n_tok), "token", "document", TARGET, bounds=(0.0, math.inf))
