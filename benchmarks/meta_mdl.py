@@ -1,7 +1,7 @@
 """``meta_structure`` and ``mdl``: ours against SAEBench 0.6.0's own code, same SAE and inputs, timed.
 
     OMP_NUM_THREADS=1 python benchmarks/meta_mdl.py [--sae /work/zoo/topk-2304-k32] [--tokens 4096]
-        [--steps 1500] [--mdl-settings cli|config] [--skip-meta] [--skip-mdl]
+        [--steps 1500] [--mdl-settings cli|config] [--seeds 42,1,2,3] [--skip-meta] [--skip-mdl]
 
 Needs ``sae-bench==0.6.0`` (``bash setup.sh --crosscheck``); both evaluations ship in its wheel
 (``sae_bench/evals/meta_structure``, ``sae_bench/evals/mdl``). Both sides run in this process on
@@ -159,6 +159,30 @@ def mdl_context(sae: Any, model: Any, tokens: int, ctx_len: int, batch_size: int
     return EvalContext(pipe, sae, "sae", "bench", seed, "quick")
 
 
+def seed_spread(w_dec: torch.Tensor, seeds: list[int], steps: int) -> None:
+    """Our FVE at each meta-SAE seed with its interval over decoder rows, and the SD across seeds."""
+    import statistics
+
+    from saebench.evaluators.meta_structure import METRICS, MetaStructureConfig
+    from saebench.probes.meta_sae import meta_width, row_errors, train_meta_sae
+    from saebench.stats import Samples, interval
+
+    c = MetaStructureConfig(train_steps=steps)
+    width = meta_width(w_dec.shape[0], c.width_ratio, c.k)
+    values = []
+    for seed in seeds:
+        meta = train_meta_sae(w_dec, width, c.k, c.train_steps, c.train_batch_size, c.learning_rate, seed, c.autocast,
+                              c.weight_decay, c.dead_feature_window)  # fmt: skip
+        err, var = row_errors(meta, w_dec, c.eval_batch_size)
+        cols = {"sq_err": err.tolist(), "var": var.tolist(), "n_elem": [float(w_dec.shape[1])] * len(err)}
+        rows = Samples("decoder_row", [str(i) for i in range(w_dec.shape[0])], cols)
+        iv = interval(METRICS[0].estimator, {"decoder_row": rows})
+        values.append(iv.value)
+        print(f"  seed {seed}: FVE {iv.value:.5f}, row SE {iv.se:.5f}, 95% [{iv.low:.5f}, {iv.high:.5f}]", flush=True)
+    if len(values) > 1:
+        print(f"  seeds {seeds}: mean {statistics.mean(values):.5f}, seed SD {statistics.stdev(values):.5f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sae", default="/work/zoo/topk-2304-k32")
@@ -171,6 +195,8 @@ def main() -> None:
                     help="cli: SAEBench's command-line settings (bins 8/16/32/64, no TopK, threshold 0.2; its "
                     "DL loop costs ~2.5 min per setting at d_sae 2304 on one thread); config: MDLEvalConfig's "
                     "defaults (6 bin counts x 3 k: 18 settings)")  # fmt: skip
+    ap.add_argument("--seeds", default="", help="comma-separated meta-SAE seeds: our FVE per seed, their SD and "
+                    "the row interval (the training-seed spread beside the interval over decoder rows)")  # fmt: skip
     ap.add_argument("--skip-meta", action="store_true")
     ap.add_argument("--skip-mdl", action="store_true")
     args = ap.parse_args()
@@ -190,6 +216,8 @@ def main() -> None:
         print(f"  final_reconstruction_mse             ours {ours[1]:.8g}  SAEBench {theirs[1]:.8g}  "
               f"|diff| {abs(ours[1] - theirs[1]):.2e}")  # fmt: skip
         print(f"  seconds  ours {ours[2]:.1f}  SAEBench {theirs[2]:.1f}  ratio SAEBench/ours {theirs[2] / ours[2]:.2f}")
+    if args.seeds:
+        seed_spread(sae.W_dec.detach().float(), [int(x) for x in args.seeds.split(",")], args.steps)
     if not args.skip_mdl:
         from saebench.models import load_model
 
