@@ -23,6 +23,10 @@ names**, and put into SAEBench's fields only SAEBench's numbers:
   number, and listed in ``eval_result_unstructured.not_computed``; SAEBench's own class requires a
   float there, so such a file reads as JSON (its graphing code reads JSON) but not through that
   class until the fields are filled;
+- ``meta_structure`` (``meta_structure/``, ``MetaStructureEvalOutput``) and ``mdl`` (``mdl/``: SAEBench
+  has no output class for it; its ``run_eval`` writes a plain dict, which we write with the same keys
+  and one ``eval_results`` record per setting): both are SAEBench's computations on our inputs, held
+  to its own code by ``tests/test_crosscheck_meta_mdl.py``;
 - ``probing`` (Gao et al.'s 61 tasks, our probes) and ``autointerp`` (our scorers) are not
   SAEBench's computations: skipped with a note (``--evals sparse_probing`` is SAEBench's sparse
   probing).
@@ -277,12 +281,78 @@ def _sparse_probing(r: Result, extra: dict[str, Result]) -> dict[str, Any] | str
     return _header(r, "sparse_probing", config, metrics, details, notes)
 
 
+def _meta_structure(r: Result, extra: dict[str, Result]) -> dict[str, Any]:
+    """SAEBench's ``MetaStructureEvalOutput``: our meta-SAE is its BatchTopK training, same seed and
+    settings (``train_time_seconds`` is our wall-clock training time, from the result's timing)."""
+    c = r.config.get("evaluator_config", {})
+    config = {"random_seed": c.get("seed", 42), "width_ratio": c.get("width_ratio"), "k": c.get("k"),
+              "train_steps": c.get("train_steps"), "train_batch_size": c.get("train_batch_size"),
+              "learning_rate": c.get("learning_rate"), "weight_decay": c.get("weight_decay"),
+              "autocast": c.get("autocast"), "eval_batch_size": c.get("eval_batch_size"),
+              "dead_feature_window": c.get("dead_feature_window"), "feature_sampling_window": 200,
+              "dtype": "float32"}  # fmt: skip
+    m = r.metrics
+    metrics = {"meta_structure": {
+        "decoder_fraction_variance_explained": _num(m.get("decoder_fraction_variance_explained")),
+        "train_time_seconds": _num(r.timing.get("meta_sae_train_s")),
+        "final_reconstruction_mse": _num(m.get("final_reconstruction_mse")),
+    }}  # fmt: skip
+    notes = {"feature_sampling_window": "SAEBench's logging window; it does not change the training"}
+    return _header(r, "meta_structure_decoder_variance", config, metrics, [], notes)
+
+
+def _mdl(r: Result, extra: dict[str, Result]) -> dict[str, Any] | str:
+    """SAEBench's MDL file: it has no output class; its ``run_eval`` writes a plain dict (these keys)
+    with one ``eval_results`` record per (num_bins, k)."""
+    rows = r.details.get("eval_results")
+    if not rows:
+        return "no eval_results records in the result"
+    c = r.config.get("evaluator_config", {})
+    release, sae_id = _sae_ids(r)
+    created = r.created_at or datetime(1970, 1, 1).isoformat()
+    return {
+        "eval_instance_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"saebench:{r.run_key}:mdl")),
+        "sae_lens_release": release or RELEASE,
+        "sae_lens_id": sae_id,
+        "eval_type_id": "mdl",
+        "sae_lens_version": (r.env.get("packages") or {}).get("sae-lens"),
+        "sae_bench_version": f"exported by saebench (commit {r.env.get('git_commit') or 'unknown'}); no SAEBench "
+        "commit ran",
+        "date_time": created,
+        "eval_config": {
+            "k_values": c.get("k_values"),
+            "num_bins_values": c.get("num_bins_values"),
+            "random_seed": r.config.get("seed"),
+            "dataset_name": r.config.get("corpus"),
+            "context_length": r.config.get("ctx_len"),
+            "sae_batch_size": r.config.get("batch_size"),
+            "model_name": r.config.get("model"),
+            "llm_dtype": r.config.get("dtype", "float32"),
+            "mse_epsilon_threshold": c.get("mse_epsilon_threshold"),
+        },
+        "eval_results": [dict(row) for row in rows],
+        "eval_artifacts": {"artifacts": "None"},
+        "sae_cfg_dict": {
+            "architecture": r.sae.architecture,
+            "d_in": r.sae.d_in,
+            "d_sae": r.sae.d_sae,
+            "model_name": r.config.get("model"),
+            "hook_name": r.config.get("hook"),
+            "source": r.sae.source,
+            "fingerprint": r.sae.fingerprint,
+        },
+        "saebench_uncertainty": r.uncertainty,
+    }
+
+
 EXPORTERS = {
     "core": ("core", _core),
     "sparse_probing": ("sparse_probing", _sparse_probing),
     "absorption": ("absorption", _absorption),
     "scr": ("scr", _scr),
     "tpp": ("tpp", _tpp),
+    "meta_structure": ("meta_structure", _meta_structure),
+    "mdl": ("mdl", _mdl),
 }
 NOT_SAEBENCH = {
     "probing": "Gao et al.'s 61 tasks with our probes, not SAEBench's sparse probing (that is --evals sparse_probing)",

@@ -17,6 +17,7 @@ torch.set_num_threads(int(os.environ.get("SAEBENCH_TEST_THREADS", "2")))
 #: here, in one place, so the tier is read at a glance; tests/test_tiers.py checks every name exists.
 SLOW_MODULES = {
     "test_crosscheck.py",  # SAEBench's and SAELens's own code on the embedded model
+    "test_crosscheck_meta_mdl.py",  # SAEBench's meta_structure and mdl code (imports sae_lens, trains)
     "test_ray.py",  # a local Ray cluster, a killed worker
     "test_interrupts.py",  # Ctrl-C at each stage of real CLI runs
     "test_autointerp_planted.py",  # in-process scorer on planted latents

@@ -66,6 +66,8 @@ def test_every_saebench_named_metric_comes_from_a_saebench_path():
             proven[(ev, name)] = "SAELens's definition under a name SAEBench shares: the export leaves it null"
         elif ev == "splitting" and name.startswith("average_max_"):
             proven[(ev, name)] = "equals SAEBench's calculate_max_cosine_sim (below)"
+        elif ev == "meta_structure":
+            proven[(ev, name)] = "equals SAEBench's meta_structure run_eval_single_sae (test_crosscheck_meta_mdl.py)"
     unproven = sorted(set(emitted) - set(proven))
     assert not unproven, f"SAEBench-named metrics without a SAEBench path: {unproven}"
     assert {n for (ev, n) in emitted if ev == "core"} <= set(CORE_EQUAL) | set(CORE_DIFFERENT)
