@@ -132,3 +132,19 @@ def test_gate_skips_baselines_with_a_note(tmp_path, capsys):
     write_result(board[3], result_path(only, board[3].sae.name, "toy"))
     assert main(["compare", str(only), "--baseline", str(tmp_path / "old")]) == 2
     assert "every new result is a baseline" in capsys.readouterr().err
+
+
+def test_web_board_carries_the_same_marks_and_leaves_baselines_out_of_comparisons(tmp_path):
+    from pathlib import Path
+
+    from saebench.web.model import Site
+
+    board = _board()
+    site = Site([(Path(f"{r.sae.name}.json"), r) for r in board], [], "t")
+    table = site.board()["sections"][0]["tables"][0]
+    cells = {r["sae"]: r["cells"][0] for r in table["rows"]}
+    assert cells["best"]["b"] == 2 and cells["twin"]["b"] == 1 and "b" not in cells["worse"]
+    assert [r["sae"] for r in table["rows"] if r["baseline"]] == ["baseline-pca-topk-1152-k32"]
+    assert "b" not in cells["baseline-pca-topk-1152-k32"]
+    pairs = site.comparisons(site.keys[0])
+    assert len(pairs) == 3 and all("baseline" not in p["a"] + p["b"] for p in pairs)

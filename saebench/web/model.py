@@ -327,9 +327,10 @@ class Site:
     # ---- comparisons -----------------------------------------------------------------------
     def comparisons(self, key: Group) -> list[dict[str, Any]]:
         """Every pair of SAEs of one section, compared as ``saebench compare A B`` does (A the
-        earlier name), over the evaluators both have with comparable configurations."""
+        earlier name), over the evaluators both have with comparable configurations. Baselines
+        (floors) are left out: they are not SAEs under test, and the gate skips them too."""
         rows = self.groups[key]
-        names = sorted(rows)
+        names = sorted(n for n in rows if not is_baseline(n))
         out: list[dict[str, Any]] = []
         if len(names) > MAX_COMPARE_SAES:  # n(n-1)/2 comparisons: a sweep's would not fit any budget
             return out

@@ -26,6 +26,7 @@ from typing import Any
 
 from saebench.errors import SaebenchError
 from saebench.io import atomic_write_text
+from saebench.results import is_baseline
 from saebench.web.model import Site, load
 
 #: the size budget of a site (bytes); `saebench leaderboard --html` refuses to finish above it
@@ -126,8 +127,8 @@ def write_site(
                 "model": model,
                 "hook": hook,
                 "config": cfg,
-                "saes": names,
-                "pages": [site.page[(key, s)] for s in names],
+                "saes": [s for s in names if not is_baseline(s)],  # floors are not compared (the gate skips them)
+                "pages": [site.page[(key, s)] for s in names if not is_baseline(s)],
                 "pairs": site.comparisons(key),
             }
         )
