@@ -134,6 +134,13 @@ class SubjectModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def shape(self) -> ModelShape:
+        """The model's widths, from its transformer-lens config (no forward pass)."""
+        c = self.model.cfg
+        n_kv = getattr(c, "n_key_value_heads", None) or c.n_heads
+        return ModelShape(int(c.n_layers), int(c.d_model), int(c.d_mlp or 0), int(c.n_heads), int(n_kv), int(c.d_head))
+
     def hook_site(self, hook: str) -> HookSite:
         """Validate ``hook`` against the model and return where its split pass restarts."""
         if hook not in self.model.hook_dict:
@@ -321,6 +328,34 @@ def hook_width(shape: ModelShape, hook: str) -> int | None:
     return None
 
 
+def head_shape(shape: ModelShape, hook: str) -> tuple[int, int] | None:
+    """``(heads, d_head)`` of a per-head hook (``attn.hook_z``, ``hook_q``: all heads; ``hook_k/v``: the
+    key-value heads), None for any other hook."""
+    rest = hook.split(".", 2)[2] if hook.count(".") >= 2 else hook
+    if rest in ("attn.hook_z", "attn.hook_q"):
+        return shape.n_heads, shape.d_head
+    if rest in ("attn.hook_k", "attn.hook_v"):
+        return shape.n_kv_heads, shape.d_head
+    return None
+
+
+def width_error(sae_label: str, d_in: int, hook: str, model: str, width: int, heads: tuple[int, int] | None) -> str:
+    """The one-line refusal of an SAE whose ``d_in`` is not the width of ``hook``; at a per-head hook it
+    names the model's heads (``n_heads x d_head``) and the head count the SAE's width would imply."""
+    if heads is None:
+        return (
+            f"SAE {sae_label} has d_in={d_in} but hook {hook} of {model} has width {width}; pass the hook "
+            "(--hook) and model (--model) the SAE was trained on"
+        )
+    n, d_head = heads
+    implied = f" (d_in={d_in} is {d_in // d_head} heads of d_head={d_head})" if d_in % d_head == 0 else ""
+    return (
+        f"SAE {sae_label} has d_in={d_in} but {hook} of {model} is {n} heads x d_head={d_head} = {width} wide "
+        f"(heads flattened){implied}; the SAE was trained on another model's heads: pass the model (--model) and "
+        "hook (--hook) it was trained on"
+    )
+
+
 def check_hook_width(model: str, hook: str, d_in: int, sae_label: str) -> None:
     """Before any load: on the embedded model, refuse a hook outside it or an SAE whose ``d_in`` is not
     the hook's width (other models are checked once loaded: their shapes need the hub)."""
@@ -328,10 +363,7 @@ def check_hook_width(model: str, hook: str, d_in: int, sae_label: str) -> None:
         return
     width = hook_width(EMBEDDED_SHAPE, hook)
     if width is not None and width != d_in:
-        raise SaebenchError(
-            f"SAE {sae_label} has d_in={d_in} but hook {hook} of {EMBEDDED_MODEL} has width {width}; pass the hook "
-            "(--hook) and model (--model) the SAE was trained on"
-        )
+        raise SaebenchError(width_error(sae_label, d_in, hook, EMBEDDED_MODEL, width, head_shape(EMBEDDED_SHAPE, hook)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,42 @@ SAE_LENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "ga
                  "matryoshka_batchtopk": "batchtopk"}  # fmt: skip
 
 
+def check_head_layout(cfg: dict[str, Any], meta: dict[str, Any], hook_name: str | None, where: str) -> list[str]:
+    """Per-head SAEs. A ``hook_z`` SAE (SAELens 6 ``reshape_activations="hook_z"``; before 6.0 only its
+    hook name ``blocks.L.attn.hook_z`` said so, and SAELens infers the flag from it) reads the attention
+    heads' outputs ``[.., n_heads, d_head]`` flattened head-major to ``n_heads * d_head``, which is what
+    our pipeline hands an SAE at ``attn.hook_z``: it loads as an ordinary SAE, and its width is checked
+    against the model's heads before anything is allocated. A single-head SAE (``hook_head_index``; 5.x
+    ``hook_point_head_index``) reads one head's ``d_head`` slice only, and the splice replaces whole
+    hooks: refused. Returns the notes to keep."""
+    head = next((v for v in (cfg.get("hook_head_index"), cfg.get("hook_point_head_index"),
+                             meta.get("hook_head_index")) if v is not None), None)  # fmt: skip
+    if head is not None:
+        raise SaebenchError(
+            f"{where}: a single-head SAELens SAE (hook_head_index={head}) reads one attention head's d_head slice, "
+            "but saebench replaces a whole hook and has no per-head splice; evaluate an SAE over all heads instead "
+            "(a hook_z SAE: reshape_activations='hook_z', d_in = n_heads * d_head)"
+        )
+    reshape = cfg.get("reshape_activations") or "none"
+    if reshape not in ("none", "hook_z"):
+        raise SaebenchError(
+            f"{where}: SAELens reshape_activations={reshape!r} is not supported (none and hook_z are); "
+            "wrap the SAE in a python:FILE.py:FACTORY"
+        )
+    at_z = bool(hook_name) and str(hook_name).endswith("attn.hook_z")
+    if reshape == "hook_z" and hook_name and not at_z:
+        raise SaebenchError(
+            f"{where}: reshape_activations='hook_z' but hook_name={hook_name!r} is not an attn.hook_z hook; "
+            "fix hook_name in cfg.json (blocks.L.attn.hook_z)"
+        )
+    if reshape == "hook_z" or at_z:
+        return [
+            "hook_z SAE: reads attn.hook_z [.., n_heads, d_head] flattened head-major to n_heads*d_head "
+            "(as SAELens' hook_z reshaping does)" + ("" if hook_name else "; pass --hook blocks.L.attn.hook_z")
+        ]
+    return []
+
+
 def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Converted:
     """Map a SAELens config dict (5.x or 6.x) and state dict onto the native module."""
     cfg = dict(raw)
@@ -39,11 +75,8 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
             f"{where}: SAELens architecture {arch!r} is not supported (supported: {', '.join(SAE_LENS_ARCH)}); "
             "wrap the sae-lens object in a factory and pass --sae python:FILE.py:FACTORY"
         )
-    if cfg.get("reshape_activations", "none") not in ("none", None) or cfg.get("hook_head_index") is not None:
-        raise SaebenchError(
-            f"{where}: per-head (hook_z) SAELens SAEs are not supported; use a residual/MLP SAE or a "
-            "python:FILE.py:FACTORY wrapper"
-        )
+    hook_name = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    notes += check_head_layout(cfg, meta, hook_name, where)
     norm = cfg.get("normalize_activations") or "none"
     if norm is True:
         norm = "expected_average_only_in"
@@ -111,7 +144,7 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
         t,
         where,
         k=int_field(k, "k", where) or None,
-        hook_name=meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point"),
+        hook_name=hook_name,
         model_name=meta.get("model_name") or cfg.get("model_name"),
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
         normalize_activations=norm,

@@ -49,7 +49,7 @@ from saebench.io import (
     tensors_digest,
     warn_once,
 )
-from saebench.models import SubjectModel
+from saebench.models import SubjectModel, head_shape, width_error
 from saebench.pipeline.stored import ENTRY_FORMAT, PrefixStates, open_states, save_states, write_states
 
 CACHE_VERSION = "2"  # bump when a cached quantity is computed differently
@@ -409,13 +409,12 @@ class ActivationPipeline:
         return self.shared("hook_width", lambda: int(self.acts_batch(self.states()[:1]).shape[-1]))
 
     def check_sae(self, sae: Any, label: str) -> None:
-        """Refuse an SAE whose d_in differs from the hook's width, before any work is spent."""
-        width = self.hook_width()
+        """Refuse an SAE whose d_in differs from the hook's width, before any work is spent (a per-head
+        hook's width comes from the model's config, with no prefix pass)."""
+        heads = head_shape(self.model.shape, self.hook)
+        width = heads[0] * heads[1] if heads is not None else self.hook_width()
         if int(sae.d_in) != width:
-            raise SaebenchError(
-                f"SAE {label} has d_in={sae.d_in} but hook {self.hook} of {self.model.name} has width "
-                f"{width}; pass the hook (--hook) and model (--model) the SAE was trained on"
-            )
+            raise SaebenchError(width_error(label, int(sae.d_in), self.hook, self.model.name, width, heads))
 
     def mean_act(self) -> torch.Tensor:
         """Mean hook activation over the token set's kept positions (not holding the BOS id), float64."""
