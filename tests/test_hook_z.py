@@ -229,3 +229,20 @@ def test_hook_z_flag_on_a_non_hook_z_hook_is_refused(tmp_path):
     (tmp_path / "z" / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(SaebenchError, match="not an attn.hook_z hook.*fix hook_name"):
         load_sae(str(tmp_path / "z"))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_config_width_of_per_head_hooks_equals_the_measured_width(family):
+    """The width check reads per-head widths from the config (no prefix pass); on a GQA model too it
+    must equal what the pipeline hands the SAE (hook_k/v: the key-value heads)."""
+    from saebench.models import head_shape
+
+    m = build_model(family)
+    toks = random_tokens().tokens[:2]
+    for kind in ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v"):
+        hook = f"blocks.1.{kind}"
+        site = m.hook_site(hook)
+        heads = head_shape(m.shape, hook)
+        assert heads is not None
+        assert m.hook_acts(m.prefix(toks, site), site).shape[-1] == heads[0] * heads[1], kind
+    assert head_shape(m.shape, "blocks.1.hook_resid_post") is None
