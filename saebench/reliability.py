@@ -14,9 +14,9 @@ profile, :func:`reliability` reports per headline metric:
   between configurations (Shrout & Fleiss 1979); ``ratio`` = between variance / seed variance;
 - ``tau``: rank stability, Kendall's τ of the configuration ranking between every pair of seeds,
   averaged (seed k of each configuration is one "replicate board");
-- a verdict: ``ranks architectures`` (ICC ≥ 0.75 and τ ≥ 0.6: Koo & Li's "good" reliability and a
-  ranking that mostly survives a reseed), ``separates only large differences`` (ICC ≥ 0.5),
-  ``cannot rank at this profile`` (below).
+- a verdict: ``ranks architectures`` (ICC ≥ 0.75 with its 95% lower bound ≥ 0.5, and τ ≥ 0.6: Koo &
+  Li's "good" reliability, judged with its interval, and a ranking that mostly survives a reseed),
+  ``separates only large differences`` (ICC ≥ 0.5), ``cannot rank at this profile`` (below).
 
 A configuration's name is its SAE name without a trailing ``-s<seed>`` (the zoo's convention:
 ``relu-2304-l0_32`` is seed 0, ``relu-2304-l0_32-s1`` seed 1). Refused in one line, naming the
@@ -96,9 +96,13 @@ def icc_interval(
     return float((fl - 1) / (fl + n0 - 1)), float((fu - 1) / (fu + n0 - 1))
 
 
-def verdict(icc: float | None, tau: float | None) -> str:
-    """The plain verdict from ICC(1) and rank stability (see the module doc for the thresholds)."""
-    if icc is not None and icc >= 0.75 and tau is not None and tau >= 0.6:  # τ unmeasured (< 3 configs): not "ranks"
+def verdict(icc: float | None, tau: float | None, icc_low: float | None = None) -> str:
+    """The plain verdict from ICC(1), its 95% lower bound and rank stability (see the module doc for
+    the thresholds). "Ranks" needs a measured τ (3 or more configurations) and, where the interval
+    is known, a lower bound of at least 0.5: Koo & Li judge reliability by the interval, not the
+    point, and with few configurations an ICC of 0.8 can rest on almost nothing."""
+    firm = icc_low is None or icc_low >= 0.5
+    if icc is not None and icc >= 0.75 and firm and tau is not None and tau >= 0.6:
         return VERDICTS[0]
     if icc is not None and icc >= 0.5:
         return VERDICTS[1]
@@ -143,7 +147,7 @@ def metric_reliability(
         icc=None if icc is None else float(icc),
         ratio=None if ratio is None else float(ratio),
         tau=tau,
-        verdict=verdict(icc, tau),
+        verdict=verdict(icc, tau, None if ci is None else ci[0]),
         icc_low=None if ci is None else ci[0],
         icc_high=None if ci is None else ci[1],
         tau_min=float(min(taus)) if taus else None,

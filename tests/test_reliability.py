@@ -96,3 +96,13 @@ def test_gate_with_seed_variance_judges_a_retrained_sae(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "new"), "--baseline", str(tmp_path / "old"), "--seed-variance",
                  str(tmp_path / "bad.json")]) == 2  # fmt: skip
     assert "cannot read the reliability file" in capsys.readouterr().err
+
+
+def test_ranks_needs_a_firm_interval_not_only_a_high_point():
+    """ICC 0.8 from three configurations and two seeds rests on almost nothing: its lower bound is far
+    below 0.5, so the verdict is "separates only large differences", not "ranks"."""
+    runs = {"a": {0: (0.0, None), 1: (0.5, None)}, "b": {0: (1.0, None), 1: (1.3, None)},
+            "c": {0: (2.0, None), 1: (2.1, None)}}  # fmt: skip
+    r = metric_reliability("core", "fvu", runs)
+    assert r.icc > 0.75 and r.tau == pytest.approx(1.0) and r.icc_low < 0.5
+    assert r.verdict == "separates only large differences"
