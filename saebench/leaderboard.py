@@ -325,8 +325,8 @@ def _reliability_section(reliability: dict[tuple[str, str], Any]) -> list[str]:
         "Each configuration retrained with other seeds and evaluated at the same profile (`saebench reliability`; "
         "docs/seed_reliability.md): data SE is the mean width of today's intervals (one run), seed SD the spread "
         "between retrainings, between SD the spread between configurations; ICC(1) with its 95% interval; τ the "
-        "Kendall rank agreement between seeds. ● ranks architectures (ICC ≥ 0.75, τ ≥ 0.6), ◐ separates only "
-        "large differences (ICC ≥ 0.5), ○ cannot rank at this profile.",
+        "Kendall rank agreement between seeds. ● ranks architectures (ICC ≥ 0.75 with its lower bound ≥ 0.5, "
+        "τ ≥ 0.6), ◐ separates only large differences (ICC ≥ 0.5), ○ cannot rank at this profile.",
         "",
         render_reliability(list(reliability.values())),
         "",
