@@ -26,7 +26,7 @@ def _rows(path: str) -> dict:
     """The SAE rows of a results folder's one real-model section (synthetic SAEs and baselines left out)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = [r for r in load_results([path]) if r.config.get("model") != "synthetic"]
+        results = [r for r in load_results([path]) if "synthetic" not in str(r.config.get("model"))]
     groups = group_results(results)
     if len(groups) != 1:
         raise SystemExit(f"{path}: expected one model/hook/config section, found {len(groups)}")
