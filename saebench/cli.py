@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         type=int,
         default=None,
-        help="refuse a site larger than this (default 20000000; 0: no limit)",
+        help="refuse a site larger than this (default 25000000; 0: no limit)",
     )
     cv = sub.add_parser(
         "convert",

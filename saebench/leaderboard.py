@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -455,6 +456,31 @@ def _place_labels(ax: Any, fig: Any, points: list[tuple[float, float, str]]) -> 
         taken.append(placed)
 
 
+def _plot_floors(
+    ax: Any, floors: list[tuple[float, float, Any, str]], points: list[tuple[float, float, str]], ys: list[float]
+) -> str:
+    """Baselines as unconnected grey crosses (floors, not a frontier). The y range stays the SAEs'
+    (with a margin) when there are SAEs: a floor far outside it (an untrained SAE's FVU of 3) is
+    drawn at the edge as a triangle pointing off the plot and named, with its value, in the returned
+    footnote (empty when every floor is on scale). ``ys``: the SAEs' values and interval ends."""
+    lo, hi = (min(ys), max(ys)) if ys else (min(p[1] for p in floors), max(p[1] for p in floors))
+    pad = 0.08 * (hi - lo) if hi > lo else 0.25 * max(abs(hi), 1e-9)
+    lo, hi = lo - pad, hi + pad
+    off: list[str] = []
+    first = True
+    for x, y, _, name in sorted(floors, key=lambda p: (p[0], p[1], p[3])):
+        shown, marker = y, "x"
+        if y > hi or y < lo:
+            shown, marker = (hi, "^") if y > hi else (lo, "v")
+            off.append(f"{name} {y:.3g}")
+        else:
+            points.append((x, shown, name))
+        ax.plot([x], [shown], ls="none", marker=marker, ms=5, color="0.55", label="baseline" if first else None)
+        first = False
+    ax.set_ylim(lo, hi)
+    return ("baselines off scale (▲ above, ▼ below): " + "; ".join(off)) if off else ""
+
+
 def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> bytes | None:
     """PNG bytes of L0 (from core) vs ``metric``, one series per architecture (points joined in L0
     order, 95% intervals as bars from their low to their high end); None when no SAE has both
@@ -482,6 +508,7 @@ def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> byt
     with plt.rc_context({"svg.hashsalt": "saebench", "font.size": 8}):
         fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
         points = []
+        floors = series.pop("baseline", [])
         for arch in sorted(series):
             pts = sorted(series[arch], key=lambda p: (p[0], p[1], p[3]))
             colour = _colour(arch)
@@ -492,6 +519,8 @@ def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> byt
                 ax.vlines(xs, lows, highs, color=colour, lw=1)
                 ax.plot(xs + xs, lows + highs, ls="none", marker="_", ms=5, color=colour)
             points += [(p[0], p[1], p[3]) for p in pts]
+        extent = [v for pts in series.values() for p in pts for v in (p[1], *(p[2] or ()))]
+        footnote = _plot_floors(ax, floors, points, extent) if floors else ""
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -502,7 +531,9 @@ def plot_frontier(rows: Rows, evaluator: str, metric: Metric, title: str) -> byt
         ax.grid(True, alpha=0.3)
         ax.legend(title="architecture", fontsize=6)
         ax.margins(0.12)
-        fig.tight_layout()
+        if footnote:
+            fig.text(0.01, 0.01, textwrap.fill(footnote, 150), fontsize=5, color="0.35", va="bottom")
+        fig.tight_layout(rect=(0, 0.05 if footnote else 0, 1, 1))
         fig.canvas.draw()
         _place_labels(ax, fig, sorted(points))
         buf = io.BytesIO()

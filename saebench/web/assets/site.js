@@ -211,7 +211,7 @@ function chart(series, xLabel, yLabel, opts) {
   for (const s of series) {
     const sorted = s.points.slice().sort((a, b) => a.x - b.x || a.y - b.y);
     if (sorted.length > 1 && o.lines !== false) {
-      g.append(svg("polyline", { points: sorted.map((p) => `${sx(p.x)},${sy(p.y)}`).join(" "), fill: "none", stroke: s.colour, "stroke-width": 1.2 }));
+      if (s.name !== "baseline") g.append(svg("polyline", { points: sorted.map((p) => `${sx(p.x)},${sy(p.y)}`).join(" "), fill: "none", stroke: s.colour, "stroke-width": 1.2 }));
     }
     for (const p of sorted) {
       if (p.lo !== undefined && p.lo !== null) {
