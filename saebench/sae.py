@@ -19,6 +19,17 @@ and ``decode(z) = z W_dec + b_dec`` for all. ``apply_b_dec_to_input`` (default t
 the ``x - b_dec`` centring; ``act_scale`` records an activation normalisation used in training:
 the SAE sees ``x * act_scale`` and its output is divided by it, so callers always work in the
 model's units.
+
+**Transcoders** (Dunefsky, Chlenski & Nanda 2024; Paulo et al. 2025 for the skip term) read one
+hook and write another: the same encoders, an output hook ``hook_name_out`` (e.g.
+``blocks.L.hook_mlp_out`` for an MLP transcoder reading ``blocks.L.ln2.hook_normalized``), an output
+width ``d_out`` (``W_dec [d_sae, d_out]``, ``b_dec [d_out]``), no input centring, and for a
+skip-transcoder ``W_skip [d_out, d_in]`` (SAELens' orientation): the prediction of the output is
+
+    y_hat = decode(encode(x)) + x W_skip^T                               (:func:`reconstruct`)
+
+Both are optional protocol members: an object without them is an SAE (``hook_name_out`` absent or
+equal to ``hook_name``, ``d_out == d_in``), exactly as before.
 """
 
 from __future__ import annotations
@@ -53,7 +64,8 @@ ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 @runtime_checkable
 class SAEProtocol(Protocol):
     """What saebench needs from an SAE; optional members (``W_dec``, ``encode_pre``,
-    ``hook_name``, ``model_name``, ``matryoshka_widths``) unlock more metrics and defaults."""
+    ``hook_name``, ``model_name``, ``matryoshka_widths``; for a transcoder ``hook_name_out``,
+    ``d_out`` and ``W_skip``) unlock more metrics and defaults."""
 
     d_in: int
     d_sae: int
@@ -87,6 +99,11 @@ class SAEConfig(BaseModel):
     # Matryoshka SAEs (Bussmann et al. 2025): the nested prefix widths, each prefix an SAE of that
     # width (latents [0, m)); strictly increasing, at most d_sae (SAELens' ``matryoshka_widths``)
     matryoshka_widths: list[Size] | None = None
+    # transcoders: the hook the output is written to (None: hook_name, an SAE), its width (None:
+    # d_in), and a linear skip term W_skip [d_out, d_in] (skip-transcoders)
+    hook_name_out: str | None = None
+    d_out: Size | None = None
+    skip_connection: Annotated[bool, Strict()] = False
 
     @field_validator("act_scale", mode="before")
     @classmethod
@@ -99,7 +116,23 @@ class SAEConfig(BaseModel):
     def _k_fits(self) -> SAEConfig:
         if self.k is not None and self.k > self.d_sae:
             raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}")
+        if self.is_transcoder and self.apply_b_dec_to_input:
+            raise ValueError(
+                "a transcoder cannot centre its input by b_dec (b_dec lives at the output hook); "
+                "set apply_b_dec_to_input to false"
+            )
+        if self.is_transcoder and self.normalize_activations != "none":
+            raise ValueError("a transcoder with normalize_activations 'layer_norm' is not supported; use 'none'")
         return self
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True when the SAE writes a hook or width other than the one it reads, or has a skip term."""
+        return (
+            self.skip_connection
+            or (self.d_out is not None and self.d_out != self.d_in)
+            or (self.hook_name_out is not None and self.hook_name_out != self.hook_name)
+        )
 
     @field_validator("matryoshka_widths")
     @classmethod
@@ -136,14 +169,18 @@ class NativeSAE(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.d_in, self.d_sae = cfg.d_in, cfg.d_sae
+        self.d_out = cfg.d_out or cfg.d_in
         self.hook_name, self.model_name = cfg.hook_name, cfg.model_name
+        self.hook_name_out = cfg.hook_name_out or cfg.hook_name
         if cfg.architecture in ("topk",) and not cfg.k:
             raise SaebenchError(f"architecture {cfg.architecture!r} needs 'k' in cfg.json")
-        d_in, d_sae = cfg.d_in, cfg.d_sae
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, self.d_out
         self.W_enc = torch.nn.Parameter(torch.zeros(d_in, d_sae))
         self.b_enc = torch.nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = torch.nn.Parameter(torch.zeros(d_sae, d_in))
-        self.b_dec = torch.nn.Parameter(torch.zeros(d_in))
+        self.W_dec = torch.nn.Parameter(torch.zeros(d_sae, d_out))
+        self.b_dec = torch.nn.Parameter(torch.zeros(d_out))
+        if cfg.skip_connection:
+            self.W_skip = torch.nn.Parameter(torch.zeros(d_out, d_in))
         if cfg.architecture == "jumprelu":
             self.threshold = torch.nn.Parameter(torch.zeros(d_sae))
         if cfg.architecture == "batchtopk":
@@ -225,7 +262,45 @@ class NativeSAE(torch.nn.Module):
         return out / self.cfg.act_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        """The prediction of the output hook (the input's reconstruction for an SAE)."""
+        return reconstruct(self, x)
+
+
+def is_transcoder(sae: Any) -> bool:
+    """Whether ``sae`` (any protocol object) writes another hook or width than it reads, or has a
+    skip term: the optional members ``hook_name_out``, ``d_out`` and ``W_skip``."""
+    hook_in, hook_out = getattr(sae, "hook_name", None), getattr(sae, "hook_name_out", None)
+    d_out = getattr(sae, "d_out", None)
+    return (
+        getattr(sae, "W_skip", None) is not None
+        or (d_out is not None and int(d_out) != int(sae.d_in))
+        or (hook_out is not None and hook_out != hook_in)
+    )
+
+
+def output_hook(sae: Any) -> str | None:
+    """The hook an SAE's output is compared with and spliced into: ``hook_name_out`` for a
+    transcoder, else ``hook_name`` (None when the SAE declares neither)."""
+    return getattr(sae, "hook_name_out", None) or getattr(sae, "hook_name", None)
+
+
+def output_width(sae: Any) -> int:
+    """``d_out`` when declared, else ``d_in``."""
+    d_out = getattr(sae, "d_out", None)
+    return int(d_out) if d_out is not None else int(sae.d_in)
+
+
+def reconstruct(sae: Any, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    """The SAE's prediction of its output activation from input ``x`` (latents ``z`` when already
+    encoded): ``decode(z)``, plus ``x W_skip^T`` for a skip-transcoder. The one place the skip term
+    is added, so every evaluator sees the same output."""
+    if z is None:
+        z = sae.encode(x)
+    out = sae.decode(z)
+    w_skip = getattr(sae, "W_skip", None)
+    if w_skip is not None:
+        out = out + x.to(w_skip.dtype) @ w_skip.T
+    return out
 
 
 def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -240,13 +315,15 @@ def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
 
 def native_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     """The tensors (and shapes) a native SAE of ``cfg`` holds; a BatchTopK ``threshold`` is a scalar."""
-    d_in, d_sae = cfg.d_in, cfg.d_sae
+    d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_out or cfg.d_in
     shapes: dict[str, tuple[int, ...]] = {
         "W_enc": (d_in, d_sae),
         "b_enc": (d_sae,),
-        "W_dec": (d_sae, d_in),
-        "b_dec": (d_in,),
+        "W_dec": (d_sae, d_out),
+        "b_dec": (d_out,),
     }
+    if cfg.skip_connection:
+        shapes["W_skip"] = (d_out, d_in)
     if cfg.architecture == "jumprelu":
         shapes["threshold"] = (d_sae,)
     if cfg.architecture == "batchtopk":
@@ -275,7 +352,7 @@ def save_native(sae: NativeSAE, folder: str | Path, dtype: torch.dtype | None = 
                 save_file(tensors, str(tmp / "sae.safetensors"))
             except SafetensorError as exc:
                 raise as_os_error(exc, str(tmp / "sae.safetensors")) from exc
-            (tmp / "cfg.json").write_text(json.dumps(sae.cfg.model_dump(), indent=2, sort_keys=True) + "\n")
+            (tmp / "cfg.json").write_text(json.dumps(config_dict(sae.cfg), indent=2, sort_keys=True) + "\n")
             for f in tmp.iterdir():
                 f.chmod(0o644)
                 with open(f, "rb") as fh:
@@ -288,6 +365,16 @@ def save_native(sae: NativeSAE, folder: str | Path, dtype: torch.dtype | None = 
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def config_dict(cfg: SAEConfig) -> dict[str, Any]:
+    """``cfg`` as written to ``cfg.json``: the transcoder keys only when set, so an SAE's file is
+    what it was before transcoders existed."""
+    out = cfg.model_dump()
+    for key, unset in (("hook_name_out", None), ("d_out", None), ("skip_connection", False)):
+        if out.get(key) == unset:
+            out.pop(key, None)
+    return out
 
 
 def parse_config(raw: object, where: str) -> SAEConfig:
