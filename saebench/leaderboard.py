@@ -563,12 +563,16 @@ def plot_curve(rows: Rows, evaluator: str, curve: str, title: str) -> bytes | No
     if not lines:
         return None
     spec = lines[0][3]
+    refs = reference_points(rows, str(spec.get("reference") or ""), {name for name, *_ in lines})
     better = {"up": "higher is better", "down": "lower is better"}.get(spec.get("direction", ""), "")
     with plt.rc_context({"svg.hashsalt": "saebench", "font.size": 8}):
         fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
         for name, arch, pts, _ in lines:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, color=_colour(arch), label=name,
                     alpha=0.8)  # fmt: skip
+        for arch, pts in sorted(refs.items()):
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, marker="D", facecolors="none",
+                       edgecolors=_colour(arch), label=f"plain {arch} ({spec['reference']}, x = d_sae)")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -582,6 +586,23 @@ def plot_curve(rows: Rows, evaluator: str, curve: str, title: str) -> bytes | No
         fig.savefig(buf, format="png", metadata={"Software": None})
         plt.close(fig)
     return buf.getvalue()
+
+
+def reference_points(rows: Rows, reference: str, curved: set[str]) -> dict[str, list[tuple[float, float]]]:
+    """Points that place the board's other SAEs beside a curve whose spec names a ``reference``
+    (``"evaluator.metric"``, e.g. a Matryoshka prefix curve of FVU against width names ``core.fvu``):
+    for every non-baseline row without the curve, (d_sae, that metric), grouped by architecture."""
+    ev, _, metric = reference.partition(".")
+    out: dict[str, list[tuple[float, float]]] = {}
+    if not ev or not metric:
+        return out
+    for name, row in sorted(rows.items()):
+        res = row["results"].get(ev)
+        value = res.metrics.get(metric) if res else None
+        if name in curved or is_baseline(name) or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        out.setdefault(str(row["architecture"]), []).append((float(res.sae.d_sae), float(value)))
+    return out
 
 
 def write_leaderboard(paths: list[str | Path], out: str | Path, title: str = "saebench leaderboard",

@@ -157,3 +157,25 @@ def test_validity_rows_under_their_evaluator_and_in_their_own_section(tmp_path, 
     assert main(["leaderboard", str(tmp_path / "res"), "-o", str(out), "--validity", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert "cannot read validity rows from" in err and "bad.json" in err and "Traceback" not in err
+
+
+def test_prefix_curve_is_drawn_next_to_the_plain_saes():
+    """A curve naming a reference (Matryoshka: ``core.fvu``) gets every other non-baseline SAE's
+    value of that metric placed at its d_sae; the curve's own SAE and baselines are not."""
+    from saebench.leaderboard import group_results, reference_points
+
+    matry = _result("matry", arch="batchtopk", fvu=0.16)
+    curve = matry.model_copy(update={"evaluator": "matryoshka", "metrics": {"fvu_smallest": 0.3}, "details": {
+        "curves": {"fvu": {"x": [16, 64], "y": [0.3, 0.16], "reference": "core.fvu"}}}})  # fmt: skip
+    rows = next(iter(group_results([*ZOO, _result("baseline-pca", fvu=0.9), matry, curve]).values()))
+    refs = reference_points(rows, "core.fvu", {"matry"})
+    assert refs == {
+        "topk": [(64.0, 0.3), (64.0, 0.2)],
+        "relu": [(64.0, 0.35), (64.0, 0.25)],
+        "jumprelu": [(64.0, 0.22)],
+    }
+    assert reference_points(rows, "", {"matry"}) == {}
+    pytest.importorskip("matplotlib")
+    from saebench.leaderboard import plot_curve
+
+    assert plot_curve(rows, "matryoshka", "fvu", "t").startswith(b"\x89PNG")

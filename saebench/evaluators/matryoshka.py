@@ -147,7 +147,7 @@ class MatryoshkaEvaluator:
             "sweep": sweep,
             "curves": {
                 k: {"x": widths, "y": sweep[k], "x_label": "prefix width (latents)", "y_label": label,
-                    "direction": "" if k == "l0" else "down"}
+                    "direction": "" if k == "l0" else "down", "reference": f"core.{k}"}
                 for k, label in _LABELS.items()
             },
         }  # fmt: skip
