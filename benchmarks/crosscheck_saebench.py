@@ -132,17 +132,24 @@ def saebench_core(model: Any, native: Any, hook: str, tokens: torch.Tensor, batc
 def crosscheck(
     model: Any, native: Any, hook: str, tokens: torch.Tensor, batch_size: int
 ) -> dict[str, tuple[float, float]]:
-    """``{metric: (saebench, SAEBench 0.6.0)}`` for the shared metrics and the two known differences."""
+    """``{metric: (saebench, SAEBench 0.6.0)}`` for the shared metrics and the two known differences,
+    and ``{"_seconds": (ours, SAEBench's)}``: the wall time of each computation in this process (ours
+    with no activation cache, so both run every model pass)."""
+    import time
+
     from saebench import evaluate
     from saebench.data import TokenSet
 
     n = (tokens.shape[0] // batch_size) * batch_size
     ts = TokenSet(tokens[:n], "crosscheck", "-", 0)
+    t0 = time.perf_counter()
     ours = evaluate(
         native, model=model, hook=hook, token_set=ts, batch_size=batch_size, progress=False, use_cache=False
     ).metrics["core"]
+    t1 = time.perf_counter()
     theirs = saebench_core(model, native, hook, ts.tokens, batch_size)
-    return {k: (ours[k], theirs[k]) for k in SHARED + NOT_COMPARED}
+    t2 = time.perf_counter()
+    return {**{k: (ours[k], theirs[k]) for k in SHARED + NOT_COMPARED}, "_seconds": (t1 - t0, t2 - t1)}
 
 
 # -- handing SAEBench our model, SAEs and local data (shared with tests/test_saebench_mode.py) ----------
@@ -249,11 +256,14 @@ def main() -> None:
         f"SAE {loaded.name}, {ts.n_tokens} tokens, ctx {args.ctx_len}, batch {args.batch_size}, "
         f"threads {torch.get_num_threads()}; SAEBench 0.6.0, exclude_special_tokens_from_reconstruction"
     )
+    ours_s, theirs_s = rows.pop("_seconds")
     print(f"{'metric':32s} {'saebench':>14s} {'SAEBench':>14s} {'rel diff':>10s}")
     for k, (a, b) in rows.items():
         rel = abs(a - b) / max(abs(b), 1e-12)
         tag = "  (not compared: different definition)" if k in NOT_COMPARED else ""
         print(f"{k:32s} {a:14.8f} {b:14.8f} {rel:10.2e}{tag}")
+    print(f"wall seconds: saebench core {ours_s:.1f} (intervals included), SAEBench core {theirs_s:.1f}; "
+          f"SAEBench / saebench = {theirs_s / ours_s:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
