@@ -134,12 +134,23 @@ def expect_format(path: Path, want: str) -> None:
 
 def assemble(arch: str, tensors: dict[str, torch.Tensor], where: str, **cfg: Any) -> NativeSAE:
     """Build a NativeSAE from SAELens-named tensors, checking the config, shapes and finiteness
-    before anything new is allocated (the module's parameters are the converted tensors)."""
+    before anything new is allocated (the module's parameters are the converted tensors).
+
+    ``d_in`` is read from ``W_dec [d_sae, d_in]``; a transcoder's caller passes ``d_out`` (its
+    ``W_dec`` is ``[d_sae, d_out]``), and ``d_in`` is then read from ``W_enc [d_in, d_sae]``."""
     w_dec = tensors.get("W_dec")
     if w_dec is None or w_dec.ndim != 2:
         shape = list(w_dec.shape) if w_dec is not None else None
         raise SaebenchError(f"{where}: decoder weight has shape {shape}, expected [d_sae, d_in]; the file is malformed")
     d_sae, d_in = w_dec.shape
+    if cfg.get("d_out") is not None:
+        w_enc = tensors.get("W_enc")
+        if w_enc is None or w_enc.ndim != 2:
+            shape = list(w_enc.shape) if w_enc is not None else None
+            raise SaebenchError(
+                f"{where}: encoder weight has shape {shape}, expected [d_in, d_sae]; the file is malformed"
+            )
+        d_in = w_enc.shape[0]
     conf = parse_config({"architecture": arch, "d_in": int(d_in), "d_sae": int(d_sae), **cfg}, where)
     expected = native_shapes(conf)
     params: dict[str, torch.Tensor] = {}
@@ -194,11 +205,38 @@ def jump_threshold(theta: torch.Tensor, notes: list[str]) -> torch.Tensor:
     return theta.clamp(min=0)
 
 
-_HF_LAYER = re.compile(r"^(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)$")
+_HF_LAYER = re.compile(r"^(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)(\.mlp)?$")
+_MLP_INPUT = re.compile(r"^blocks\.(\d+)\.(?:ln2\.hook_normalized|hook_mlp_in)$")
 
 
 def hf_hookpoint_to_hook(hookpoint: str) -> str | None:
-    """A Hugging Face decoder-layer output (``layers.6``, ``h.6``) is transformer-lens'
-    ``blocks.6.hook_resid_post``; other module paths have no automatic equivalent."""
+    """Where an SAE on a Hugging Face module's output reads, in transformer-lens names: a decoder
+    layer (``layers.6``, ``h.6``) is ``blocks.6.hook_resid_post``, its MLP (``layers.6.mlp``) is
+    ``blocks.6.hook_mlp_out``; other module paths have no automatic equivalent (None)."""
     m = _HF_LAYER.match(hookpoint)
-    return f"blocks.{m.group(1)}.hook_resid_post" if m else None
+    if not m:
+        return None
+    return f"blocks.{m.group(1)}.{'hook_mlp_out' if m.group(2) else 'hook_resid_post'}"
+
+
+def hf_transcoder_hooks(hookpoint: str) -> tuple[str, str] | None:
+    """The (input, output) hooks of a transcoder trained on a Hugging Face module's input and
+    output: a decoder layer ``layers.L`` reads ``blocks.L.hook_resid_pre`` and writes
+    ``blocks.L.hook_resid_post``; its MLP ``layers.L.mlp`` reads the MLP's input, the normalised
+    residual ``blocks.L.ln2.hook_normalized``, and writes ``blocks.L.hook_mlp_out``. None for other
+    module paths."""
+    m = _HF_LAYER.match(hookpoint)
+    if not m:
+        return None
+    layer = m.group(1)
+    if m.group(2):
+        return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+    return f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_post"
+
+
+def mlp_output_hook(hook_in: str | None) -> str | None:
+    """``blocks.L.hook_mlp_out`` for an MLP-input hook (``blocks.L.ln2.hook_normalized`` or
+    ``blocks.L.hook_mlp_in``): the output a transcoder reading the MLP's input predicts when its
+    files do not say. None for any other hook."""
+    m = _MLP_INPUT.match(hook_in or "")
+    return f"blocks.{m.group(1)}.hook_mlp_out" if m else None

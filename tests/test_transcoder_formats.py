@@ -1,0 +1,273 @@
+"""Transcoders and skip-transcoders from other libraries: each written by that library's own save
+code, loaded by saebench, and checked to reproduce the library's own ``encode`` and full output
+(the skip term included) on the same weights, plus the native round trip and the one-line refusals.
+
+- sae-lens: ``Transcoder``, ``SkipTranscoder``, ``JumpReLUTranscoder``, ``JumpReLUSkipTranscoder``
+  saved with ``save_model`` (cfg.json + sae_weights.safetensors; the output hook in
+  ``metadata.hook_name_out``).
+- eai-sparsify (dev extra): ``SparseCoder`` with ``transcode=True`` and/or ``skip_connection=True``
+  saved with ``save_to_disk`` (one hookpoint folder of cfg.json + sae.safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from saebench.errors import SaebenchError
+from saebench.formats import detect_format, from_library_object, load_sae_lens_dir, load_sparsify
+from saebench.loading import load_sae
+from saebench.sae import is_transcoder, load_native, output_hook, output_width, reconstruct, save_native
+
+D_IN, D_SAE, D_OUT = 8, 24, 6
+HOOK_IN, HOOK_OUT = "blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out"
+
+
+def _randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def _x(n: int = 20, d: int = D_IN, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * 2.0
+
+
+def _check_native_round_trip(tmp_path, sae, x: torch.Tensor) -> None:
+    """convert → native folder → load: the transcoder keys, W_skip and every output survive."""
+    again = load_native(save_native(sae, tmp_path / "native"))
+    assert again.cfg.model_dump() == sae.cfg.model_dump()
+    assert (again.hook_name_out, again.d_out) == (sae.hook_name_out, sae.d_out)
+    assert hasattr(again, "W_skip") == hasattr(sae, "W_skip")
+    if hasattr(sae, "W_skip"):
+        assert torch.equal(again.W_skip, sae.W_skip)
+    assert torch.equal(again.encode(x), sae.encode(x))
+    assert torch.equal(reconstruct(again, x), reconstruct(sae, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# SAELens
+
+
+def _sae_lens(arch: str, hook_out: str | None = HOOK_OUT, hook_in: str | None = HOOK_IN, seed: int = 0):
+    import sae_lens
+
+    classes = {
+        "transcoder": (sae_lens.Transcoder, sae_lens.TranscoderConfig),
+        "skip_transcoder": (sae_lens.SkipTranscoder, sae_lens.SkipTranscoderConfig),
+        "jumprelu_transcoder": (sae_lens.JumpReLUTranscoder, sae_lens.JumpReLUTranscoderConfig),
+        "jumprelu_skip_transcoder": (sae_lens.JumpReLUSkipTranscoder, sae_lens.JumpReLUSkipTranscoderConfig),
+    }
+    cls, cfg_cls = classes[arch]
+    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False)
+    if hook_in:
+        cfg.metadata.hook_name = hook_in
+    if hook_out:
+        cfg.metadata.hook_name_out = hook_out
+    cfg.metadata.model_name = "tiny"
+    ref = cls(cfg).eval()
+    _randomize(ref, seed)
+    if hasattr(ref, "threshold"):
+        with torch.no_grad():
+            ref.threshold.abs_()  # mostly positive thresholds, so the jump does something
+    return ref
+
+
+SAE_LENS_CASES = {
+    "transcoder": ("transcoder", False, "relu"),
+    "skip_transcoder": ("skip_transcoder", True, "relu"),
+    "jumprelu_transcoder": ("jumprelu_transcoder", False, "jumprelu"),
+    "jumprelu_skip_transcoder": ("jumprelu_skip_transcoder", True, "jumprelu"),
+}
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["hook_name_out", "inferred"])
+@pytest.mark.parametrize("case", sorted(SAE_LENS_CASES))
+def test_sae_lens_transcoder_matches_sae_lens(tmp_path, case, recorded):
+    arch, skip, ours = SAE_LENS_CASES[case]
+    ref = _sae_lens(arch, hook_out=HOOK_OUT if recorded else None)
+    folder = tmp_path / "sl"
+    ref.save_model(folder)
+    assert detect_format(folder) == "sae_lens"
+    info = load_sae(str(folder))
+    sae = info.sae
+    assert info.architecture == ours and info.hook_name == HOOK_IN and info.model_name == "tiny"
+    assert sae.hook_name_out == HOOK_OUT and output_hook(sae) == HOOK_OUT
+    assert sae.d_in == D_IN and sae.d_out == D_OUT and output_width(sae) == D_OUT and is_transcoder(sae)
+    assert sae.cfg.apply_b_dec_to_input is False and hasattr(sae, "W_skip") == skip
+    assert any("inferred" in n or "is an MLP input" in n for n in info.notes) == (not recorded)
+    x = _x()
+    with torch.no_grad():
+        z_ref, y_ref = ref.encode(x), ref(x)  # forward: decode(encode(x)) (+ x W_skip^T)
+        z, y = sae.encode(x), reconstruct(sae, x)
+    assert (z_ref != 0).any() and (z_ref == 0).any()
+    assert torch.allclose(z, z_ref, atol=1e-5), (z - z_ref).abs().max()
+    assert torch.allclose(y, y_ref, atol=1e-5), (y - y_ref).abs().max()
+    if skip:  # the skip term is really in the output: without it the prediction differs
+        assert not torch.allclose(sae.decode(z), y_ref, atol=1e-3)
+    _check_native_round_trip(tmp_path, sae, x)
+
+
+def test_sae_lens_live_transcoder_object(tmp_path):
+    """A SAELens skip-transcoder held in memory (what ``SAE.from_pretrained`` returns) converts the same."""
+    ref = _sae_lens("jumprelu_skip_transcoder", seed=3)
+    conv = from_library_object(ref)
+    assert conv is not None and conv.sae.hook_name_out == HOOK_OUT and conv.sae.d_out == D_OUT
+    x = _x(seed=4)
+    with torch.no_grad():
+        assert torch.allclose(conv.sae.encode(x), ref.encode(x), atol=1e-5)
+        assert torch.allclose(reconstruct(conv.sae, x), ref(x), atol=1e-5)
+
+
+def _edit_cfg(folder, **changes) -> None:
+    cfg = json.loads((folder / "cfg.json").read_text())
+    for key, value in changes.items():
+        if key.startswith("metadata."):
+            cfg["metadata"][key.split(".", 1)[1]] = value
+        else:
+            cfg[key] = value
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+def _edit_weights(folder, **tensors) -> None:
+    path = folder / "sae_weights.safetensors"
+    t = load_file(str(path))
+    for name, value in tensors.items():
+        if value is None:
+            t.pop(name)
+        else:
+            t[name] = value
+    save_file(t, str(path))
+
+
+def test_sae_lens_transcoder_widths_are_checked_before_reading(tmp_path, monkeypatch):
+    """A cfg.json whose d_out, or a W_skip whose shape, disagrees with the weights' header is one line
+    naming the tensor, before any tensor is read."""
+    import saebench.formats.sae_lens as sl
+
+    def no_read(path):
+        raise AssertionError(f"read {path} before checking its header")
+
+    ref = _sae_lens("skip_transcoder")
+    ref.save_model(tmp_path / "a")
+    _edit_cfg(tmp_path / "a", d_out=D_OUT + 1)
+    ref.save_model(tmp_path / "b")
+    _edit_weights(tmp_path / "b", W_skip=torch.zeros(D_IN, D_OUT))  # [d_in, d_out]: the transpose
+    ref.save_model(tmp_path / "c")
+    _edit_cfg(tmp_path / "c", d_in=D_IN + 2)
+    monkeypatch.setattr(sl, "read_safetensors", no_read)
+    for folder, tensor in (("a", "W_dec"), ("b", "W_skip"), ("c", "W_enc")):
+        with pytest.raises(SaebenchError, match=rf"tensor {tensor} has shape .* but its config implies"):
+            load_sae_lens_dir(tmp_path / folder)
+
+
+def test_sae_lens_transcoder_refusals(tmp_path, capsys):
+    from saebench.cli import main
+
+    cases = {}
+    ref = _sae_lens("transcoder")
+    ref.save_model(tmp_path / "flavour")
+    _edit_cfg(tmp_path / "flavour", architecture="topk_transcoder")
+    cases["flavour"] = "transcoder flavour 'topk_transcoder' is not supported"
+    _sae_lens("transcoder", hook_out=None, hook_in="blocks.3.hook_resid_pre").save_model(tmp_path / "no_out")
+    cases["no_out"] = "records no output hook .*hook_resid_pre.* is not an MLP input"
+    _sae_lens("transcoder", hook_out=None, hook_in=None).save_model(tmp_path / "no_in")
+    cases["no_in"] = "records no input hook"
+    _sae_lens("skip_transcoder").save_model(tmp_path / "no_skip")
+    _edit_weights(tmp_path / "no_skip", W_skip=None)
+    cases["no_skip"] = "lacks tensor W_skip"
+    _sae_lens("skip_transcoder").save_model(tmp_path / "extra_skip")
+    _edit_cfg(tmp_path / "extra_skip", architecture="transcoder")
+    cases["extra_skip"] = "holds a skip term W_skip but architecture 'transcoder' has none"
+    _sae_lens("transcoder").save_model(tmp_path / "layer_norm")
+    _edit_cfg(tmp_path / "layer_norm", normalize_activations="layer_norm")
+    cases["layer_norm"] = "transcoder with normalize_activations 'layer_norm' is not supported"
+    for name, message in cases.items():
+        with pytest.raises(SaebenchError, match=message):
+            load_sae(str(tmp_path / name))
+        capsys.readouterr()
+        assert main(["convert", str(tmp_path / name), str(tmp_path / f"out-{name}")]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# EleutherAI sparsify
+
+
+def _sparsify(tmp_path, hookpoint: str, seed: int = 0, **cfg_kw):
+    sparsify = pytest.importorskip("sparsify")
+    cfg = sparsify.SparseCoderConfig(num_latents=D_SAE, k=5, **cfg_kw)
+    ref = sparsify.SparseCoder(D_IN, cfg).eval()
+    _randomize(ref, seed)
+    folder = tmp_path / "run" / hookpoint
+    ref.save_to_disk(folder)
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": "tiny-model", "sae": cfg.to_dict()}))
+    return ref, folder
+
+
+SPARSIFY_CASES = {  # hookpoint, config, expected (input hook, output hook)
+    "mlp-transcoder": ("layers.3.mlp", {"transcode": True}, (HOOK_IN, HOOK_OUT)),
+    "mlp-skip-transcoder": ("layers.3.mlp", {"transcode": True, "skip_connection": True}, (HOOK_IN, HOOK_OUT)),
+    "layer-transcoder": ("layers.3", {"transcode": True}, ("blocks.3.hook_resid_pre", "blocks.3.hook_resid_post")),
+    "skip-sae": ("layers.3", {"skip_connection": True}, ("blocks.3.hook_resid_post", "blocks.3.hook_resid_post")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPARSIFY_CASES))
+def test_sparsify_transcoder_matches_sparsify(tmp_path, case):
+    hookpoint, cfg_kw, (hook_in, hook_out) = SPARSIFY_CASES[case]
+    ref, folder = _sparsify(tmp_path, hookpoint, **cfg_kw)
+    assert detect_format(folder) == "sparsify"
+    info = load_sae(str(folder))
+    sae = info.sae
+    assert info.architecture == "topk" and sae.cfg.k == 5 and info.model_name == "tiny-model"
+    assert (sae.hook_name, sae.hook_name_out) == (hook_in, hook_out) and is_transcoder(sae)
+    assert sae.cfg.apply_b_dec_to_input is False and hasattr(sae, "W_skip") == bool(cfg_kw.get("skip_connection"))
+    assert any("ln2" in n and "scale" in n for n in info.notes) == (hook_in == HOOK_IN)
+    x = _x(seed=2)
+    with torch.no_grad():
+        top_acts, top_idx, _ = ref.encode(x)
+        z_ref = torch.zeros(len(x), D_SAE).scatter_(-1, top_idx, top_acts)
+        y_ref = ref(x).sae_out  # sparsify's own forward: decode (+ x W_skip^T)
+        z, y = sae.encode(x), reconstruct(sae, x)
+    assert torch.allclose(z, z_ref, atol=1e-5), (z - z_ref).abs().max()
+    assert torch.allclose(y, y_ref, atol=1e-5), (y - y_ref).abs().max()
+    _check_native_round_trip(tmp_path, sae, x)
+
+
+def test_sparsify_sae_at_an_mlp_reads_mlp_out(tmp_path):
+    """A plain sparsify SAE on ``layers.N.mlp`` (the module's output) is an SAE at ``hook_mlp_out``."""
+    _, folder = _sparsify(tmp_path, "layers.2.mlp")
+    sae = load_sparsify(folder).sae
+    assert sae.hook_name == "blocks.2.hook_mlp_out" and not is_transcoder(sae)
+
+
+def test_sparsify_transcoder_refusals(tmp_path, monkeypatch):
+    import saebench.formats.sparsify as sp
+
+    sparsify = pytest.importorskip("sparsify")
+    _sparsify(tmp_path / "a", "embed_tokens", transcode=True)
+    with pytest.raises(SaebenchError, match="transcoder at hookpoint 'embed_tokens' has no automatic"):
+        load_sae(str(tmp_path / "a" / "run" / "embed_tokens"))
+    ref = sparsify.SparseCoder(D_IN, sparsify.SparseCoderConfig(num_latents=D_SAE, k=4, activation="groupmax"))
+    ref.save_to_disk(tmp_path / "layers.1")
+    with pytest.raises(SaebenchError, match="activation 'groupmax' is not supported"):
+        load_sae(str(tmp_path / "layers.1"))
+    # widths in the header that disagree with cfg.json: refused before any tensor is read
+    _, folder = _sparsify(tmp_path / "b", "layers.3.mlp", transcode=True, skip_connection=True)
+    t = load_file(str(folder / "sae.safetensors"))
+    t["W_skip"] = torch.zeros(D_IN, D_IN + 1)
+    save_file(t, str(folder / "sae.safetensors"))
+    monkeypatch.setattr(sp, "read_safetensors", lambda p: (_ for _ in ()).throw(AssertionError("read")))
+    with pytest.raises(SaebenchError, match=r"tensor W_skip has shape \[8, 9\], but its config implies \[8, 8\]"):
+        load_sparsify(folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["d_in"] = D_IN + 4
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SaebenchError, match=r"tensor encoder.weight has shape \[24, 8\], but its config implies"):
+        load_sparsify(folder)
