@@ -271,3 +271,65 @@ def test_sparsify_transcoder_refusals(tmp_path, monkeypatch):
     (folder / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(SaebenchError, match=r"tensor encoder.weight has shape \[24, 8\], but its config implies"):
         load_sparsify(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# the MLP input after ln2's learned scale and bias (Hugging Face) vs transformer-lens' ln2.hook_normalized
+
+
+def test_sparsify_mlp_transcoder_is_exact_after_folding_the_norm(tmp_path):
+    """sparsify trained on ``ln2(h)`` = normalised(h) * w + b (the HF MLP's input); transformer-lens'
+    ``ln2.hook_normalized`` is normalised(h). Folding ln2's w and b into the loaded transcoder makes it,
+    read at normalised(h), equal to sparsify's own output on ln2(h); unfolded it differs."""
+    from saebench.formats import fold_input_affine
+
+    ref, folder = _sparsify(tmp_path, "layers.3.mlp", seed=5, transcode=True, skip_connection=True)
+    sae = load_sparsify(folder).sae
+    assert sae.cfg.input_norm_affine == "blocks.3.ln2"
+    again = load_native(save_native(sae, tmp_path / "native"))
+    assert again.cfg.input_norm_affine == "blocks.3.ln2"  # the mark survives conversion
+    g = torch.Generator().manual_seed(6)
+    ln2 = torch.nn.LayerNorm(D_IN)
+    with torch.no_grad():
+        ln2.weight.copy_(torch.rand(D_IN, generator=g) * 2 + 0.2)
+        ln2.bias.copy_(torch.randn(D_IN, generator=g) * 0.5)
+    h = _x(seed=7) * 3 + 1
+    normalized = torch.nn.functional.layer_norm(h, (D_IN,))  # what ln2.hook_normalized holds
+    folded = fold_input_affine(sae, ln2.weight, ln2.bias)
+    assert getattr(folded.cfg, "input_norm_affine", None) is None
+    with torch.no_grad():
+        top_acts, top_idx, _ = ref.encode(ln2(h))
+        z_ref = torch.zeros(len(h), D_SAE).scatter_(-1, top_idx, top_acts)
+        y_ref = ref(ln2(h)).sae_out
+        assert torch.allclose(folded.encode(normalized), z_ref, atol=1e-5)
+        assert torch.allclose(reconstruct(folded, normalized), y_ref, atol=1e-5)
+        assert not torch.allclose(reconstruct(sae, normalized), y_ref, atol=1e-2)
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu", "gated", "topk"])
+def test_fold_input_affine_is_exact(arch):
+    from saebench.formats import fold_input_affine
+    from saebench.sae import NativeSAE, SAEConfig
+
+    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, k=5 if arch == "topk" else None,
+                    apply_b_dec_to_input=False, act_scale=1.7, skip_connection=True, hook_name=HOOK_IN,
+                    hook_name_out=HOOK_OUT)  # fmt: skip
+    sae = NativeSAE(cfg).eval()
+    _randomize(sae, seed=8)
+    if arch == "jumprelu":
+        with torch.no_grad():
+            sae.threshold.abs_()
+    g = torch.Generator().manual_seed(9)
+    s, b = torch.rand(D_IN, generator=g) + 0.5, torch.randn(D_IN, generator=g)
+    u = _x(seed=10)
+    folded = fold_input_affine(sae, s, b)
+    with torch.no_grad():
+        z = sae.encode(u * s + b)
+        assert (z != 0).any()
+        assert torch.allclose(folded.encode(u), z, atol=1e-5)
+        assert torch.allclose(reconstruct(folded, u), reconstruct(sae, u * s + b), atol=1e-5)
+    centred = NativeSAE(SAEConfig(architecture="relu", d_in=D_IN, d_sae=D_SAE))
+    with pytest.raises(SaebenchError, match="without b_dec centring"):
+        fold_input_affine(centred, s, b)
+    with pytest.raises(SaebenchError, match=r"must both be \[d_in\]"):
+        fold_input_affine(sae, s[:-1])

@@ -12,7 +12,7 @@ import torch
 
 from saebench.errors import SaebenchError
 from saebench.io import read_json_object, safetensors_header, torch_load_weights_only
-from saebench.sae import ARCHITECTURES, NativeSAE, check_finite, native_shapes, parse_config
+from saebench.sae import ARCHITECTURES, NativeSAE, SAEConfig, check_finite, native_shapes, parse_config
 
 LABELS = {
     "native": "saebench native folder",
@@ -240,3 +240,43 @@ def mlp_output_hook(hook_in: str | None) -> str | None:
     files do not say. None for any other hook."""
     m = _MLP_INPUT.match(hook_in or "")
     return f"blocks.{m.group(1)}.hook_mlp_out" if m else None
+
+
+def fold_input_affine(sae: NativeSAE, scale: torch.Tensor, bias: torch.Tensor | None = None) -> NativeSAE:
+    """The same SAE reading ``u`` where ``sae`` was trained on ``u * scale + bias``, exactly.
+
+    A transcoder trained on a Hugging Face MLP's input saw ``ln2``'s output after its learned scale
+    (and LayerNorm bias); transformer-lens' ``ln2.hook_normalized`` is before them. With ``scale``
+    and ``bias`` the model's ``blocks[L].ln2.w`` / ``.b``, the folded SAE evaluated at
+    ``ln2.hook_normalized`` is the trained one: with ``a = act_scale``,
+    ``(u s + b) a W_enc + b_enc = (u a)(diag(s) W_enc) + (a b W_enc + b_enc)`` (the gated paths
+    likewise), and the skip term ``(u s + b) W_skip^T = u (W_skip diag(s))^T + b W_skip^T``, whose
+    constant joins ``b_dec``. A loader marks an SAE that needs this with the config key
+    ``input_norm_affine`` (the norm module, e.g. ``blocks.6.ln2``); the folded SAE drops the mark."""
+    cfg = sae.cfg
+    if cfg.apply_b_dec_to_input or cfg.normalize_activations != "none":
+        raise SaebenchError(
+            "fold_input_affine needs an SAE without b_dec centring or layer_norm input normalisation "
+            f"(this one: apply_b_dec_to_input={cfg.apply_b_dec_to_input}, "
+            f"normalize_activations={cfg.normalize_activations!r})"
+        )
+    s = scale.detach().to(torch.float32).reshape(-1)
+    b = torch.zeros_like(s) if bias is None else bias.detach().to(torch.float32).reshape(-1)
+    if s.shape != (sae.d_in,) or b.shape != (sae.d_in,):
+        raise SaebenchError(
+            f"fold_input_affine: scale {list(s.shape)} and bias {list(b.shape)} must both be [d_in] = [{sae.d_in}]"
+        )
+    a = float(cfg.act_scale)
+    t = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    shift = a * (b @ t["W_enc"])  # what the bias adds to every pre-activation
+    t["W_enc"] = s[:, None] * t["W_enc"]
+    if cfg.architecture == "gated":
+        t["b_gate"] = t["b_gate"] + shift
+        t["b_mag"] = t["b_mag"] + shift * torch.exp(t["r_mag"])
+    else:
+        t["b_enc"] = t["b_enc"] + shift
+    if "W_skip" in t:
+        t["b_dec"] = t["b_dec"] + a * (t["W_skip"] @ b)
+        t["W_skip"] = t["W_skip"] * s[None, :]
+    folded = SAEConfig(**{k: v for k, v in cfg.model_dump().items() if k != "input_norm_affine"})
+    return NativeSAE.from_tensors(folded, t).to(sae.W_enc.device).eval()

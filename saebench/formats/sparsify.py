@@ -118,9 +118,11 @@ def from_sparsify_parts(
             f"transcoder at {hookpoint!r} (the module's input -> its output): reads {hook}, predicts {hook_out}"
         )
         if hook.endswith("ln2.hook_normalized"):
+            extra["input_norm_affine"] = hook.removesuffix(".hook_normalized")
             notes.append(
-                f"{hook} is the residual divided by its norm BEFORE ln2's learned scale (and bias); sparsify read "
-                "the MLP's input after it: exact only on a model whose ln2 scale is folded into the MLP (or is 1)"
+                f"{hook} is before ln2's learned scale (and bias), sparsify trained on the MLP's input after them: "
+                f"marked input_norm_affine={extra['input_norm_affine']}; saebench.formats.fold_input_affine(sae, "
+                "ln2.w, ln2.b) makes it exact (without it: exact only where that scale is 1)"
             )
     else:
         hook = hf_hookpoint_to_hook(hookpoint) if hookpoint else None
@@ -136,7 +138,7 @@ def from_sparsify_parts(
                 f"{[t['b_dec'].shape[-1], t['encoder.weight'].shape[-1]]}; the file is malformed"
             )
         tensors["W_skip"] = w_skip
-        extra = {"d_out": int(t["W_dec"].shape[-1]), "skip_connection": True}
+        extra.update(d_out=int(t["W_dec"].shape[-1]), skip_connection=True)
         notes.append("skip connection W_skip kept: output = decode(encode(x)) + x W_skip^T")
         if not transcode:
             tensors["b_enc"] = t["encoder.bias"] - t["b_dec"].to(t["encoder.weight"].dtype) @ t["encoder.weight"].T
