@@ -123,6 +123,20 @@ def test_sae_lens_live_transcoder_object(tmp_path):
         assert torch.allclose(reconstruct(conv.sae, x), ref(x), atol=1e-5)
 
 
+def test_convert_cli_keeps_a_skip_transcoder(tmp_path, capsys):
+    from saebench.cli import main
+
+    ref = _sae_lens("skip_transcoder", seed=11)
+    ref.save_model(tmp_path / "sl")
+    assert main(["convert", f"sae_lens:{tmp_path / 'sl'}", str(tmp_path / "out")]) == 0
+    assert "transcoder" in capsys.readouterr().out
+    native = load_sae(str(tmp_path / "out")).sae
+    assert (native.hook_name, native.hook_name_out, native.d_out) == (HOOK_IN, HOOK_OUT, D_OUT)
+    x = _x(seed=12)
+    with torch.no_grad():
+        assert torch.allclose(reconstruct(native, x), ref(x), atol=1e-5)
+
+
 def _edit_cfg(folder, **changes) -> None:
     cfg = json.loads((folder / "cfg.json").read_text())
     for key, value in changes.items():
