@@ -131,20 +131,9 @@ def from_sparsify_parts(
         else:
             notes.append(f"hookpoint {hookpoint or 'unknown'!r} has no automatic transformer-lens name: pass --hook")
     if skip:
-        w_skip = t["W_skip"]
-        if w_skip.ndim != 2 or tuple(w_skip.shape) != (t["b_dec"].shape[-1], t["encoder.weight"].shape[-1]):
-            raise SaebenchError(
-                f"{where}: tensor W_skip has shape {list(w_skip.shape)}, expected [d_out, d_in] = "
-                f"{[t['b_dec'].shape[-1], t['encoder.weight'].shape[-1]]}; the file is malformed"
-            )
-        tensors["W_skip"] = w_skip
+        tensors["W_skip"] = t["W_skip"]  # [d_out, d_in], as ours; its shape is checked by assemble
         extra.update(d_out=int(t["W_dec"].shape[-1]), skip_connection=True)
         notes.append("skip connection W_skip kept: output = decode(encode(x)) + x W_skip^T")
-        if not transcode:
-            tensors["b_enc"] = t["encoder.bias"] - t["b_dec"].to(t["encoder.weight"].dtype) @ t["encoder.weight"].T
-            notes.append(
-                "input centring x - b_dec folded into b_enc (an SAE with a skip term is loaded as a transcoder)"
-            )
     if transcode:
         extra.setdefault("d_out", int(t["W_dec"].shape[-1]))
     sae = assemble(
@@ -160,4 +149,8 @@ def from_sparsify_parts(
         **({"hook_name_out": hook_out} if hook_out else {}),
         **extra,
     )
+    if skip and not transcode:  # sparsify centres this one: fold x - b_dec into b_enc (shapes checked above)
+        with torch.no_grad():
+            sae.b_enc -= sae.b_dec @ sae.W_enc
+        notes.append("input centring x - b_dec folded into b_enc (an SAE with a skip term is loaded as a transcoder)")
     return Converted(sae, "sparsify", "topk", notes)
