@@ -347,3 +347,56 @@ def test_fold_input_affine_is_exact(arch):
         fold_input_affine(centred, s, b)
     with pytest.raises(SaebenchError, match=r"must both be \[d_in\]"):
         fold_input_affine(sae, s[:-1])
+
+
+def test_sparsify_mlp_hookpoint_is_these_hooks_on_the_embedded_model(model, tmp_path):
+    """What sparsify hooks on ``layers.L.mlp`` of the Hugging Face model (the module's input and
+    output) against transformer-lens on the same weights: the output is ``blocks.L.hook_mlp_out``; the
+    input is ``blocks.L.ln2.hook_normalized`` times ln2's learned scale (so the loader's mark and
+    ``fold_input_affine`` are needed, and the hook alone is not the input). A sparsify skip-transcoder
+    on the real MLP input, loaded and folded with :func:`apply_input_norm`, reproduces sparsify's own
+    output from the transformer-lens hook."""
+    from saebench.formats import apply_input_norm
+    from saebench.formats.common import hf_transcoder_hooks
+    from saebench.models import load_embedded_hf
+
+    layer = 3
+    hook_in, hook_out = hf_transcoder_hooks(f"layers.{layer}.mlp")
+    hf, _ = load_embedded_hf()
+    ids = torch.tensor([[0, 504, 3458, 314, 253, 1789, 28, 2521, 30]])
+    seen = {}
+
+    def grab(_module, inputs, output):
+        seen["in"], seen["out"] = inputs[0].detach(), output.detach()
+
+    handle = hf.model.get_submodule(f"layers.{layer}.mlp").register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            hf(ids)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        _, cache = model.model.run_with_cache(ids, names_filter=[hook_in, hook_out], stop_at_layer=layer + 1)
+    w = model.model.blocks[layer].ln2.w.detach()
+    scale = seen["in"].abs().max()
+    assert torch.allclose(seen["out"], cache[hook_out], atol=1e-4 * float(seen["out"].abs().max()))
+    assert torch.allclose(seen["in"], cache[hook_in] * w, atol=1e-4 * float(scale))
+    assert not torch.allclose(seen["in"], cache[hook_in], atol=1e-2 * float(scale))
+    # a sparsify skip-transcoder at layers.3.mlp of this model: ours at the hook, folded == theirs on the HF input
+    sparsify = pytest.importorskip("sparsify")
+    d = int(w.shape[0])
+    ref = sparsify.SparseCoder(d, sparsify.SparseCoderConfig(num_latents=64, k=8, transcode=True, skip_connection=True))
+    _randomize(ref, seed=13, scale=0.05)
+    ref.save_to_disk(tmp_path / f"layers.{layer}.mlp")
+    sae = load_sparsify(tmp_path / f"layers.{layer}.mlp").sae
+    folded = apply_input_norm(sae, model)
+    assert apply_input_norm(folded, model) is folded  # the mark is gone: folding is done once
+    x_in, x_hook = seen["in"][0], cache[hook_in][0]
+    with torch.no_grad():
+        y_ref = ref(x_in).sae_out
+        y = reconstruct(folded, x_hook)
+        assert torch.allclose(y, y_ref, atol=1e-4 * float(y_ref.abs().max())), (y - y_ref).abs().max()
+        assert not torch.allclose(reconstruct(sae, x_hook), y_ref, atol=1e-2 * float(y_ref.abs().max()))
+    sae.cfg.input_norm_affine = "blocks.99.ln2"
+    with pytest.raises(SaebenchError, match="the model does not have"):
+        apply_input_norm(sae, model)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from saebench.errors import SaebenchError
-from saebench.formats.common import LABELS, Converted, detect_format, fold_input_affine
+from saebench.formats.common import LABELS, Converted, apply_input_norm, detect_format, fold_input_affine
 from saebench.formats.dictionary_learning import load_dictionary_learning
 from saebench.formats.openai import load_openai
 from saebench.formats.sae_lens import from_sae_lens_parts, load_sae_lens_dir, load_sae_lens_pretrained
@@ -53,6 +53,7 @@ __all__ = [
     "LABELS",
     "PREFIXES",
     "Converted",
+    "apply_input_norm",
     "detect_format",
     "fold_input_affine",
     "from_library_object",

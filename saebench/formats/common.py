@@ -260,8 +260,9 @@ def fold_input_affine(sae: NativeSAE, scale: torch.Tensor, bias: torch.Tensor | 
             f"(this one: apply_b_dec_to_input={cfg.apply_b_dec_to_input}, "
             f"normalize_activations={cfg.normalize_activations!r})"
         )
-    s = scale.detach().to(torch.float32).reshape(-1)
-    b = torch.zeros_like(s) if bias is None else bias.detach().to(torch.float32).reshape(-1)
+    dev = sae.W_enc.device
+    s = scale.detach().to(dev, torch.float32).reshape(-1)
+    b = torch.zeros_like(s) if bias is None else bias.detach().to(dev, torch.float32).reshape(-1)
     if s.shape != (sae.d_in,) or b.shape != (sae.d_in,):
         raise SaebenchError(
             f"fold_input_affine: scale {list(s.shape)} and bias {list(b.shape)} must both be [d_in] = [{sae.d_in}]"
@@ -279,4 +280,31 @@ def fold_input_affine(sae: NativeSAE, scale: torch.Tensor, bias: torch.Tensor | 
         t["b_dec"] = t["b_dec"] + a * (t["W_skip"] @ b)
         t["W_skip"] = t["W_skip"] * s[None, :]
     folded = SAEConfig(**{k: v for k, v in cfg.model_dump().items() if k != "input_norm_affine"})
-    return NativeSAE.from_tensors(folded, t).to(sae.W_enc.device).eval()
+    return NativeSAE.from_tensors(folded, t).to(dev).eval()
+
+
+def apply_input_norm(sae: Any, model: Any) -> Any:
+    """``sae`` with the norm its config key ``input_norm_affine`` names (e.g. ``blocks.6.ln2``) folded
+    in from ``model`` (a :class:`~saebench.models.SubjectModel` or a ``HookedTransformer``) by
+    :func:`fold_input_affine`: what an evaluation calls once the model is loaded, before encoding. An
+    SAE without the mark is returned as it is. A model with no such module, or whose norm has no
+    learned scale ``w`` (``fold_ln`` already moved it into the MLP), is a one-line error."""
+    where = getattr(getattr(sae, "cfg", None), "input_norm_affine", None)
+    if not where:
+        return sae
+    net = getattr(model, "model", model)
+    try:
+        norm = net.get_submodule(str(where))
+    except AttributeError as exc:
+        raise SaebenchError(
+            f"the SAE was trained after the norm {where} (input_norm_affine), which the model does not have; "
+            "evaluate it on the model it was trained on (--model)"
+        ) from exc
+    w = getattr(norm, "w", None)
+    if not isinstance(w, torch.Tensor):
+        raise SaebenchError(
+            f"the SAE was trained after the learned scale of {where} (input_norm_affine), but the model's {where} "
+            "has none (its scale was folded into the next layer): load the model without fold_ln"
+        )
+    b = getattr(norm, "b", None)
+    return fold_input_affine(sae, w, b if isinstance(b, torch.Tensor) else None)
