@@ -400,3 +400,17 @@ def test_sparsify_mlp_hookpoint_is_these_hooks_on_the_embedded_model(model, tmp_
     sae.cfg.input_norm_affine = "blocks.99.ln2"
     with pytest.raises(SaebenchError, match="the model does not have"):
         apply_input_norm(sae, model)
+
+
+def test_hook_names_for_transcoders():
+    from saebench.formats.common import hf_hookpoint_to_hook, hf_transcoder_hooks, mlp_output_hook
+
+    assert hf_transcoder_hooks("h.5.mlp") == ("blocks.5.ln2.hook_normalized", "blocks.5.hook_mlp_out")
+    assert hf_transcoder_hooks("model.layers.12.mlp") == ("blocks.12.ln2.hook_normalized", "blocks.12.hook_mlp_out")
+    assert hf_transcoder_hooks("gpt_neox.layers.2") == ("blocks.2.hook_resid_pre", "blocks.2.hook_resid_post")
+    assert hf_transcoder_hooks("layers.2.self_attn") is None and hf_transcoder_hooks("embed_tokens") is None
+    assert hf_hookpoint_to_hook("h.5.mlp") == "blocks.5.hook_mlp_out"
+    assert hf_hookpoint_to_hook("layers.5") == "blocks.5.hook_resid_post"
+    assert mlp_output_hook("blocks.4.hook_mlp_in") == "blocks.4.hook_mlp_out"
+    assert mlp_output_hook("blocks.4.ln2.hook_normalized") == "blocks.4.hook_mlp_out"
+    assert mlp_output_hook("blocks.4.hook_resid_mid") is None and mlp_output_hook(None) is None

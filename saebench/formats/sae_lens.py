@@ -64,7 +64,7 @@ def transcoder_fields(
             f"{where}: a transcoder writing one attention head (hook_head_index_out) is not supported: saebench "
             "replaces a whole hook"
         )
-    notes = [f"transcoder: reads {hook_name}, predicts the output hook (d_out={d_out})"]
+    notes: list[str] = []
     hook_out = meta.get("hook_name_out") or cfg.get("hook_name_out")
     if not hook_out:
         hook_out = mlp_output_hook(hook_name)
@@ -75,7 +75,7 @@ def transcoder_fields(
                 'it from; add "hook_name_out" (e.g. blocks.L.hook_mlp_out) under "metadata" in cfg.json'
             )
         notes.append(f"no metadata.hook_name_out: {hook_name} is an MLP input, so the output hook is {hook_out}")
-    notes[0] = notes[0].replace("the output hook", hook_out)
+    notes.insert(0, f"transcoder: reads {hook_name}, predicts {hook_out} (d_out={d_out})")
     if skip:
         notes.append("skip term W_skip [d_out, d_in] kept: output = decode(encode(x)) + x W_skip^T")
     fields = {"d_out": d_out, "hook_name_out": hook_out, "skip_connection": skip, "apply_b_dec_to_input": False}
