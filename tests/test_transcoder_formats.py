@@ -414,3 +414,34 @@ def test_hook_names_for_transcoders():
     assert mlp_output_hook("blocks.4.hook_mlp_in") == "blocks.4.hook_mlp_out"
     assert mlp_output_hook("blocks.4.ln2.hook_normalized") == "blocks.4.hook_mlp_out"
     assert mlp_output_hook("blocks.4.hook_resid_mid") is None and mlp_output_hook(None) is None
+
+
+def test_a_run_folds_the_norm_into_a_marked_transcoder(model, token_set, cache_env, tmp_path):
+    """``saebench run`` on a sparsify MLP transcoder encodes what sparsify trained on, ``ln2.hook_normalized
+    x ln2.w``: its L0 equals the one computed by hand on that input, not the one on the bare hook."""
+    from conftest import SMALL
+
+    from saebench import evaluate
+
+    sparsify = pytest.importorskip("sparsify")
+    layer, d = 6, 576
+    ref = sparsify.SparseCoder(d, sparsify.SparseCoderConfig(num_latents=16, k=4, transcode=True))
+    _randomize(ref, seed=14, scale=0.05)
+    hook_in = f"blocks.{layer}.ln2.hook_normalized"
+    _, cache = model.model.run_with_cache(token_set.tokens, names_filter=[hook_in], stop_at_layer=layer + 1)
+    x = cache[hook_in][token_set.tokens != model.bos_id].double()
+    gain = model.model.blocks[layer].ln2.w.detach().double()
+    w_enc = ref.encoder.weight.detach().double()
+    top = ((x * gain) @ w_enc.T).max(-1).values.sort().values
+    with torch.no_grad():  # midway between two middle top pre-activations of the trained-on input: the fold
+        ref.encoder.bias.fill_(-float(top[len(top) // 2 : len(top) // 2 + 2].mean()))  # decides L0, no ties
+
+    def l0_by_hand(inp: torch.Tensor) -> float:
+        pre = torch.relu(inp @ w_enc.T + ref.encoder.bias.detach().double())
+        return float((pre.topk(4, dim=-1).values > 0).sum(-1).double().mean())
+
+    folded_l0, bare_l0 = l0_by_hand(x * gain), l0_by_hand(x)
+    assert 0.2 < folded_l0 < 3.5 and abs(folded_l0 - bare_l0) > 0.5, (folded_l0, bare_l0)
+    ref.save_to_disk(tmp_path / f"layers.{layer}.mlp")
+    m = evaluate(str(tmp_path / f"layers.{layer}.mlp"), model=model, evals=["core"], **SMALL).metrics["core"]
+    assert m["l0"] == pytest.approx(folded_l0, rel=1e-5), (m["l0"], folded_l0, bare_l0)
