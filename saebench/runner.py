@@ -35,6 +35,7 @@ from saebench.budget import (
 from saebench.data import check_corpus
 from saebench.errors import SaebenchError
 from saebench.evaluators import EvalConfig, EvalContext, EvalOutput, Evaluator, get_evaluator
+from saebench.formats import apply_input_norm
 from saebench.io import cache_dir, check_memory, file_lock, human_bytes, lock_path, log, remove_stale_temps, slug
 from saebench.loading import LoadedSAE, as_loaded, distinct_names
 from saebench.models import SubjectModel, check_hook_width, load_model, resolve_model_name
@@ -580,6 +581,8 @@ def evaluate(sae: Any, spec: RunSpec | None = None, reuse: dict[Any, Any] | None
                 group = [job for job in hook_jobs if job.sae.name in members]
                 for n in names_in_group:
                     handles[n].load()
+                    # a transcoder trained after a norm's learned scale (input_norm_affine): fold it in from the model
+                    handles[n].ls.sae = apply_input_norm(handles[n].ls.sae, subject)
                 t0 = time.perf_counter()
                 splice = {}
                 if "splice" in needs:

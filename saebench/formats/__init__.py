@@ -12,11 +12,15 @@ architecture it found, and notes on anything it had to fold or assume. Supported
               and ``normalize_activations`` are honoured (``layer_norm`` is per token, see
               ``saebench.sae``; ``expected_average_only_in`` is identity at inference in SAELens,
               which folds the factor into the weights when it saves); ``rescale_acts_by_decoder_norm``
-              and an old ``scaling_factor`` tensor are folded into the weights exactly.
+              and an old ``scaling_factor`` tensor are folded into the weights exactly. Transcoders
+              ``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
+              ``jumprelu_skip_transcoder`` (``d_out``, ``W_skip``, output hook from
+              ``metadata.hook_name_out``, inferred as ``blocks.L.hook_mlp_out`` for an MLP-input hook).
 ``sparsify``  EleutherAI sparsify, one hookpoint folder with ``cfg.json`` + ``sae.safetensors``
               (``encoder.weight [d_sae, d_in]``, ``encoder.bias``, ``W_dec``, ``b_dec``; ``k`` in
               cfg). Our native format uses the same two file names, so detection looks at the
-              tensor names. TopK only; ``groupmax``, skip connections and transcoders are refused.
+              tensor names. TopK, with transcoders (``transcode``) and skip connections (``W_skip``);
+              ``groupmax`` is refused.
 ``openai``    openai/sparse_autoencoder state dicts (``pre_bias``, ``latent_bias``,
               ``encoder.weight``, ``decoder.weight``, ``activation`` = ``ReLU`` or ``TopK``).
               Their ``from_state_dict`` turns on per-token LayerNorm of the input for TopK
@@ -36,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from saebench.errors import SaebenchError
-from saebench.formats.common import LABELS, Converted, detect_format
+from saebench.formats.common import LABELS, Converted, apply_input_norm, detect_format, fold_input_affine
 from saebench.formats.dictionary_learning import load_dictionary_learning
 from saebench.formats.openai import load_openai
 from saebench.formats.sae_lens import from_sae_lens_parts, load_sae_lens_dir, load_sae_lens_pretrained
@@ -49,7 +53,9 @@ __all__ = [
     "LABELS",
     "PREFIXES",
     "Converted",
+    "apply_input_norm",
     "detect_format",
+    "fold_input_affine",
     "from_library_object",
     "from_sae_lens_parts",
     "load_dictionary_learning",

@@ -12,7 +12,7 @@ import torch
 
 from saebench.errors import SaebenchError
 from saebench.io import read_json_object, safetensors_header, torch_load_weights_only
-from saebench.sae import ARCHITECTURES, NativeSAE, check_finite, native_shapes, parse_config
+from saebench.sae import ARCHITECTURES, NativeSAE, SAEConfig, check_finite, native_shapes, parse_config
 
 LABELS = {
     "native": "saebench native folder",
@@ -134,12 +134,23 @@ def expect_format(path: Path, want: str) -> None:
 
 def assemble(arch: str, tensors: dict[str, torch.Tensor], where: str, **cfg: Any) -> NativeSAE:
     """Build a NativeSAE from SAELens-named tensors, checking the config, shapes and finiteness
-    before anything new is allocated (the module's parameters are the converted tensors)."""
+    before anything new is allocated (the module's parameters are the converted tensors).
+
+    ``d_in`` is read from ``W_dec [d_sae, d_in]``; a transcoder's caller passes ``d_out`` (its
+    ``W_dec`` is ``[d_sae, d_out]``), and ``d_in`` is then read from ``W_enc [d_in, d_sae]``."""
     w_dec = tensors.get("W_dec")
     if w_dec is None or w_dec.ndim != 2:
         shape = list(w_dec.shape) if w_dec is not None else None
         raise SaebenchError(f"{where}: decoder weight has shape {shape}, expected [d_sae, d_in]; the file is malformed")
     d_sae, d_in = w_dec.shape
+    if cfg.get("d_out") is not None:
+        w_enc = tensors.get("W_enc")
+        if w_enc is None or w_enc.ndim != 2:
+            shape = list(w_enc.shape) if w_enc is not None else None
+            raise SaebenchError(
+                f"{where}: encoder weight has shape {shape}, expected [d_in, d_sae]; the file is malformed"
+            )
+        d_in = w_enc.shape[0]
     conf = parse_config({"architecture": arch, "d_in": int(d_in), "d_sae": int(d_sae), **cfg}, where)
     expected = native_shapes(conf)
     params: dict[str, torch.Tensor] = {}
@@ -194,11 +205,106 @@ def jump_threshold(theta: torch.Tensor, notes: list[str]) -> torch.Tensor:
     return theta.clamp(min=0)
 
 
-_HF_LAYER = re.compile(r"^(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)$")
+_HF_LAYER = re.compile(r"^(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)(\.mlp)?$")
+_MLP_INPUT = re.compile(r"^blocks\.(\d+)\.(?:ln2\.hook_normalized|hook_mlp_in)$")
 
 
 def hf_hookpoint_to_hook(hookpoint: str) -> str | None:
-    """A Hugging Face decoder-layer output (``layers.6``, ``h.6``) is transformer-lens'
-    ``blocks.6.hook_resid_post``; other module paths have no automatic equivalent."""
+    """Where an SAE on a Hugging Face module's output reads, in transformer-lens names: a decoder
+    layer (``layers.6``, ``h.6``) is ``blocks.6.hook_resid_post``, its MLP (``layers.6.mlp``) is
+    ``blocks.6.hook_mlp_out``; other module paths have no automatic equivalent (None)."""
     m = _HF_LAYER.match(hookpoint)
-    return f"blocks.{m.group(1)}.hook_resid_post" if m else None
+    if not m:
+        return None
+    return f"blocks.{m.group(1)}.{'hook_mlp_out' if m.group(2) else 'hook_resid_post'}"
+
+
+def hf_transcoder_hooks(hookpoint: str) -> tuple[str, str] | None:
+    """The (input, output) hooks of a transcoder trained on a Hugging Face module's input and
+    output: a decoder layer ``layers.L`` reads ``blocks.L.hook_resid_pre`` and writes
+    ``blocks.L.hook_resid_post``; its MLP ``layers.L.mlp`` reads the MLP's input, the normalised
+    residual ``blocks.L.ln2.hook_normalized``, and writes ``blocks.L.hook_mlp_out``. None for other
+    module paths."""
+    m = _HF_LAYER.match(hookpoint)
+    if not m:
+        return None
+    layer = m.group(1)
+    if m.group(2):
+        return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+    return f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_post"
+
+
+def mlp_output_hook(hook_in: str | None) -> str | None:
+    """``blocks.L.hook_mlp_out`` for an MLP-input hook (``blocks.L.ln2.hook_normalized`` or
+    ``blocks.L.hook_mlp_in``): the output a transcoder reading the MLP's input predicts when its
+    files do not say. None for any other hook."""
+    m = _MLP_INPUT.match(hook_in or "")
+    return f"blocks.{m.group(1)}.hook_mlp_out" if m else None
+
+
+def fold_input_affine(sae: NativeSAE, scale: torch.Tensor, bias: torch.Tensor | None = None) -> NativeSAE:
+    """The same SAE reading ``u`` where ``sae`` was trained on ``u * scale + bias``, exactly.
+
+    A transcoder trained on a Hugging Face MLP's input saw ``ln2``'s output after its learned scale
+    (and LayerNorm bias); transformer-lens' ``ln2.hook_normalized`` is before them. With ``scale``
+    and ``bias`` the model's ``blocks[L].ln2.w`` / ``.b``, the folded SAE evaluated at
+    ``ln2.hook_normalized`` is the trained one: with ``a = act_scale``,
+    ``(u s + b) a W_enc + b_enc = (u a)(diag(s) W_enc) + (a b W_enc + b_enc)`` (the gated paths
+    likewise), and the skip term ``(u s + b) W_skip^T = u (W_skip diag(s))^T + b W_skip^T``, whose
+    constant joins ``b_dec``. A loader marks an SAE that needs this with the config key
+    ``input_norm_affine`` (the norm module, e.g. ``blocks.6.ln2``); the folded SAE drops the mark."""
+    cfg = sae.cfg
+    if cfg.apply_b_dec_to_input or cfg.normalize_activations != "none":
+        raise SaebenchError(
+            "fold_input_affine needs an SAE without b_dec centring or layer_norm input normalisation "
+            f"(this one: apply_b_dec_to_input={cfg.apply_b_dec_to_input}, "
+            f"normalize_activations={cfg.normalize_activations!r})"
+        )
+    dev = sae.W_enc.device
+    s = scale.detach().to(dev, torch.float32).reshape(-1)
+    b = torch.zeros_like(s) if bias is None else bias.detach().to(dev, torch.float32).reshape(-1)
+    if s.shape != (sae.d_in,) or b.shape != (sae.d_in,):
+        raise SaebenchError(
+            f"fold_input_affine: scale {list(s.shape)} and bias {list(b.shape)} must both be [d_in] = [{sae.d_in}]"
+        )
+    a = float(cfg.act_scale)
+    t = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    shift = a * (b @ t["W_enc"])  # what the bias adds to every pre-activation
+    t["W_enc"] = s[:, None] * t["W_enc"]
+    if cfg.architecture == "gated":
+        t["b_gate"] = t["b_gate"] + shift
+        t["b_mag"] = t["b_mag"] + shift * torch.exp(t["r_mag"])
+    else:
+        t["b_enc"] = t["b_enc"] + shift
+    if "W_skip" in t:
+        t["b_dec"] = t["b_dec"] + a * (t["W_skip"] @ b)
+        t["W_skip"] = t["W_skip"] * s[None, :]
+    folded = SAEConfig(**{k: v for k, v in cfg.model_dump().items() if k != "input_norm_affine"})
+    return NativeSAE.from_tensors(folded, t).to(dev).eval()
+
+
+def apply_input_norm(sae: Any, model: Any) -> Any:
+    """``sae`` with the norm its config key ``input_norm_affine`` names (e.g. ``blocks.6.ln2``) folded
+    in from ``model`` (a :class:`~saebench.models.SubjectModel` or a ``HookedTransformer``) by
+    :func:`fold_input_affine`: what an evaluation calls once the model is loaded, before encoding. An
+    SAE without the mark is returned as it is. A model with no such module, or whose norm has no
+    learned scale ``w`` (``fold_ln`` already moved it into the MLP), is a one-line error."""
+    where = getattr(getattr(sae, "cfg", None), "input_norm_affine", None)
+    if not where:
+        return sae
+    net = getattr(model, "model", model)
+    try:
+        norm = net.get_submodule(str(where))
+    except AttributeError as exc:
+        raise SaebenchError(
+            f"the SAE was trained after the norm {where} (input_norm_affine), which the model does not have; "
+            "evaluate it on the model it was trained on (--model)"
+        ) from exc
+    w = getattr(norm, "w", None)
+    if not isinstance(w, torch.Tensor):
+        raise SaebenchError(
+            f"the SAE was trained after the learned scale of {where} (input_norm_affine), but the model's {where} "
+            "has none (its scale was folded into the next layer): load the model without fold_ln"
+        )
+    b = getattr(norm, "b", None)
+    return fold_input_affine(sae, w, b if isinstance(b, torch.Tensor) else None)

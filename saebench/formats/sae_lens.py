@@ -16,12 +16,70 @@ from saebench.formats.common import (
     expect_format,
     int_field,
     jump_threshold,
+    mlp_output_hook,
     read_config,
 )
 from saebench.sae import check_load_memory, read_safetensors, safetensors_shapes
 
 SAE_LENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "batchtopk",
                  "matryoshka_batchtopk": "batchtopk"}  # fmt: skip
+# SAELens' transcoders (sae_lens.saes.transcoder): architecture -> (our encoder, has a skip term W_skip)
+SAE_LENS_TRANSCODERS = {
+    "transcoder": ("relu", False),
+    "skip_transcoder": ("relu", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+}
+
+
+def transcoder_fields(
+    arch: str, cfg: dict[str, Any], meta: dict[str, Any], hook_name: str | None, t: dict[str, torch.Tensor], where: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The native config keys of a SAELens transcoder (``d_out``, ``hook_name_out``, ``skip_connection``,
+    no input centring: SAELens' ``Transcoder.process_sae_in`` never subtracts ``b_dec``) and the notes.
+
+    SAELens keeps the output hook in ``metadata.hook_name_out`` (its pretrained loaders set it; its
+    ``TranscoderConfig`` has no field for it). When a file does not record it and the input hook is an
+    MLP input (``blocks.L.ln2.hook_normalized``, ``blocks.L.hook_mlp_in``), the output is the MLP's,
+    ``blocks.L.hook_mlp_out``; any other transcoder without an output hook is refused."""
+    skip = SAE_LENS_TRANSCODERS[arch][1]
+    if skip and "W_skip" not in t:
+        raise SaebenchError(f"{where}: SAELens {arch} lacks tensor W_skip (its skip term); the file is incomplete")
+    if not skip and "W_skip" in t:
+        raise SaebenchError(
+            f"{where}: holds a skip term W_skip but architecture {arch!r} has none; set architecture to "
+            f"'{'jumprelu_' if arch.startswith('jumprelu') else ''}skip_transcoder' in cfg.json"
+        )
+    d_out = int(t["W_dec"].shape[-1])
+    declared = int_field(cfg.get("d_out"), "d_out", where)
+    if declared is not None and declared != d_out:
+        raise SaebenchError(f"{where}: W_dec is {list(t['W_dec'].shape)} but cfg.json says d_out={declared}; fix d_out")
+    if not hook_name:
+        raise SaebenchError(
+            f'{where}: SAELens {arch} records no input hook; add "hook_name" (e.g. blocks.L.ln2.hook_normalized) '
+            'under "metadata" in cfg.json'
+        )
+    if meta.get("hook_head_index_out") is not None or cfg.get("hook_head_index_out") is not None:
+        raise SaebenchError(
+            f"{where}: a transcoder writing one attention head (hook_head_index_out) is not supported: saebench "
+            "replaces a whole hook"
+        )
+    notes: list[str] = []
+    hook_out = meta.get("hook_name_out") or cfg.get("hook_name_out")
+    if not hook_out:
+        hook_out = mlp_output_hook(hook_name)
+        if hook_out is None:
+            raise SaebenchError(
+                f"{where}: SAELens {arch} records no output hook (metadata.hook_name_out) and its input hook "
+                f"{hook_name!r} is not an MLP input (blocks.L.ln2.hook_normalized or blocks.L.hook_mlp_in) to infer "
+                'it from; add "hook_name_out" (e.g. blocks.L.hook_mlp_out) under "metadata" in cfg.json'
+            )
+        notes.append(f"no metadata.hook_name_out: {hook_name} is an MLP input, so the output hook is {hook_out}")
+    notes.insert(0, f"transcoder: reads {hook_name}, predicts {hook_out} (d_out={d_out})")
+    if skip:
+        notes.append("skip term W_skip [d_out, d_in] kept: output = decode(encode(x)) + x W_skip^T")
+    fields = {"d_out": d_out, "hook_name_out": hook_out, "skip_connection": skip, "apply_b_dec_to_input": False}
+    return fields, notes
 
 
 def check_head_layout(cfg: dict[str, Any], meta: dict[str, Any], hook_name: str | None, where: str) -> list[str]:
@@ -70,9 +128,16 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
     if arch == "standard" and act_fn == "topk":  # SAELens 5 spelled TopK as a standard SAE with a topk activation
         arch = "topk"
     notes: list[str] = []
-    if arch not in SAE_LENS_ARCH:
+    if "transcoder" in str(arch) and arch not in SAE_LENS_TRANSCODERS:
         raise SaebenchError(
-            f"{where}: SAELens architecture {arch!r} is not supported (supported: {', '.join(SAE_LENS_ARCH)}); "
+            f"{where}: SAELens transcoder flavour {arch!r} is not supported (supported: "
+            f"{', '.join(SAE_LENS_TRANSCODERS)}); wrap the sae-lens object in a factory and pass "
+            "--sae python:FILE.py:FACTORY"
+        )
+    if arch not in SAE_LENS_ARCH and arch not in SAE_LENS_TRANSCODERS:
+        raise SaebenchError(
+            f"{where}: SAELens architecture {arch!r} is not supported (supported: "
+            f"{', '.join([*SAE_LENS_ARCH, *SAE_LENS_TRANSCODERS])}); "
             "wrap the sae-lens object in a factory and pass --sae python:FILE.py:FACTORY"
         )
     hook_name = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
@@ -109,14 +174,19 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
         notes.append("rescale_acts_by_decoder_norm folded into W_enc, b_enc, W_dec")
     if arch in ("batchtopk", "matryoshka_batchtopk") and "topk_threshold" in t:
         t["threshold"] = t.pop("topk_threshold")
-    ours = SAE_LENS_ARCH[arch]
+    ours = SAE_LENS_ARCH.get(arch) or SAE_LENS_TRANSCODERS[arch][0]
+    transcoder: dict[str, Any] = {}
+    if arch in SAE_LENS_TRANSCODERS:
+        transcoder, more = transcoder_fields(arch, cfg, meta, hook_name, t, where)
+        notes += more
     training_arch = meta.get("training_architecture") or cfg.get("training_architecture")
-    if arch == "jumprelu":
+    if ours == "jumprelu":
         if "threshold" in t:
             t["threshold"] = jump_threshold(t["threshold"], notes)
         th = t.get("threshold")
         if (
-            training_arch in ("batchtopk", "matryoshka_batchtopk")
+            arch == "jumprelu"
+            and training_arch in ("batchtopk", "matryoshka_batchtopk")
             and th is not None
             and th.numel()
             and bool((th == th.reshape(-1)[0]).all())
@@ -146,11 +216,11 @@ def from_sae_lens_parts(raw: dict[str, Any], tensors: dict[str, torch.Tensor], w
         k=int_field(k, "k", where) or None,
         hook_name=hook_name,
         model_name=meta.get("model_name") or cfg.get("model_name"),
-        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
         normalize_activations=norm,
         source_format="sae_lens",
         source_architecture=arch,
         **({"matryoshka_widths": list(widths)} if widths else {}),
+        **({"apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True))} if not transcoder else transcoder),
     )
     return Converted(sae, "sae_lens", ours, [f"SAELens architecture {arch!r} → {ours}", *notes])
 
@@ -165,7 +235,13 @@ def load_sae_lens_dir(path: str | Path) -> Converted:
     weights = p / "sae_weights.safetensors"
     header = safetensors_shapes(weights)
     d_in, d_sae = int_field(raw.get("d_in"), "d_in", str(p)), int_field(raw.get("d_sae"), "d_sae", str(p))
-    check_header(weights, header, {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)})
+    d_out = d_in  # a transcoder's decoder writes d_out (SAELens always saves it; else any width, checked on load)
+    if "transcoder" in str(raw.get("architecture")):  # (an unknown flavour is named by from_sae_lens_parts)
+        d_out = int_field(raw.get("d_out"), "d_out", str(p))
+    expect: dict[str, tuple[int | None, ...]] = {
+        "W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,), "W_skip": (d_out, d_in)
+    }  # fmt: skip
+    check_header(weights, header, expect)
     check_load_memory(weights)
     tensors = read_safetensors(weights)
     return from_sae_lens_parts(raw, tensors, str(p))
