@@ -22,6 +22,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -54,6 +55,31 @@ def clamp_codes(z: torch.Tensor, latents: Sequence[int], multiplier: float) -> t
     out = z.clone()
     out[..., idx] = torch.where(on, torch.full_like(sel, -float(multiplier)), sel)
     return out, on.any(-1)
+
+
+@torch.no_grad()
+def clamp_edit(
+    sae: Any,
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    latents: Sequence[int],
+    multiplier: float,
+    z: torch.Tensor | None = None,
+    xhat: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAEBench's clamp as an additive edit of the hook activation ``x [..., d]``:
+    ``(delta, hit)`` with ``x + delta = x - decode(z) + decode(z')`` at the positions ``hit`` (kept
+    positions, ``keep`` a bool mask of ``x.shape[:-1]``, where a selected latent is > 0) and
+    ``delta = 0`` exactly elsewhere. ``z = encode(x)`` and ``xhat = decode(z)`` may be passed in when
+    several settings share one encode."""
+    z = sae.encode(x) if z is None else z
+    xhat = sae.decode(z) if xhat is None else xhat
+    z2, hit = clamp_codes(z, latents, multiplier)
+    hit = hit & keep.to(hit.device)
+    if not bool(hit.any()):
+        return torch.zeros_like(xhat), hit
+    delta = torch.where(hit.unsqueeze(-1), sae.decode(z2) - xhat, torch.zeros_like(xhat))
+    return delta, hit
 
 
 @dataclass(frozen=True)

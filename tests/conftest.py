@@ -24,6 +24,7 @@ SLOW_MODULES = {
 }
 SLOW_TESTS = {
     "test_ablation.py::test_zero_decoder_latent_has_no_effect_and_batching_is_exact",
+    "test_unlearning.py::test_clamp_edit_and_selection_equal_saebench_code",
     "test_unlearning.py::test_planted_forget_latent_raises_forget_loss_and_leaves_retain_exactly",
     "test_unlearning.py::test_silent_sae_has_no_setting_and_changes_nothing",
     "test_unlearning.py::test_zero_decoder_row_touches_documents_but_changes_no_loss",

@@ -42,6 +42,34 @@ def test_choice_is_the_largest_forget_rise_within_the_retain_bound():
     assert U.choose([0.0, -0.1], [0.0, 0.0], retain_clean=2.0, tolerance=0.01) is None  # nothing unlearned
 
 
+def test_clamp_edit_and_selection_equal_saebench_code():
+    """SAEBench 0.6.0's own hook function and latent ranking on the same SAE, activations and sparsities."""
+    pytest.importorskip("sae_bench")
+    from sae_bench.evals.unlearning.utils.feature_activation import get_top_features
+    from sae_bench.evals.unlearning.utils.intervention import anthropic_clamp_resid_SAE_features
+
+    from saebench.sae import NativeSAE, SAEConfig
+
+    g = torch.Generator().manual_seed(0)
+    sae = NativeSAE(SAEConfig(architecture="relu", d_in=16, d_sae=32))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randn(3, 7, 16, generator=g) * 2
+    keep = torch.ones(3, 7, dtype=torch.bool)
+    keep[:, 0] = False  # SAEBench leaves position 0 alone
+    for latents, mult in (([0, 3, 5, 9], 25.0), ([1], 100.0), (list(range(32)), 50.0)):
+        theirs = anthropic_clamp_resid_SAE_features(x.clone(), None, sae, latents, multiplier=mult)
+        delta, hit = U.clamp_edit(sae, x, keep, latents, mult)
+        assert bool(hit.any())
+        torch.testing.assert_close(x + delta, theirs, atol=1e-4, rtol=1e-5)
+    forget = torch.rand(200, generator=g) * (torch.rand(200, generator=g) > 0.3)
+    retain = torch.rand(200, generator=g) * 0.02
+    for thr in (0.001, 0.005, 0.01):
+        want = get_top_features(forget.numpy().copy(), retain.numpy(), retain_threshold=thr).tolist()
+        assert U.select_latents(forget, retain, thr) == want
+
+
 class Planted(torch.nn.Module):
     """Latent 0 fires (value 1) exactly where the activation is one token's embedding; latent 1
     fires everywhere (retain sparsity 1: SAEBench's selection must drop it). ``silent``: latent 0

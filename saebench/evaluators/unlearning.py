@@ -296,13 +296,11 @@ def _edited_losses(
         xhat = sae.decode(z)
         kb = keep[s : s + pipe.batch_size].to(z.device)
         for i, setting in enumerate(settings):
-            z2, hit = U.clamp_codes(z, setting.latents, setting.multiplier)
-            hit = hit & kb
+            delta, hit = U.clamp_edit(sae, acts, kb, setting.latents, setting.multiplier, z=z, xhat=xhat)
             rows_hit = hit.any(-1).cpu()
             if not bool(rows_hit.any()):
                 continue
             touched[i][s + rows_hit.nonzero().flatten()] = True
-            delta = torch.where(hit.unsqueeze(-1), sae.decode(z2) - xhat, torch.zeros_like(xhat))
             moved = delta.ne(0).flatten(1).any(-1).cpu()  # a zero decoder row changes nothing: no pass
             local = (rows_hit & moved).nonzero().flatten()
             if local.numel():
