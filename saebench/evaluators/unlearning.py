@@ -63,7 +63,7 @@ class UnlearningConfig(EvalConfig):
     n_test_docs: int = 32  # per side: the reported numbers
     retain_thresholds: list[float] = [0.001, 0.01]  # SAEBench's
     n_latents: list[int] = [10, 20]  # SAEBench's
-    multipliers: list[float] = [25.0, 100.0]  # SAEBench sweeps 25, 50, 100, 200
+    multipliers: list[float] = [5.0, 25.0]  # SAEBench sweeps 25, 50, 100, 200 (tuned on Gemma-2-2B; docs/unlearning.md)
     retain_tolerance: float = 0.01  # retain-side increase allowed, as a fraction of the clean retain loss
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -74,7 +74,7 @@ class UnlearningConfig(EvalConfig):
             "n_select_docs": 256,
             "n_tune_docs": 64,
             "n_test_docs": 128,
-            "multipliers": [25.0, 50.0, 100.0, 200.0],
+            "multipliers": [1.0, 5.0, 25.0, 50.0, 100.0, 200.0],
         },
         "paper": {
             "ctx_len": 1024,
@@ -82,7 +82,7 @@ class UnlearningConfig(EvalConfig):
             "n_select_docs": 1024,
             "n_tune_docs": 128,
             "n_test_docs": 256,
-            "multipliers": [25.0, 50.0, 100.0, 200.0],
+            "multipliers": [1.0, 5.0, 25.0, 50.0, 100.0, 200.0],
         },
     }
 
