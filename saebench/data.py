@@ -101,9 +101,13 @@ def sae_probes_data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "cleaned_data"
 
 
-def _in_split(text: str, split: str) -> bool:
+def in_split(text: str, split: str) -> bool:
+    """True when a corpus document belongs to ``split`` (``eval``: 10% by a hash of its text; else ``train``)."""
     bucket = int(hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:8], 16) % 10
     return (bucket == 0) == (split == "eval")
+
+
+_in_split = in_split  # the former private name (tests/test_data.py)
 
 
 def _sae_probes_docs(split: str, seed: int) -> list[str]:
@@ -117,7 +121,7 @@ def _sae_probes_docs(split: str, seed: int) -> list[str]:
             raise SaebenchError(f"corpus file {path} is missing; reinstall sae-probes")
         for text in pd.read_csv(path, usecols=["prompt"])["prompt"].dropna().astype(str):
             text = text.strip()[:MAX_DOC_CHARS]
-            if text and _in_split(text, split):
+            if text and in_split(text, split):
                 docs.add(text)
     ordered = sorted(docs)
     random.Random(seed).shuffle(ordered)

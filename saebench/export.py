@@ -27,9 +27,9 @@ names**, and put into SAEBench's fields only SAEBench's numbers:
   has no output class for it; its ``run_eval`` writes a plain dict, which we write with the same keys
   and one ``eval_results`` record per setting): both are SAEBench's computations on our inputs, held
   to its own code by ``tests/test_crosscheck_meta_mdl.py``;
-- ``probing`` (Gao et al.'s 61 tasks, our probes) and ``autointerp`` (our scorers) are not
-  SAEBench's computations: skipped with a note (``--evals sparse_probing`` is SAEBench's sparse
-  probing).
+- ``probing`` (Gao et al.'s 61 tasks, our probes), ``autointerp`` (our scorers) and ``unlearning``
+  (SAEBench's clamp scored by loss on open data, not its ``unlearning_score``) are not SAEBench's
+  computations: skipped with a note (``--evals sparse_probing`` is SAEBench's sparse probing).
 
 ``sae_lens_release_id`` / ``sae_lens_id`` are the SAELens release and id where the SAE was loaded
 from SAELens (``sae_lens:RELEASE/ID``), else null and the SAE's name; ``sae_bench_commit_hash``
@@ -357,6 +357,8 @@ EXPORTERS = {
 NOT_SAEBENCH = {
     "probing": "Gao et al.'s 61 tasks with our probes, not SAEBench's sparse probing (that is --evals sparse_probing)",
     "autointerp": "our scorers follow SAEBench's protocol, not its code end to end: no SAEBench-named result",
+    "unlearning": "SAEBench's clamp scored by LM loss on open data, not its unlearning_score (WMDP-bio and MMLU "
+    "accuracy): docs/unlearning.md",
 }
 
 

@@ -24,6 +24,12 @@ SLOW_MODULES = {
 }
 SLOW_TESTS = {
     "test_ablation.py::test_zero_decoder_latent_has_no_effect_and_batching_is_exact",
+    "test_unlearning.py::test_clamp_edit_and_selection_equal_saebench_code",
+    "test_unlearning.py::test_planted_forget_latent_raises_forget_loss_and_leaves_retain_exactly",
+    "test_unlearning.py::test_silent_sae_has_no_setting_and_changes_nothing",
+    "test_unlearning.py::test_zero_decoder_row_touches_documents_but_changes_no_loss",
+    "test_unlearning.py::test_planted_result_pairs_documents_with_the_silent_one",
+    "test_unlearning.py::test_export_skips_it_as_not_saebench_unlearning_score",
     "test_absorption.py::test_matches_saebench_absorption_code",
     "test_absorption.py::test_second_sae_costs_no_model_pass",
     "test_autointerp.py::test_evaluate_end_to_end_and_rerun_costs_nothing",
