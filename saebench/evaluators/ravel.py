@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -126,12 +127,12 @@ def _check(cfg: RavelConfig) -> None:
         raise SaebenchError("ravel: llm_batch_size, num_epochs, n_generated_tokens and learning_rate must be positive")
 
 
-def check_hook(pipe: ActivationPipeline) -> None:
-    """RAVEL patches the residual stream at the entity's last token: other hooks are refused
-    before any model pass."""
-    if not pipe.site.is_resid:
+def check_hook(hook: str, sae_name: str = "the SAE") -> None:
+    """RAVEL patches the residual stream at the entity's last token: any other hook is refused
+    (by the runner's plan, before the model loads)."""
+    if not re.fullmatch(r"blocks\.\d+\.hook_resid_(pre|post)", hook):
         raise SaebenchError(
-            f"ravel patches the residual stream at the entity token, but the SAE reads {pipe.hook}; evaluate an SAE "
+            f"ravel patches the residual stream at the entity token, but {sae_name} reads {hook}; evaluate an SAE "
             "trained on blocks.L.hook_resid_pre or blocks.L.hook_resid_post, or drop ravel from --evals"
         )
 
@@ -158,7 +159,7 @@ def make_task(pipe: ActivationPipeline, cfg: RavelConfig, seed: int) -> Task:
     from saebench.pipeline.interventions import greedy, prompt_states
     from saebench.probes.ravel import completion_correct, completion_decided, sample_pairs
 
-    check_hook(pipe)
+    check_hook(pipe.hook)
     t0 = time.perf_counter()
     model = pipe.model
     cands = build_prompts(model, cfg)
@@ -285,6 +286,13 @@ def score_pairs(
     ]
 
 
+def scored_val(val: list[Any], cfg: RavelConfig) -> list[Any]:
+    """The validation pairs SAEBench scores: whole batches of ``llm_batch_size`` only (its loader drops
+    the remainder), all of them when fewer than one batch."""
+    n = len(val) // cfg.llm_batch_size * cfg.llm_batch_size
+    return val[:n] if n else list(val)
+
+
 def pair_id(task: Task, p: Any) -> str:
     """Content id of a validation pair (the same for every SAE at the hook and seed)."""
     b, s = task.prompts[p.base], task.prompts[p.source]
@@ -303,15 +311,17 @@ def score_sae(pipe: ActivationPipeline, task: Task, sae: Any, cfg: RavelConfig) 
         mask = train_mask(pipe, task, sae, split.train, cfg)
         t_train += time.perf_counter() - t0
         t0 = time.perf_counter()
-        ok = score_pairs(pipe, task, sae, mask, split.val, cfg)
+        val = scored_val(split.val, cfg)
+        ok = score_pairs(pipe, task, sae, mask, val, cfg)
         t_score += time.perf_counter() - t0
-        for p, o in zip(split.val, ok, strict=True):
+        for p, o in zip(val, ok, strict=True):
             scored.append((split.attribute, p.counted_as, o))
             ids.append(pair_id(task, p))
             clusters.append(task.prompts[p.base].entity)
         selected = torch.nonzero(mask > 0).flatten().tolist()
         rows.append({
             "attribute": split.attribute, "n_train_pairs": len(split.train), "n_val_pairs": len(split.val),
+            "n_val_scored": len(val),
             "n_cause_pairs": split.n_cause, "n_isolation_pairs": split.n_isolation,
             "n_latents_selected": len(selected), "selected_latents": selected[:64],
             "top_mask_logits": [round(float(v), 6) for v in mask.topk(min(8, mask.numel())).values],
@@ -335,17 +345,21 @@ class RavelEvaluator:
         assert isinstance(cfg, RavelConfig)
         _check(cfg)
 
+    def check_hook(self, hook: str, sae_name: str) -> None:
+        """Refuse a non-residual hook before the model loads (module doc)."""
+        check_hook(hook, sae_name)
+
     def prepare(self, pipe: ActivationPipeline, cfg: EvalConfig, seed: int) -> None:
         """The knowledge filter, prompt states and pairs, once for every SAE at this hook."""
         assert isinstance(cfg, RavelConfig)
         _check(cfg)
-        check_hook(pipe)
+        check_hook(pipe.hook)
         prepare_task(pipe, cfg, seed)
 
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, RavelConfig)
         _check(cfg)
-        check_hook(ctx.pipeline)
+        check_hook(ctx.pipeline.hook, ctx.sae_name)
         task = prepare_task(ctx.pipeline, cfg, ctx.seed)
         out = score_sae(ctx.pipeline, task, ctx.sae, cfg)
         direct = out["direct"]
