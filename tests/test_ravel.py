@@ -238,3 +238,24 @@ def test_export_round_trip_through_saebenchs_output_class(tmp_path):
     valid = dataclasses.asdict(TypeAdapter(RAVELEvalOutput).validate_python(doc))
     for k in ("eval_type_id", "eval_config", "eval_result_metrics"):
         assert json.loads(json.dumps(valid[k])) == doc[k], k  # nothing dropped or defaulted
+
+
+# -- SAEBench's own RAVEL code on the same prompts, pairs and SAE (benchmarks/ravel.py) ------------
+
+
+def test_matches_saebench_ravel_code(tmp_path):
+    """SAEBench 0.6.0's generate_batched + evaluate_completion, train_mdbm and
+    generate_batched_interventions (on the transformers model the embedded weights come from) give
+    the same knowledge-filter verdicts, mask logits, selected latents and scores as ours."""
+    pytest.importorskip("sae_bench", reason="sae-bench not installed: bash setup.sh --crosscheck")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ravel as bench
+
+    folder, _ = write_native(tmp_path / "sae", arch="topk", d_sae=256, seed=3)
+    r = bench.run(str(folder), entities=16, pairs=8, batch=4, epochs=2, lr=1e-3)
+    assert r["filter_agree"] == r["prompts"] and r["kept_ours"] > 0
+    for attr, m in r["masks"].items():
+        assert m["max_abs_diff"] < 1e-5 and m["jaccard"] == 1.0 and m["n_ours"] > 0, (attr, m)
+        assert r["scores"][attr]["ours"] == pytest.approx(r["scores"][attr]["theirs"]), attr
