@@ -192,6 +192,25 @@ def test_mdbm_moves_the_answer_on_a_planted_sae(task):
     assert sum(cause) / len(cause) > 0.3
 
 
+def test_two_saes_share_the_filter_and_pair_exactly(tmp_path, model, token_set):
+    """One run, two SAEs at one hook: one knowledge filter (prepared once per hook) serves both, both
+    are scored on the same validation pairs (identical sample ids: paired comparisons), and the
+    scores' intervals are over entities."""
+    a, _ = write_native(tmp_path / "a", arch="topk", d_sae=128, seed=1)
+    b, _ = write_native(tmp_path / "b", arch="topk", d_sae=128, seed=2)
+    cfg = {"ravel": {"n_entities": 12, "num_pairs_per_attribute": 12, "llm_batch_size": 4}}
+    run = evaluate([str(a), str(b)], model=model, evals=["ravel"], token_set=token_set, progress=False,
+                   eval_config=cfg)  # fmt: skip
+    ra, rb = run.results["a"]["ravel"], run.results["b"]["ravel"]
+    assert ra.details["filter"] == rb.details["filter"] and ra.details["filter"]["surviving_entities"] > 4
+    assert ra.samples["pair"]["ids"] == rb.samples["pair"]["ids"] and len(set(ra.samples["pair"]["ids"])) == len(
+        ra.samples["pair"]["ids"]
+    )
+    assert ra.samples["pair"]["clusters"] and ra.uncertainty["disentanglement_score"]["cluster_unit"] == "entity"
+    for k in ("cause_score", "isolation_score", "disentanglement_score"):
+        assert 0.0 <= ra.metrics[k] <= 1.0
+
+
 # -- export ------------------------------------------------------------------------------------
 
 

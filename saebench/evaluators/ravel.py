@@ -156,21 +156,27 @@ def make_task(pipe: ActivationPipeline, cfg: RavelConfig, seed: int) -> Task:
     """Prompts, the knowledge filter, prompt states and pairs (module doc)."""
     from dataclasses import replace
 
-    from saebench.pipeline.interventions import greedy, prompt_states
+    from saebench.pipeline.interventions import greedy
     from saebench.probes.ravel import completion_correct, completion_decided, sample_pairs
 
     check_hook(pipe.hook)
     t0 = time.perf_counter()
     model = pipe.model
     cands = build_prompts(model, cfg)
+    first: list[torch.Tensor | None] = [None] * len(cands)
     gen, verdict = greedy(
-        pipe, [p.tokens for p in cands], cfg.n_generated_tokens, lambda r, s: completion_decided(cands[r].label, s)
+        pipe,
+        [p.tokens for p in cands],
+        cfg.n_generated_tokens,
+        lambda r, s: completion_decided(cands[r].label, s),
+        first_states=first,
     )
-    answered = []
-    for p, g, v in zip(cands, gen, verdict, strict=True):
+    answered, state_of = [], {}
+    for p, g, v, st in zip(cands, gen, verdict, first, strict=True):
         text = model.tokenizer.decode(g)
         ok = v if v is not None else completion_correct(p.label, text)
         answered.append(replace(p, completion=text, first_token=int(g[0]), correct=bool(ok)))
+        state_of[p.text] = st
     n_cands = len({p.entity for p in cands})
     right: dict[str, int] = {}
     for p in answered:
@@ -199,7 +205,9 @@ def make_task(pipe: ActivationPipeline, cfg: RavelConfig, seed: int) -> Task:
         )
     t_filter = time.perf_counter() - t0
     t0 = time.perf_counter()
-    states, acts = prompt_states(pipe, [p.tokens for p in prompts], [p.position for p in prompts])
+    states = [state_of[p.text] for p in prompts]  # the filter's first pass: no further prefix pass
+    acts = torch.stack([s[p.position] for s, p in zip(states, prompts, strict=True)])
+    del state_of, first
     rng = random.Random(f"ravel:{seed}")
     splits = [
         sample_pairs(rng, prompts, a, cfg.attributes, cfg.num_pairs_per_attribute, cfg.train_test_split)
@@ -216,7 +224,7 @@ def make_task(pipe: ActivationPipeline, cfg: RavelConfig, seed: int) -> Task:
         acts,
         splits,
         filt,
-        {"ravel_filter_s": t_filter, "ravel_prompt_states_s": time.perf_counter() - t0},
+        {"ravel_filter_s": t_filter, "ravel_pairs_s": time.perf_counter() - t0},
     )
 
 
@@ -293,11 +301,12 @@ def scored_val(val: list[Any], cfg: RavelConfig) -> list[Any]:
     return val[:n] if n else list(val)
 
 
-def pair_id(task: Task, p: Any) -> str:
-    """Content id of a validation pair (the same for every SAE at the hook and seed)."""
+def pair_id(task: Task, cause_attribute: str, index: int, p: Any) -> str:
+    """Content id of validation pair ``index`` of a cause attribute's split (the same for every SAE at
+    the hook and seed; the index keeps a pair drawn twice, or into two splits, two units)."""
     b, s = task.prompts[p.base], task.prompts[p.source]
-    h = hashlib.sha256(f"{p.attribute}|{p.kind}|{b.text}|{s.text}".encode()).hexdigest()[:16]
-    return f"{p.attribute}@{h}"
+    h = hashlib.sha256(f"{cause_attribute}|{index}|{p.kind}|{b.text}|{s.text}".encode()).hexdigest()[:16]
+    return f"{cause_attribute}@{h}"
 
 
 def score_sae(pipe: ActivationPipeline, task: Task, sae: Any, cfg: RavelConfig) -> dict[str, Any]:
@@ -314,9 +323,9 @@ def score_sae(pipe: ActivationPipeline, task: Task, sae: Any, cfg: RavelConfig) 
         val = scored_val(split.val, cfg)
         ok = score_pairs(pipe, task, sae, mask, val, cfg)
         t_score += time.perf_counter() - t0
-        for p, o in zip(val, ok, strict=True):
+        for i, (p, o) in enumerate(zip(val, ok, strict=True)):
             scored.append((split.attribute, p.counted_as, o))
-            ids.append(pair_id(task, p))
+            ids.append(pair_id(task, split.attribute, i, p))
             clusters.append(task.prompts[p.base].entity)
         selected = torch.nonzero(mask > 0).flatten().tolist()
         rows.append({

@@ -5,13 +5,12 @@ reads its greedy answer, either as it is or with the residual stream at one posi
 entity's last token) overwritten by another vector (an SAE reconstruction mixing two prompts'
 latents). Three passes, all on right-padded batches (exact for causal models):
 
-- :func:`prompt_states` — each row's prefix state ``[len, d]`` up to the hook and its hook
-  activation at the chosen position; SAE-independent, computed once per pipeline (memoised);
 - :func:`greedy` — greedy continuation of each row for up to ``n_new`` tokens, with an optional
   replacement vector per row written at its position on every step (the whole row is rerun
   each step: causal, so the replaced position sees the same prefix; this equals generating
   with a KV cache filled by the intervened first pass). A row stops as soon as ``decided``
-  returns a verdict for its text so far;
+  returns a verdict for its text so far. The first step's prefix states (each row's ``[len, d]``
+  up to the hook: SAE-independent) can be kept, so the prompts need no further prefix pass;
 - :func:`patched_logits` — last-token logits of a batch of rows from their stored states with
   the replacement at each row's position, differentiable in the replacement (mask training).
 
@@ -42,29 +41,6 @@ def _budget(pipe: ActivationPipeline, rows: Sequence[Sequence[int]]) -> int:
 
 
 @torch.no_grad()
-def prompt_states(
-    pipe: ActivationPipeline, rows: Sequence[Sequence[int]], positions: Sequence[int]
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Prefix states ``[len_r, d]`` (float32, CPU) of every row, and ``[R, d]`` hook activations at
-    ``positions`` (non-negative, inside each row)."""
-    _check_resid(pipe)
-    t0 = time.perf_counter()
-    states: list[torch.Tensor | None] = [None] * len(rows)
-    for take, batch, lengths in padded_batches([list(r) for r in rows], pipe.model.bos_id, _budget(pipe, rows)):
-        st = pipe.model.prefix(batch, pipe.site).float().cpu()
-        for j, r in enumerate(take):
-            states[r] = st[j, : int(lengths[j])].clone()
-        pipe.counters.position_forward_batches += 1
-        pipe.counters.position_rows += len(take)
-    out = [s for s in states if s is not None]
-    if len(out) != len(rows):
-        raise SaebenchError("prompt_states got an empty token row; build at least one token per prompt")
-    acts = torch.stack([s[p] for s, p in zip(out, positions, strict=True)]) if out else torch.zeros(0)
-    pipe.add_time("ravel_states_s", t0)
-    return out, acts
-
-
-@torch.no_grad()
 def greedy(
     pipe: ActivationPipeline,
     rows: Sequence[Sequence[int]],
@@ -72,24 +48,31 @@ def greedy(
     decided: Callable[[int, str], bool | None],
     positions: Sequence[int] | None = None,
     replacements: torch.Tensor | None = None,
+    first_states: list[torch.Tensor | None] | None = None,
 ) -> tuple[list[list[int]], list[bool | None]]:
     """Greedy continuations of ``rows`` (up to ``n_new`` tokens each), the residual at
     ``positions[r]`` replaced by ``replacements[r]`` on every step when given. ``decided(r, text)``
     is asked after each token with the decoded continuation; a row stops at its first verdict.
-    Returns the generated ids per row and each row's verdict (None: undecided after ``n_new``)."""
+    Returns the generated ids per row and each row's verdict (None: undecided after ``n_new``).
+    ``first_states`` (a list of ``len(rows)`` Nones) receives each row's prefix state ``[len, d]``
+    (float32, CPU) from the first step."""
     _check_resid(pipe)
     model = pipe.model
     gen: list[list[int]] = [[] for _ in rows]
     verdict: list[bool | None] = [None] * len(rows)
     live = list(range(len(rows)))
     budget = _budget(pipe, rows) + n_new * 8
-    for _ in range(n_new):
+    t0 = time.perf_counter()
+    for step in range(n_new):
         if not live:
             break
         cur = [list(rows[r]) + gen[r] for r in live]
         for take, batch, lengths in padded_batches(cur, model.bos_id, budget):
             state = model.prefix(batch, pipe.site)
             idx = [live[j] for j in take]
+            if step == 0 and first_states is not None:
+                for j, r in enumerate(idx):
+                    first_states[r] = state[j, : int(lengths[j])].float().cpu().clone()
             if replacements is not None and positions is not None:
                 pos = torch.tensor([positions[r] for r in idx])
                 logits = model.last_logits(state, pipe.site, lengths, pos, replacements[idx])
@@ -106,6 +89,7 @@ def greedy(
             if verdict[r] is None:
                 still.append(r)
         live = still
+    pipe.add_time("ravel_greedy_s", t0)
     return gen, verdict
 
 
