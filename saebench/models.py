@@ -265,6 +265,32 @@ class SubjectModel:
         gain = getattr(getattr(self.model, "ln_final", None), "w", None)
         return d @ (w_u * gain.detach().float().cpu()[:, None] if gain is not None else w_u)
 
+    def last_logits(
+        self,
+        state: torch.Tensor,
+        site: HookSite,
+        lengths: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, V]`` (float32) at each row's last real token (``lengths``: right-padded rows)
+        from prefix states ``[B, T, d]``, the residual at ``positions[b]`` replaced by ``vectors[b]``
+        when given (residual hooks only: an interchange intervention). Not under ``no_grad``: the
+        logits are differentiable in ``vectors`` (RAVEL trains a latent mask through them)."""
+        idx = torch.arange(state.shape[0], device=state.device)
+        if vectors is not None:
+            if not site.is_resid or positions is None:
+                raise SaebenchError(f"last_logits replaces residual positions only; {site.name} is not a residual hook")
+            state = state.index_put(
+                (idx, positions.to(state.device)), vectors.to(device=state.device, dtype=state.dtype)
+            )
+        resid = self.model(state, start_at_layer=site.start, stop_at_layer=self.n_layers)
+        last = resid[idx, lengths.to(state.device) - 1]
+        normed = self.model.ln_final(last) if self.model.cfg.normalization_type is not None else last
+        logits = self.model.unembed(normed).float()
+        cap = self._soft_cap()
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
     def _soft_cap(self) -> float:
         return float(getattr(self.model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
 

@@ -402,6 +402,8 @@ def plan_run(sae: Any, spec: RunSpec, release_weights: bool = False) -> RunPlan:
         if not isinstance(spec.model, SubjectModel):
             check_hook_width(m_name, h, int(ls.sae.d_in), ls.name)
         for ev in evaluators:
+            if hasattr(ev, "check_hook"):  # optional: refuse a hook the evaluator cannot use, before the model loads
+                ev.check_hook(h, ls.name)
             run_cfg = {
                 "model": m_name,
                 "hook": h,

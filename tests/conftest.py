@@ -63,6 +63,10 @@ SLOW_TESTS = {
     "test_matryoshka.py::test_probing_absorption_and_autointerp_run_on_a_matryoshka_sae",
     "test_planning.py::test_a_sae_lens_object_evaluates_end_to_end",
     "test_ray.py::test_an_error_in_a_worker_is_one_line",
+    "test_ravel.py::test_identity_sae_known_answers",  # knowledge filter + greedy answers of ~100 pairs (~100 s)
+    "test_ravel.py::test_mdbm_moves_the_answer_on_a_planted_sae",
+    "test_ravel.py::test_two_saes_share_the_filter_and_pair_exactly",
+    "test_ravel.py::test_matches_saebench_ravel_code",  # SAEBench's RAVEL on the transformers model (~3 min)
     "test_runner.py::test_plugin_evaluator_from_a_file_runs_end_to_end",
     "test_runner.py::test_shared_inputs_run_once_and_metrics_equal_separate_runs",
     "test_sae_probes.py::test_cross_validation_is_sae_probes_find_best_reg",

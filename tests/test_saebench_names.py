@@ -68,6 +68,11 @@ def test_every_saebench_named_metric_comes_from_a_saebench_path():
             proven[(ev, name)] = "equals SAEBench's calculate_max_cosine_sim (below)"
         elif ev == "meta_structure":
             proven[(ev, name)] = "equals SAEBench's meta_structure run_eval_single_sae (test_crosscheck_meta_mdl.py)"
+        elif ev == "ravel":
+            proven[(ev, name)] = (
+                "SAEBench's RAVEL procedure (on our city data): equals its generate_batched, train_mdbm and "
+                "generate_batched_interventions on the same prompts and pairs (test_ravel.py)"
+            )
     unproven = sorted(set(emitted) - set(proven))
     assert not unproven, f"SAEBench-named metrics without a SAEBench path: {unproven}"
     assert {n for (ev, n) in emitted if ev == "core"} <= set(CORE_EQUAL) | set(CORE_DIFFERENT)

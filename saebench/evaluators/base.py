@@ -12,8 +12,10 @@ An evaluator is a small object (a class instance; built-ins and plugins alike) w
 - ``run(ctx, cfg) -> EvalOutput``.
 
 Optional: ``preflight(cfg)`` refuses bad settings before the model is loaded (e.g. an
-unreachable LLM endpoint); ``prepare(pipeline, cfg)`` computes SAE-independent inputs of this
-evaluator once per hook (e.g. probing-task activations), timed as shared work.
+unreachable LLM endpoint); ``check_hook(hook, sae_name)`` refuses a hook the evaluator cannot use,
+also before the model is loaded (RAVEL patches residual hooks only); ``prepare(pipeline, cfg)``
+computes SAE-independent inputs of this evaluator once per hook (e.g. probing-task activations),
+timed as shared work.
 """
 
 from __future__ import annotations
