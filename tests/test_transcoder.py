@@ -178,3 +178,71 @@ def test_the_pipeline_refuses_a_bad_output_width_on_a_model_built_in_code(model,
         no_hook = Constant(torch.zeros(576))
         no_hook.d_out = 1536
         pipe.check_sae(no_hook, "nohook")
+
+
+def _board_result(name: str, hook: str, hook_out: str | None, fvu: float):
+    from saebench.results import Result, SAERecord
+
+    config = {"model": "m1", "hook": hook, "profile": "quick", "tokens": 8192, "ctx_len": 128, "seed": 0, "corpus": "c"}
+    if hook_out is not None:
+        config["hook_out"] = hook_out
+    return Result(
+        evaluator="core",
+        run_key="k",
+        sae=SAERecord(name=name, source="x", architecture="topk", d_in=4, d_sae=64, fingerprint=name),
+        config=config,
+        metrics={"l0": 32.0, "fvu": fvu, "delta_ce": 0.1},
+        details={"density_histogram": {"counts": [1]}},
+    )
+
+
+BOARD = [
+    _board_result("sae-mid", IN_HOOK, None, 0.10),
+    _board_result("tc-a", IN_HOOK, OUT_HOOK, 0.30),
+    _board_result("tc-b", IN_HOOK, OUT_HOOK, 0.20),
+    _board_result("tc-other", f"blocks.{LAYER}.hook_resid_mid", OUT_HOOK, 0.25),
+    _board_result("sae-post", "blocks.9.hook_resid_post", None, 0.05),
+]
+
+
+def test_the_board_ranks_transcoders_in_their_own_sections_after_the_saes(tmp_path):
+    from saebench.leaderboard import render, write_leaderboard
+    from saebench.results import result_path, write_result
+
+    text = render(BOARD)
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads == [
+        f"## m1 · `{IN_HOOK}`",
+        "## m1 · `blocks.9.hook_resid_post`",
+        f"## Transcoders · m1 · `blocks.{LAYER}.hook_resid_mid` → `{OUT_HOOK}`",
+        f"## Transcoders · m1 · `{IN_HOOK}` → `{OUT_HOOK}`",
+    ]
+    sections = {h: text.split(h)[1].split("\n## ")[0] for h in heads}
+    sae_section, tc_section = sections[heads[0]], sections[heads[3]]
+    # the SAE at the transcoders' input hook shares no table with them, and they with it
+    assert "sae-mid" in sae_section and "tc-" not in sae_section
+    assert "tc-a" in tc_section and "tc-b" in tc_section and "sae-mid" not in tc_section
+    assert "tc-other" not in tc_section  # another input hook: another ranking
+    assert "0.2 ★" in tc_section.replace("**", "")  # the best transcoder is marked among transcoders only
+    # written to files (plots off), and the web site's sections follow the same order
+    for r in BOARD:
+        write_result(r, result_path(tmp_path / "res", r.sae.name, r.evaluator))
+    out = write_leaderboard([tmp_path / "res"], tmp_path / "LEADERBOARD.md", plots=False)
+    assert out.read_text() == text
+    from saebench.web.model import Site, load
+
+    loaded, left = load([tmp_path / "res"])
+    site = Site(loaded, left, "t")
+    assert [k[1] for k in site.keys] == [
+        IN_HOOK,
+        "blocks.9.hook_resid_post",
+        f"blocks.{LAYER}.hook_resid_mid → {OUT_HOOK}",
+        f"{IN_HOOK} → {OUT_HOOK}",
+    ]
+
+
+def test_compare_refuses_a_transcoder_against_an_sae_at_its_input_hook():
+    from saebench.compare import config_differences
+
+    assert config_differences(BOARD[0], BOARD[1]) == [f"hook_out (None vs {OUT_HOOK!r})"]
+    assert config_differences(BOARD[1], BOARD[2]) == []
