@@ -277,3 +277,42 @@ def test_the_trainer_fits_a_transcoder_and_it_round_trips(tmp_path):
         assert torch.equal(reconstruct(back, x[:64]), reconstruct(tc, x[:64]))
     with pytest.raises(SaebenchError, match="hook_out"):
         train_sae(x, "topk", 64, k=8, hook=IN_HOOK, model_name="m", targets=y, epochs=1, progress=False)
+
+
+def _random_transcoder(tmp_path):
+    """A random native TopK transcoder ln2.hook_normalized -> hook_mlp_out (k=8 of 64 latents)."""
+    cfg = SAEConfig(architecture="topk", d_in=576, d_sae=64, k=8, d_out=576, hook_name=IN_HOOK,
+                    hook_name_out=OUT_HOOK, apply_b_dec_to_input=False, model_name="smollm2-135m")  # fmt: skip
+    sae = NativeSAE(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return save_native(sae, tmp_path / "tc")
+
+
+def test_probing_absorption_autointerp_and_ablation_run_on_a_transcoder(model, tmp_path, cache_env):
+    """Latents are read from the input hook by every evaluator; absorption scores the task at the
+    output hook (probe, projections, decoder rows) with the latents of the input at the same words;
+    the ablation evaluator splices and ablates at the output hook."""
+    folder = _random_transcoder(tmp_path)
+    cfg = {
+        "probing": {"tasks": ["haystack_high-school", "agnews_sports"], "max_train": 24, "max_test": 24,
+                    "max_tokens": 24},
+        "absorption": {"n_words": 200, "icl_examples": 2, "min_probe_f1": 0.0, "min_letters": 1, "max_k": 2,
+                       "min_true_positives": 1},
+        "autointerp": {"n_latents": 2, "n_top_explain": 2, "n_sampled_explain": 1, "n_top_score": 1,
+                       "n_sampled_score": 1, "n_random_score": 2, "n_random_simulation": 1, "n_random_fuzz": 1,
+                       "window": 2},
+        "ablation": {"n_pairs": 4, "window": 4},
+    }  # fmt: skip
+    run = evaluate(str(folder), model=model, evals=["probing", "absorption", "autointerp", "ablation"],
+                   eval_config=cfg, progress=False, tokens=1024, ctx_len=32, batch_size=8)  # fmt: skip
+    m = run.metrics
+    assert m["probing"]["n_tasks_scored"] == 2 and m["probing"]["heldout_probe_loss"] is not None
+    assert m["absorption"]["n_letters_scored"] >= 1 and m["absorption"]["absorption_rate"] is not None
+    ai = m["autointerp"]
+    assert ai["n_latents_run"] >= 1 and ai["n_failed"] == 0 and ai["fuzzing_auroc"] is not None, ai
+    assert m["ablation"]["ablation_sparsity_active"] is not None, m["ablation"]
+    absorption = run.results["tc"]["absorption"]
+    assert any(OUT_HOOK in n for n in absorption.notes) and absorption.config["hook_out"] == OUT_HOOK
