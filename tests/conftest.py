@@ -56,6 +56,7 @@ SLOW_TESTS = {
     "test_matryoshka.py::test_prefix_sweep_equals_core_and_hand_truncated_saes",
     "test_matryoshka.py::test_probing_absorption_and_autointerp_run_on_a_matryoshka_sae",
     "test_transcoder.py::test_probing_absorption_autointerp_and_ablation_run_on_a_transcoder",
+    "test_transcoder.py::test_ksweep_views_of_a_skip_transcoder_write_its_output_hook",
     "test_planning.py::test_a_sae_lens_object_evaluates_end_to_end",
     "test_ray.py::test_an_error_in_a_worker_is_one_line",
     "test_runner.py::test_plugin_evaluator_from_a_file_runs_end_to_end",

@@ -316,3 +316,24 @@ def test_probing_absorption_autointerp_and_ablation_run_on_a_transcoder(model, t
     assert m["ablation"]["ablation_sparsity_active"] is not None, m["ablation"]
     absorption = run.results["tc"]["absorption"]
     assert any(OUT_HOOK in n for n in absorption.notes) and absorption.config["hook_out"] == OUT_HOOK
+
+
+def test_ksweep_views_of_a_skip_transcoder_write_its_output_hook(model, tmp_path, cache_env):
+    """ksweep's TopK view at the trained k is the transcoder itself (skip term included): its FVU and
+    ΔCE equal core's (a view that lost the output hook would compare with the input instead)."""
+    cfg = SAEConfig(architecture="topk", d_in=576, d_sae=64, k=8, d_out=576, hook_name=IN_HOOK, skip_connection=True,
+                    hook_name_out=OUT_HOOK, apply_b_dec_to_input=False, model_name="smollm2-135m")  # fmt: skip
+    sae = NativeSAE(cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    folder = save_native(sae, tmp_path / "skiptc")
+    run = evaluate(str(folder), model=model, evals=["core", "ksweep"], eval_config={"ksweep": {"ks": [8]}},
+                   progress=False, **SMALL)  # fmt: skip
+    core, sweep = run.metrics["core"], run.results["skiptc"]["ksweep"].details["sweep"]
+    at = sweep["k"].index(8)
+    assert sweep["fvu"][at] == pytest.approx(core["fvu"], rel=1e-9)
+    assert sweep["delta_ce"][at] == pytest.approx(core["delta_ce"], rel=1e-6, abs=1e-9)
+    assert sweep["l0"][at] == pytest.approx(core["l0"]) and core["l0"] == pytest.approx(8.0)
+    assert run.results["skiptc"]["ksweep"].config["hook_out"] == OUT_HOOK
