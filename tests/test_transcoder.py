@@ -89,6 +89,7 @@ def test_zero_and_mean_transcoders_equal_the_output_hooks_ablations(model, token
     # the baselines are the output hook's: an SAE at hook_mlp_out sees the same ablated CEs
     sae = evaluate(Constant(torch.zeros(576)), model=model, hook=OUT_HOOK, eval_config=VARIANTS, **SMALL)
     s = sae.metrics["core"]
+    assert "hook_out" not in sae.results[next(iter(sae.results))]["core"].config  # an SAE's config is unchanged
     for key in ("ce_loss_with_ablation", "ce_loss_with_ablation_bos_clean", "ce_loss_with_mean_ablation",
                 "kl_div_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae"):  # fmt: skip
         assert zero[key] == pytest.approx(s[key], rel=1e-6, abs=1e-7), key
