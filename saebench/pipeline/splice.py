@@ -35,6 +35,12 @@ suffix once per token set (cold: plus one p @ W_U^T product, about a quarter of 
 SmolLM2); per batch one spliced suffix per SAE, from block L, with one chunked logsumexp over the
 vocabulary (docs/performance.md).
 
+Transcoders (docs/transcoders.md) write another hook than they read: their loop reads the input and
+the output hook in one pass over the input's block, compares the prediction with the output, splices
+it into the output hook, and ablates the output hook for the baselines (cached per output hook as
+``<ablation>@<hook>``; an SAE's entries keep their names). SAEs and transcoders at one input hook
+share the prefix states and the clean side; each output hook is its own loop over the batches.
+
 Everything is accumulated per context in float64 (:class:`SpliceStats`), so the core metrics
 and their intervals over contexts (grouped by source document) follow from the same sums, and no
 number depends on the batch size.
