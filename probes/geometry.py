@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from saebench.errors import SaebenchError
+from saebench.sae import output_width
 
 BLOCK_ELEMENTS = 1 << 24  # 16M floats (64 MB float32) per similarity block
 
@@ -42,11 +43,11 @@ def _one_hot(rows: torch.Tensor, d_sae: int, device: torch.device) -> torch.Tens
 
 @torch.no_grad()
 def decoder_directions(sae: Any, chunk: int = 1024) -> tuple[torch.Tensor, str]:
-    """``[d_sae, d_in]`` float32 decoder rows in model units and how they were obtained: ``"decode"``
-    (one-hot decodes), ``"W_dec"`` scaled (a ``W_dec`` attribute that 16 spread one-hot decodes
-    confirm up to one common factor: the shortcut that keeps wide SAEs cheap) or ``"W_dec
+    """``[d_sae, d_in]`` (``d_out`` for a transcoder) float32 decoder rows in model units and how they
+    were obtained: ``"decode"`` (one-hot decodes), ``"W_dec"`` scaled (a ``W_dec`` attribute that 16
+    spread one-hot decodes confirm up to one common factor: the shortcut that keeps wide SAEs cheap) or ``"W_dec
     (normalised units)"`` (the fallback of the module doc)."""
-    d_sae, d_in = int(sae.d_sae), int(sae.d_in)
+    d_sae, d_in = int(sae.d_sae), output_width(sae)  # a transcoder's rows live at its output hook (d_out)
     dev = _device(sae)
     W = getattr(sae, "W_dec", None)
     if W is not None:

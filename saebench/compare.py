@@ -51,7 +51,7 @@ from saebench.evaluators import Metric, metric_table
 from saebench.results import Result, is_baseline, read_results
 
 #: config keys whose difference makes two results measure different things
-INCOMPARABLE_KEYS = ("model", "hook", "n_tokens", "ctx_len", "corpus", "split", "dtype", "evaluator_config")
+INCOMPARABLE_KEYS = ("model", "hook", "hook_out", "n_tokens", "ctx_len", "corpus", "split", "dtype", "evaluator_config")
 FLOAT_NOISE = 1e-9  # relative: below this a difference is rounding, whatever the metric
 FAILING = ("WORSE", "missing", "undefined")
 

@@ -11,8 +11,9 @@ other evaluator.
 Rows are sorted by SAE name and numbers are formatted with fixed precision, so the same results
 always give the same bytes (the PNGs too, with one matplotlib version: no timestamps or software
 tag are written). Results from different models, hooks or run configs (profile, tokens, context,
-seed, corpus) are grouped, never merged. Corrupt or foreign JSON files are skipped with a warning
-naming them.
+seed, corpus) are grouped, never merged; transcoders are grouped by input and output hook, in
+their own sections after the SAEs (a different reconstruction target is a different ranking).
+Corrupt or foreign JSON files are skipped with a warning naming them.
 """
 
 from __future__ import annotations
@@ -59,12 +60,34 @@ def _config_label(r: Result) -> str:
     )
 
 
+#: between a transcoder's input and output hook in its group's hook label
+TRANSCODER_ARROW = " → "
+
+
+def hook_label(r: Result) -> str:
+    """The hook a result is ranked at: its hook, or ``input → output`` for a transcoder (config
+    ``hook_out``): a different reconstruction target is a different ranking, never one table."""
+    hook, out = str(r.config.get("hook")), r.config.get("hook_out")
+    return f"{hook}{TRANSCODER_ARROW}{out}" if out else hook
+
+
+def is_transcoder_group(key: Group) -> bool:
+    """Whether a group holds transcoders (its hook label names an output hook)."""
+    return TRANSCODER_ARROW in key[1]
+
+
+def group_order(keys: Any) -> list[Group]:
+    """Groups in board order: SAEs by (model, hook, config), then the transcoders' section."""
+    return sorted(keys, key=lambda k: (is_transcoder_group(k), k))
+
+
 def group_results(results: list[Result]) -> dict[Group, Rows]:
-    """``{(model, hook, config label): {sae name: row}}``; a row holds the SAE's architecture,
-    width and its result per evaluator."""
+    """``{(model, hook label, config label): {sae name: row}}`` (:func:`hook_label`: transcoders are
+    grouped by input and output hook); a row holds the SAE's architecture, width and its result per
+    evaluator."""
     groups: dict[Group, Rows] = {}
     for r in results:
-        key = (str(r.config.get("model")), str(r.config.get("hook")), _config_label(r))
+        key = (str(r.config.get("model")), hook_label(r), _config_label(r))
         row = groups.setdefault(key, {}).setdefault(
             r.sae.name, {"architecture": r.sae.architecture, "d_sae": r.sae.d_sae, "results": {}}
         )
@@ -371,13 +394,26 @@ def render(results: list[Result], title: str = "saebench leaderboard",
     if configs:
         lines += ["Run configs (the numbers below were produced with):", ""]
         lines += [f"- {c}" for c in configs] + [""]
-    for key in sorted(groups):
+    for key in group_order(groups):
         model, hook, cfg = key
         rows = groups[key]
         evs = evaluator_order({e for row in rows.values() for e in row["results"]})
         decl = metric_table(evs, results)
         heads = headline_columns(rows, evs, decl)
-        lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
+        if is_transcoder_group(key):
+            hook_in, hook_out = hook.split(TRANSCODER_ARROW)
+            lines += [
+                f"## Transcoders · {model} · `{hook_in}` → `{hook_out}`",
+                "",
+                f"Read `{hook_in}`, predict `{hook_out}`: reconstruction metrics are on `{hook_out}`, the spliced CE "
+                f"and KL and the ablation baselines replace `{hook_out}`, latents are read from `{hook_in}` "
+                "(docs/transcoders.md). Ranked among transcoders only: their target is not an SAE's.",
+                "",
+                f"Config: {cfg}",
+                "",
+            ]
+        else:
+            lines += [f"## {model} · `{hook}`", "", f"Config: {cfg}", ""]
         for name, what in sorted(mixed_rows(rows).items()):
             lines += [f"⚠ **{name}** holds results of different SAEs ({what}): rerun them under distinct names.", ""]
         all_cols = [(ev, m) for ev in evs for m in heads[ev]]

@@ -189,6 +189,29 @@ class SubjectModel:
         act = captured[0]
         return act.flatten(2) if act.ndim > 3 else act
 
+    @torch.no_grad()
+    def hook_acts_pair(self, state: torch.Tensor, site: HookSite, hook_out: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A transcoder's input (``site``'s hook) and output activations from the prefix state: ``hook_out``
+        fires downstream of the input (:func:`saebench.transcoder.check_downstream`), so one pass over
+        blocks ``site.start`` .. ``hook_out``'s block captures both; per-head activations flattened as in
+        :meth:`hook_acts`."""
+        names = [hook_out] if site.is_resid else [site.name, hook_out]
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(act: torch.Tensor, hook: Any) -> None:
+            captured[hook.name] = act
+
+        last = int(hook_out.split(".")[1])  # the block hook_out fires in (blocks.L.*)
+        x = state
+        with self.model.hooks(fwd_hooks=[(n, capture) for n in names]):
+            for block in self.model.blocks[site.start : last + 1]:
+                x = block(x)
+        missing = [n for n in names if n not in captured]
+        if missing:
+            raise SaebenchError(f"hook {missing[0]!r} did not fire in blocks {site.start}..{last}")
+        flat = {n: (a.flatten(2) if a.ndim > 3 else a) for n, a in captured.items()}
+        return (state if site.is_resid else flat[site.name]), flat[hook_out]
+
     def _run_from(
         self, state: torch.Tensor, site: HookSite, replacement: torch.Tensor | None, stop_at_layer: int | None
     ) -> torch.Tensor:

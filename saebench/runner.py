@@ -55,6 +55,7 @@ from saebench.results import (
 )
 from saebench.spec import RunSpec
 from saebench.synthetic import synthetic_record
+from saebench.transcoder import check_embedded, target_hook
 
 
 @dataclass
@@ -401,12 +402,17 @@ def plan_run(sae: Any, spec: RunSpec, release_weights: bool = False) -> RunPlan:
             ls.notes.append(f"SAE was trained on {ls.model_name!r}, evaluated on {m_name!r}")
         if not isinstance(spec.model, SubjectModel):
             check_hook_width(m_name, h, int(ls.sae.d_in), ls.name)
+            check_embedded(m_name, h, ls.sae, ls.name)
+        # a transcoder's output hook (docs/transcoders.md): in its results' config, so the board ranks it
+        # apart from SAEs; absent for an SAE, whose config (and run key) stay what they were
+        h_out = target_hook(ls.sae, h)
         for ev in evaluators:
             if hasattr(ev, "check_hook"):  # optional: refuse a hook the evaluator cannot use, before the model loads
                 ev.check_hook(h, ls.name)
             run_cfg = {
                 "model": m_name,
                 "hook": h,
+                **({"hook_out": h_out} if h_out != h else {}),
                 "profile": spec.profile,
                 **sizes,
                 "seed": spec.seed,

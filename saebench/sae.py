@@ -303,6 +303,15 @@ def reconstruct(sae: Any, x: torch.Tensor, z: torch.Tensor | None = None) -> tor
     return out
 
 
+def copy_transcoder_members(src: Any, view: Any) -> None:
+    """Give ``view`` (a wrapper of ``src``: a prefix, a TopK at another k) ``src``'s hooks, output width
+    and skip term, so the view writes where ``src`` writes (an SAE's view stays an SAE)."""
+    for name in ("hook_name", "hook_name_out", "d_out", "W_skip"):
+        value = getattr(src, name, None)
+        if value is not None:
+            setattr(view, name, value)
+
+
 def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest pre-activations per row (after ReLU), zero the rest."""
     vals, idx = pre.topk(k, dim=-1)

@@ -78,6 +78,32 @@ def collect_train_acts(
     return torch.cat(chunks).float()
 
 
+def collect_transcoder_acts(
+    model: SubjectModel,
+    hook: str,
+    hook_out: str,
+    n_tokens: int,
+    ctx_len: int,
+    seed: int,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transcoder's training pairs: input ``[n, d_in]`` at ``hook`` and target ``[n, d_out]`` at
+    ``hook_out`` (downstream of it) at the same positions (BOS dropped), from the train split."""
+    from saebench.transcoder import check_downstream
+
+    check_downstream(hook, hook_out, model.n_layers, "being trained")
+    tokens = build_token_set(model.tokenize, model.bos_id, n_tokens, ctx_len, seed, split="train")
+    pipe = ActivationPipeline(model, tokens, hook, batch_size, progress=progress)
+    states = pipe.states()
+    xs, ys = [], []
+    for s in range(0, states.shape[0], batch_size):
+        x, y = model.hook_acts_pair(states[s : s + batch_size].to(model.device), pipe.site, hook_out)
+        xs.append(x[:, 1:].reshape(-1, x.shape[-1]).cpu())
+        ys.append(y[:, 1:].reshape(-1, y.shape[-1]).cpu())
+    return torch.cat(xs).float(), torch.cat(ys).float()
+
+
 class _JumpReLU(torch.autograd.Function):
     """pre·H(pre - θ); dθ uses the rectangle-kernel pseudo-derivative -(θ/ε)K((pre-θ)/ε)."""
 
@@ -111,16 +137,22 @@ class _Step(torch.autograd.Function):
         return None, (-(1.0 / ctx.eps) * window * grad).reshape(-1, theta.shape[-1]).sum(0), None
 
 
-def _init(cfg: SAEConfig, x_all: torch.Tensor, gen: torch.Generator, eps: float, relu_norm: float) -> NativeSAE:
+def _init(cfg: SAEConfig, y_all: torch.Tensor, gen: torch.Generator, eps: float, relu_norm: float) -> NativeSAE:
+    """Random unit-norm decoder rows, ``W_enc = W_decᵀ`` (a transcoder of another output width: its
+    own random unit-norm encoder columns), ``b_dec`` = the mean of what is reconstructed (``y_all``)."""
     sae = NativeSAE(cfg)
     with torch.no_grad():
-        w = torch.randn(cfg.d_sae, cfg.d_in, generator=gen)
+        w = torch.randn(cfg.d_sae, cfg.d_out or cfg.d_in, generator=gen)
         w /= w.norm(dim=1, keepdim=True)
         if cfg.architecture == "relu":
             w *= relu_norm
         sae.W_dec.copy_(w)
-        sae.W_enc.copy_(w.T)
-        sae.b_dec.copy_(x_all.mean(0))
+        if w.shape[1] == cfg.d_in:
+            sae.W_enc.copy_(w.T)
+        else:
+            e = torch.randn(cfg.d_in, cfg.d_sae, generator=gen)
+            sae.W_enc.copy_(e / e.norm(dim=0, keepdim=True))
+        sae.b_dec.copy_(y_all.mean(0))
         if cfg.architecture == "jumprelu":
             sae.threshold.fill_(eps)
         if cfg.architecture == "batchtopk":
@@ -134,7 +166,7 @@ def _theta_at_rate(sae: NativeSAE, x_all: torch.Tensor, rate: float, gen: torch.
     short schedule spends its steps on reconstruction, not on walking thresholds up from ε."""
     with torch.no_grad():
         x = x_all[torch.randperm(x_all.shape[0], generator=gen)[:8192]]
-        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        pre = (x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x) @ sae.W_enc + sae.b_enc
         kth = max(1, min(pre.shape[0], round((1 - rate) * pre.shape[0])))
         sae.threshold.copy_(pre.kthvalue(kth, dim=0).values.clamp_min(floor))
 
@@ -190,6 +222,8 @@ def train_sae(
     recipe: PenaltyRecipe | None = None,
     lr: float | None = None,
     matryoshka_widths: list[int] | None = None,
+    targets: torch.Tensor | None = None,
+    hook_out: str | None = None,
 ) -> tuple[NativeSAE, dict[str, Any]]:
     """Train one SAE of ``architecture`` on ``acts`` (model units); ``k`` is TopK's k or the target L0.
 
@@ -198,8 +232,18 @@ def train_sae(
     learning rate (default Gao et al.'s scaling, times ``recipe.lr_scale`` for the penalised
     architectures; the synthetic zoo's small problems take a larger one). ``matryoshka_widths``
     (BatchTopK only) trains a Matryoshka BatchTopK SAE on those nested prefixes (d_sae is added as
-    the last prefix when missing)."""
+    the last prefix when missing).
+
+    ``targets`` (with ``hook_out``) trains a transcoder: latents from ``acts`` (the input hook, not
+    centred), reconstruction of ``targets`` ``[n, d_out]`` (the output hook at the same positions,
+    :func:`collect_transcoder_acts`), both scaled by the input's ``act_scale`` so the transcoder is
+    used in model units; every other setting as for an SAE (docs/transcoders.md)."""
     prefixes: list[int] | None = None
+    if targets is not None and (hook_out is None or targets.shape[0] != acts.shape[0]):
+        raise SaebenchError(
+            f"a transcoder needs hook_out and one target row per input row; got hook_out={hook_out!r}, "
+            f"{targets.shape[0]} targets for {acts.shape[0]} inputs"
+        )
     if matryoshka_widths is not None:
         if architecture != "batchtopk":
             raise SaebenchError(
@@ -215,6 +259,8 @@ def train_sae(
     d_in = acts.shape[1]
     scale = math.sqrt(d_in) / float(acts.norm(dim=1).mean())
     x_all = acts * scale
+    y_all = x_all if targets is None else targets * scale
+    tc = {} if targets is None else {"d_out": int(targets.shape[1]), "hook_name_out": hook_out}
     penalised = architecture in ("relu", "jumprelu", "gated")
     rec = recipe or PenaltyRecipe()
     if penalised:
@@ -235,10 +281,12 @@ def train_sae(
         train_batch_tokens=batch_tokens,
         target_l0=k if penalised else None,
         matryoshka_widths=prefixes,
+        **tc,
+        **({"apply_b_dec_to_input": False} if tc else {}),
     )
     # ε in our units: Rajamanoharan et al. normalise to E‖x‖² = 1, we to E‖x‖ = sqrt(d_in)
     eps = rec.jumprelu_bandwidth * float(x_all.norm(dim=1).pow(2).mean().sqrt())
-    sae = _init(cfg, x_all, gen, eps, rec.relu_dec_norm)
+    sae = _init(cfg, y_all, gen, eps, rec.relu_dec_norm)
     if architecture == "jumprelu" and rec.jumprelu_theta_init == "quantile":
         _theta_at_rate(sae, x_all, k / d_sae, gen, eps)
     if lr is None:
@@ -247,7 +295,7 @@ def train_sae(
     if architecture == "jumprelu":
         groups.append({"params": [sae.threshold], "lr_scale": rec.jumprelu_theta_lr_scale})
     opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999))
-    k_aux = d_in // 2
+    k_aux = (cfg.d_out or d_in) // 2
     lam = rec.lam0 if rec.lam0 is not None else {"relu": 0.02, "jumprelu": 0.002, "gated": 0.02}.get(architecture, 0.0)
     since_fired = torch.zeros(d_sae, dtype=torch.long)
     n = x_all.shape[0]
@@ -267,13 +315,14 @@ def train_sae(
         order = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
             x = x_all[order[b * batch_tokens : (b + 1) * batch_tokens]]
+            y = x if targets is None else y_all[order[b * batch_tokens : (b + 1) * batch_tokens]]
             for group in opt.param_groups:
                 group["lr"] = (
                     group["lr_scale"] * lr * min(1.0, (step + 1) / warmup) * min(1.0, 5 * (total - step) / total)
                 )
             lam_t = lam * min(1.0, (step + 1) / lam_warm) if penalised else 0.0
-            var = (x - x.mean(0)).pow(2).sum()
-            xin = x - sae.b_dec
+            var = (y - y.mean(0)).pow(2).sum()
+            xin = x - sae.b_dec if targets is None else x  # a transcoder's input is not centred
             pre = xin @ sae.W_enc + sae.b_enc
             extra = torch.zeros(())
             if architecture == "topk":
@@ -295,18 +344,18 @@ def train_sae(
                 z = (gate > 0).to(mag.dtype) * mag
                 gate_relu = torch.relu(gate)
                 aux_rec = gate_relu @ sae.W_dec.detach() + sae.b_dec.detach()
-                extra = lam_t * gate_relu.sum() / var + (x - aux_rec).pow(2).sum() / var
+                extra = lam_t * gate_relu.sum() / var + (y - aux_rec).pow(2).sum() / var
             if prefixes is None:
                 xhat = z @ sae.W_dec + sae.b_dec
                 prefix_loss = torch.zeros(())
             else:  # nested reconstructions, one block of latents added at a time; the last is the full SAE's
-                xhat, prefix_loss, lo = sae.b_dec.expand_as(x), torch.zeros(()), 0
+                xhat, prefix_loss, lo = sae.b_dec.expand_as(y), torch.zeros(()), 0
                 for m in prefixes:
                     xhat = xhat + z[:, lo:m] @ sae.W_dec[lo:m]
                     if m != prefixes[-1]:
-                        prefix_loss = prefix_loss + (x - xhat).pow(2).sum() / var
+                        prefix_loss = prefix_loss + (y - xhat).pow(2).sum() / var
                     lo = m
-            err = x - xhat
+            err = y - xhat
             nmse = err.pow(2).sum() / var
             fired = (z > 0).any(0)
             since_fired += x.shape[0]

@@ -61,6 +61,9 @@ SLOW_TESTS = {
     "test_ksweep.py::test_ksweep_on_the_reference_topk",
     "test_matryoshka.py::test_prefix_sweep_equals_core_and_hand_truncated_saes",
     "test_matryoshka.py::test_probing_absorption_and_autointerp_run_on_a_matryoshka_sae",
+    "test_transcoder.py::test_probing_absorption_autointerp_and_ablation_run_on_a_transcoder",
+    "test_transcoder.py::test_ksweep_views_of_a_skip_transcoder_write_its_output_hook",
+    "test_transcoder.py::test_zero_and_mean_transcoders_equal_the_output_hooks_ablations",
     "test_planning.py::test_a_sae_lens_object_evaluates_end_to_end",
     "test_ray.py::test_an_error_in_a_worker_is_one_line",
     "test_ravel.py::test_identity_sae_known_answers",  # knowledge filter + greedy answers of ~100 pairs (~100 s)

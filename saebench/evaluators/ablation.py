@@ -42,6 +42,10 @@ The earlier ``ablation_sparsity`` averaged 16 uniformly drawn latents with equal
 positions each (a latent firing once counted as much as one firing everywhere); it is a
 different estimand, hence the new name ``ablation_sparsity_active``.
 
+A transcoder (docs/transcoders.md) is spliced and ablated at its output hook: its prediction
+replaces the output activation, and a latent's contribution is its change to that prediction;
+which pairs are active is read from the latents of its input, as for every evaluator.
+
 Cost: :func:`ablation_effects` computes each context's un-ablated spliced logits once and runs
 the ablations of many pairs (and their random-direction twins), from different latents and
 contexts, as rows of one suffix pass, each row cut at p + T.
@@ -57,6 +61,7 @@ import torch
 from saebench.errors import SaebenchError
 from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
 from saebench.pipeline import ActivationPipeline, examples
+from saebench.sae import reconstruct
 from saebench.stats import Ratio, Samples
 
 ROUNDING_ULPS = 8.0  # differences below this many float32 ulps of the logits are rounding, not effect
@@ -155,16 +160,18 @@ def ablation_effects(
     uniq = torch.unique(pairs[:, 0])
     local = {int(c): i for i, c in enumerate(uniq)}
     ctx_of = torch.tensor([local[int(s)] for s in pairs[:, 0]])
-    spliced = torch.empty(uniq.numel(), ctx, pipe.hook_width(), dtype=pipe.model.dtype)
-    contrib = torch.zeros(n_pairs, pipe.hook_width(), dtype=pipe.model.dtype)
+    target = pipe.target(sae)  # a transcoder's output hook: spliced and ablated there
+    width = pipe.target_width(target)
+    spliced = torch.empty(uniq.numel(), ctx, width, dtype=pipe.model.dtype)
+    contrib = torch.zeros(n_pairs, width, dtype=pipe.model.dtype)
     for s in range(0, uniq.numel(), pipe.batch_size):
-        acts = pipe.acts_batch(states[uniq[s : s + pipe.batch_size]])
-        z = sae.encode(acts[:, 1:])
-        xhat = sae.decode(z)
+        x_in, acts = pipe.target_acts(states[uniq[s : s + pipe.batch_size]], target)
+        z = sae.encode(x_in[:, 1:])
+        xhat = reconstruct(sae, x_in[:, 1:], z)
         if tuple(xhat.shape) != tuple(acts[:, 1:].shape):
             raise SaebenchError(
-                f"SAE decode(encode(x)) has shape {list(xhat.shape)} for input {list(acts[:, 1:].shape)}; it must "
-                "keep x's shape"
+                f"SAE decode(encode(x)) has shape {list(xhat.shape)} for input {list(x_in[:, 1:].shape)}; it must "
+                f"have the shape of the activation it replaces, {list(acts[:, 1:].shape)}"
             )
         sp = acts.clone()
         kept = (pipe.tokens.tokens[uniq[s : s + pipe.batch_size], 1:] != pipe.model.bos_id).to(acts.device)
@@ -174,7 +181,7 @@ def ablation_effects(
         for lat in torch.unique(pairs[in_chunk, 2]).tolist():
             zc = z.clone()
             zc[..., lat] = 0
-            diff = (xhat - sae.decode(zc)).cpu()
+            diff = (xhat - reconstruct(sae, x_in[:, 1:], zc)).cpu()
             rows = (in_chunk & (pairs[:, 2] == lat)).nonzero().squeeze(1)
             contrib[rows] = diff[ctx_of[rows] - s, pairs[rows, 1] - 1].to(contrib.dtype)
     live = contrib.ne(0).any(-1)
@@ -204,7 +211,7 @@ def ablation_effects(
         for g, (kind, r, _) in enumerate(group):
             if kind != "base":
                 rep[g, int(pairs[r, 1])] -= edits[kind][r]
-        resid = pipe.model.final_resid(states[us, :end].to(dev), pipe.site, rep.to(dev))
+        resid = pipe.model.final_resid(states[us, :end].to(dev), target.site, rep.to(dev))
         pipe.counters.suffix_row_batches += 1
         pipe.counters.suffix_rows += len(group)
         for g, (kind, r, e) in enumerate(group):

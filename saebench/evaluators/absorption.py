@@ -309,6 +309,15 @@ def make_task(
     )
 
 
+def output_pipeline(pipe: ActivationPipeline, hook: str) -> ActivationPipeline:
+    """A pipeline at a transcoder's output hook on ``pipe``'s model and token set (memoised in ``pipe``):
+    its absorption task reads the output activation at the same prompts (prefix passes only)."""
+    return pipe.shared(
+        f"output-pipeline:{hook}",
+        lambda: ActivationPipeline(pipe.model, pipe.tokens, hook, pipe.batch_size, pipe.use_cache, progress=False),
+    )
+
+
 # -- per SAE -----------------------------------------------------------------------------------------
 
 
@@ -394,13 +403,29 @@ class AbsorptionEvaluator:
         assert isinstance(cfg, AbsorptionConfig)
         self.preflight(cfg)
         if cfg.mode == "saebench":
+            if not ctx.pipeline.target(ctx.sae, ctx.sae_name).is_input:
+                raise SaebenchError(
+                    f"absorption mode=saebench is SAEBench's procedure for an SAE reconstructing the hook it reads; "
+                    f"{ctx.sae_name} is a transcoder: score it with the default mode (drop --set absorption.mode)"
+                )
             from saebench.evaluators.absorption_saebench import run
 
             return run(ctx, cfg)
         from saebench.evaluators.absorption_saebench import naming
 
         task = prepare_task(ctx.pipeline, cfg, ctx.seed)
-        sc = score_sae(task, ctx.sae, ctx.sae_name, cfg, ctx.model.device)
+        inputs = None
+        target = ctx.pipeline.target(ctx.sae, ctx.sae_name)
+        if not target.is_input:  # a transcoder: the task at its output hook, latents from its input's task
+            task_in, task = task, prepare_task(output_pipeline(ctx.pipeline, target.hook), cfg, ctx.seed)
+            if task.words != task_in.words or task.n_train != task_in.n_train:  # same seed, same prompts
+                raise SaebenchError("absorption: the output hook's task has other words than the input's; report this")
+            inputs = task_in.acts
+            ctx.notes.append(
+                f"absorption (transcoder): letter probes, probe projections and decoder rows at the output hook "
+                f"{target.hook}; latents encoded from {ctx.pipeline.hook} at the same words"
+            )
+        sc = score_sae(task, ctx.sae, ctx.sae_name, cfg, ctx.model.device, inputs)
         scored = [r for r in sc.letters if r["scored"]]
         metrics: dict[str, Any] = {
             "probe_f1": mean_defined(task.probe_f1),
@@ -451,8 +476,14 @@ class Scored:
     decoder_norms: tuple[float, float] | None = None
 
 
-def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: Any = "cpu") -> Scored:
-    """Main latents, splitting and absorption of one SAE on a prepared task (module doc)."""
+def score_sae(
+    task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: Any = "cpu", inputs: torch.Tensor | None = None
+) -> Scored:
+    """Main latents, splitting and absorption of one SAE on a prepared task (module doc). ``inputs``:
+    what the SAE encodes at the task's words when that is not ``task.acts`` (a transcoder: the task,
+    its probe and the decoder rows at the output hook, the latents from the input hook's activations
+    at the same words)."""
+    enc_in = task.acts if inputs is None else inputs
     from saebench.probes.absorption import absorption_scores, k_sparse_f1, l1_probe, rank_latents, split_features
     from saebench.probes.geometry import decoder_directions
 
@@ -462,8 +493,8 @@ def score_sae(task: Task, sae: Any, label: str, cfg: AbsorptionConfig, device: A
     directions = task.probe.directions()  # [26, d] float64
     dec_proj = dec.double() @ directions.T  # [d_sae, 26]: d_i · p̂
     dec_cos = dec_proj / dec.double().norm(dim=1).clamp_min(1e-12)[:, None]
-    z_train = encode_sparse(sae, label, task.acts[:n_train], cfg.token_chunk, device)
-    z_test = encode_sparse(sae, label, task.acts[n_train:], cfg.token_chunk, device)
+    z_train = encode_sparse(sae, label, enc_in[:n_train], cfg.token_chunk, device)
+    z_test = encode_sparse(sae, label, enc_in[n_train:], cfg.token_chunk, device)
     t_encode = time.perf_counter() - t0
     t0 = time.perf_counter()
     y_train, y_test = task.labels[:n_train], task.labels[n_train:]

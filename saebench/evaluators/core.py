@@ -44,6 +44,11 @@ Our own (names SAEBench and SAELens do not use):
   ``--set core.ablation_variants=true`` (two more suffix passes on a cold run), absent otherwise;
 - ``dead_frac`` = 1 - frac_alive, ``dense_frac`` = freq_over_10_percent (the names DESIGN.md uses).
 
+Transcoders (:mod:`saebench.transcoder`): x is the *output* hook's activation (the target the
+transcoder predicts from its input), x̂ its prediction (with the skip term), and the splice, CE, KL
+and the ablation baselines replace the output hook; ``l0``, ``l1`` and the densities count the
+latents computed from the input. ``mse`` divides by ``d_out``. docs/transcoders.md.
+
 Gao et al.'s compute-equivalent form of ΔLM-loss needs the subject model's scaling law; none is
 known for SmolLM2, so it is not reported.
 """
@@ -60,6 +65,7 @@ import torch
 from saebench import stats
 from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
 from saebench.pipeline.splice import SpliceStats
+from saebench.sae import output_width
 from saebench.stats import Ratio, Samples
 
 U = "sequence"
@@ -274,7 +280,8 @@ class CoreEvaluator:
 
     def run(self, ctx: EvalContext, cfg: EvalConfig) -> EvalOutput:
         assert isinstance(cfg, CoreConfig) and ctx.splice is not None
-        flat = core_metrics(ctx.splice, cfg, int(ctx.sae.d_in))
+        d_out = output_width(ctx.sae)  # the reconstructed activation's width (d_in for an SAE)
+        flat = core_metrics(ctx.splice, cfg, d_out)
         hist = flat.pop("density_histogram")
         details = {
             "density_histogram": hist,
@@ -287,7 +294,7 @@ class CoreEvaluator:
         return EvalOutput(
             flat,
             details,
-            samples={U: core_samples(ctx.splice, int(ctx.sae.d_in))},
+            samples={U: core_samples(ctx.splice, d_out)},
             uncertainty=density,
             timing=timing,
         )

@@ -24,7 +24,7 @@ import torch
 from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
 from saebench.evaluators.core import core_samples
 from saebench.pipeline.splice import splice_stats
-from saebench.sae import topk_relu
+from saebench.sae import copy_transcoder_members, output_width, topk_relu
 from saebench.stats import Ratio, Samples, estimate
 
 MULTIPLES = {"k_div2": 0.5, "k": 1.0, "k_x2": 2.0, "k_x4": 4.0}
@@ -46,6 +46,7 @@ class AtK:
     def __init__(self, sae: Any, k: int) -> None:
         self.sae, self.k = sae, int(k)
         self.d_in, self.d_sae = int(sae.d_in), int(sae.d_sae)
+        copy_transcoder_members(sae, self)  # a transcoder's view writes its output hook
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return topk_relu(self.sae.encode_pre(x), min(self.k, self.d_sae))
@@ -105,8 +106,8 @@ class KSweepEvaluator:
         ks = sorted({min(int(x), d_sae) for x in cfg.ks if int(x) >= 1} | set(tags.values()))
         variants = {f"k={kk}": AtK(ctx.sae, kk) for kk in ks}
         st = splice_stats(ctx.pipeline, variants)
-        d_in = int(ctx.sae.d_in)
-        per_k = {kk: core_samples(st[f"k={kk}"], d_in) for kk in ks}
+        d_out = output_width(ctx.sae)  # the reconstructed activation's width (d_in for an SAE)
+        per_k = {kk: core_samples(st[f"k={kk}"], d_out) for kk in ks}
         columns: dict[str, list[Any]] = {}
         for tag, kk in tags.items():
             columns.update({_col(tag, c): v for c, v in per_k[kk].columns.items()})

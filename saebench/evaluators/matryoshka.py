@@ -37,7 +37,7 @@ from saebench.errors import SaebenchError
 from saebench.evaluators.base import EvalConfig, EvalContext, EvalOutput, Metric
 from saebench.evaluators.core import core_samples
 from saebench.pipeline.splice import splice_stats
-from saebench.sae import check_prefix_widths
+from saebench.sae import check_prefix_widths, copy_transcoder_members, output_width
 from saebench.stats import Ratio, Samples, estimate
 
 
@@ -53,6 +53,7 @@ class Prefix:
     def __init__(self, sae: Any, width: int) -> None:
         self.sae, self.width = sae, int(width)
         self.d_in, self.d_sae = int(sae.d_in), int(width)
+        copy_transcoder_members(sae, self)  # a transcoder's prefix writes its output hook
         self.full = int(sae.d_sae)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,8 +131,8 @@ class MatryoshkaEvaluator:
             )
             return EvalOutput({m.name: None for m in METRICS})
         st = splice_stats(ctx.pipeline, {f"m={w}": Prefix(ctx.sae, w) for w in widths})
-        d_in = int(ctx.sae.d_in)
-        per = {w: core_samples(st[f"m={w}"], d_in) for w in widths}
+        d_out = output_width(ctx.sae)  # the reconstructed activation's width (d_in for an SAE)
+        per = {w: core_samples(st[f"m={w}"], d_out) for w in widths}
         columns: dict[str, list[Any]] = {}
         for tag, w in ((S, widths[0]), (F, widths[-1])):
             columns.update({_col(tag, c): v for c, v in per[w].columns.items()})

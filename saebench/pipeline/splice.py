@@ -35,6 +35,12 @@ suffix once per token set (cold: plus one p @ W_U^T product, about a quarter of 
 SmolLM2); per batch one spliced suffix per SAE, from block L, with one chunked logsumexp over the
 vocabulary (docs/performance.md).
 
+Transcoders (docs/transcoders.md) write another hook than they read: their loop reads the input and
+the output hook in one pass over the input's block, compares the prediction with the output, splices
+it into the output hook, and ablates the output hook for the baselines (cached per output hook as
+``<ablation>@<hook>``; an SAE's entries keep their names). SAEs and transcoders at one input hook
+share the prefix states and the clean side; each output hook is its own loop over the batches.
+
 Everything is accumulated per context in float64 (:class:`SpliceStats`), so the core metrics
 and their intervals over contexts (grouped by source document) follow from the same sums, and no
 number depends on the batch size.
@@ -50,8 +56,10 @@ from typing import Any
 import torch
 
 from saebench.errors import SaebenchError
-from saebench.pipeline.states import ActivationPipeline
+from saebench.models import HookSite
+from saebench.pipeline.states import ActivationPipeline, SpliceTarget
 from saebench.pipeline.stored import PrefixStates
+from saebench.sae import reconstruct
 
 #: per-context float64 sums for reconstruction (kept positions)
 REC_COLUMNS = ("n_rec", "sq_err", "x_sq", "cos", "l2_in", "l2_out", "l2_ratio", "xhat_sq", "dot", "l0", "l1")
@@ -209,12 +217,15 @@ def _clean_side(pipe: ActivationPipeline, affine: Any) -> tuple[PrefixStates, di
     return wbar, small
 
 
-def _run(pipe: ActivationPipeline, st: torch.Tensor, replacement: torch.Tensor, affine: Any) -> torch.Tensor:
-    """A run with the hook replaced, as :func:`_kl_ce` reads it: the normalised final residual
-    when the logits are affine in it, else the logits."""
+def _run(
+    pipe: ActivationPipeline, st: torch.Tensor, replacement: torch.Tensor, affine: Any, site: HookSite | None = None
+) -> torch.Tensor:
+    """A run with the hook (``site``, default the pipeline's) replaced, as :func:`_kl_ce` reads it: the
+    normalised final residual when the logits are affine in it, else the logits."""
+    site = pipe.site if site is None else site
     if affine is None:
-        return pipe.model.suffix(st, pipe.site, replacement)
-    return pipe.model.final_norm(pipe.model.final_resid(st, pipe.site, replacement))
+        return pipe.model.suffix(st, site, replacement)
+    return pipe.model.final_norm(pipe.model.final_resid(st, site, replacement))
 
 
 def _kl_ce(
@@ -244,7 +255,9 @@ def _kl_ce(
     return kl, _next_token_ce(lg.expand(b, -1, -1), lse, tokens)
 
 
-def _zero_all_run(pipe: ActivationPipeline, n_pos: int, dtype: torch.dtype, affine: Any) -> torch.Tensor | None:
+def _zero_all_run(
+    pipe: ActivationPipeline, n_pos: int, dtype: torch.dtype, affine: Any, target: SpliceTarget
+) -> torch.Tensor | None:
     """The zero ablation at a residual hook as one context ``[1, T, ..]`` (:func:`_run`), or None at
     any other hook.
 
@@ -254,10 +267,10 @@ def _zero_all_run(pipe: ActivationPipeline, n_pos: int, dtype: torch.dtype, affi
     context's suffix is every context's, exactly (tests/test_models_families.py checks it against the
     per-batch suffix); this saves one whole suffix per batch on a cold run. At a hook inside a block
     the state still carries the tokens, and the baseline runs per batch."""
-    if not pipe.site.is_resid:
+    if not target.site.is_resid:
         return None
-    zeros = torch.zeros(1, n_pos, pipe.hook_width(), dtype=dtype, device=pipe.model.device)
-    return _run(pipe, zeros, zeros, affine)
+    zeros = torch.zeros(1, n_pos, pipe.target_width(target), dtype=dtype, device=pipe.model.device)
+    return _run(pipe, zeros, zeros, affine, target.site)
 
 
 def _next_token_ce(lg: torch.Tensor, lse: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -274,19 +287,37 @@ def splice_stats(
     pipe: ActivationPipeline, saes: dict[str, Any], ablations: tuple[str, ...] | list[str] = DEFAULT_ABLATIONS
 ) -> dict[str, SpliceStats]:
     """Reconstruction, sparsity and spliced-loss sums per context for every SAE in one batched loop,
-    with the ablation baselines ``ablations`` (``zero_all`` always; see the module doc)."""
+    with the ablation baselines ``ablations`` (``zero_all`` always; see the module doc).
+
+    Transcoders (:mod:`saebench.transcoder`) are grouped by their output hook: one loop per output
+    hook, where the reconstruction statistics compare the prediction with the output activation, the
+    splice and the ablation baselines replace the output hook, and the latents (L0, firing) come from
+    the input. SAEs (output hook = the pipeline's) run exactly the loop they always did."""
     unknown = sorted(set(ablations) - set(ABLATIONS))
     if unknown:
         raise SaebenchError(f"unknown ablation baseline(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
     wanted = [a for a in ABLATIONS if a == "zero_all" or a in ablations]
+    groups: dict[str, tuple[SpliceTarget, dict[str, Any]]] = {}
     for label, sae in saes.items():
         pipe.check_sae(sae, label)
+        target = pipe.target(sae, label)
+        groups.setdefault(target.hook, (target, {}))[1][label] = sae
+    out: dict[str, SpliceStats] = {}
+    for target, members in groups.values():
+        out.update(_splice_target(pipe, members, wanted, target))
+    return {label: out[label] for label in saes}
+
+
+def _splice_target(
+    pipe: ActivationPipeline, saes: dict[str, Any], wanted: list[str], target: SpliceTarget
+) -> dict[str, SpliceStats]:
+    """:func:`splice_stats` for the SAEs that write ``target``."""
     states, toks = pipe.states(), pipe.tokens.tokens
-    n_seq, d = toks.shape[0], pipe.hook_width()
+    n_seq, d = toks.shape[0], pipe.target_width(target)
     dev = pipe.model.device
-    ablation = {a: found for a in wanted if (found := _cached_ablation(pipe, a)) is not None}
+    ablation = {a: found for a in wanted if (found := _cached_ablation(pipe, a, target)) is not None}
     missing = [a for a in wanted if a not in ablation]
-    mean = pipe.mean_act() if "mean_kept" in missing else None
+    mean = pipe.target_mean(target) if "mean_kept" in missing else None
     new_ablation: dict[str, dict[str, list[torch.Tensor]]] = {a: {} for a in missing}
     cols = {k: {c: torch.zeros(n_seq, dtype=torch.float64) for c in REC_COLUMNS + LOSS_COLUMNS} for k in saes}
     sum_x = torch.zeros(n_seq, d, dtype=torch.float64)
@@ -300,7 +331,7 @@ def splice_stats(
     affine = pipe.model.affine_unembed()
     side = pipe.shared("clean_side", lambda: _clean_side(pipe, affine)) if affine is not None else None
     p_buf: torch.Tensor | None = None  # clean probabilities [B, T, V] (soft-capped logits), one buffer
-    zero_run = _zero_all_run(pipe, toks.shape[1], states.dtype, affine) if "zero_all" in missing else None
+    zero_run = _zero_all_run(pipe, toks.shape[1], states.dtype, affine, target) if "zero_all" in missing else None
     for s in pipe.batch_starts(f"clean + spliced ({len(saes)} SAE)" if side is None else f"spliced ({len(saes)} SAE)"):
         t0 = time.perf_counter()
         sl = slice(s, s + pipe.batch_size)
@@ -309,7 +340,7 @@ def splice_stats(
         special = special_mask(tok, pipe.model.bos_id).to(dev)
         keep = ~special
         keep_ce = keep[:, :-1]
-        acts = pipe.acts_batch(st)
+        x_in, acts = pipe.target_acts(st, target)  # the SAE's input, the activation its output replaces
         if side is not None:
             wbar, small = side
             cols_ = {k: v[sl].to(dev) for k, v in small.items()}
@@ -320,6 +351,7 @@ def splice_stats(
         ce_clean = clean.ce
 
         x_kept = acts[keep]  # [N, d] in row-major (context, position) order
+        in_kept = x_kept if target.is_input else x_in[keep]
         rows = keep.nonzero()[:, 0].cpu()
         xd = x_kept.double()
         sum_x[sl].index_add_(0, rows, xd.cpu())
@@ -338,7 +370,7 @@ def splice_stats(
                     rep[special] = acts[special]
                     if name == "mean_kept":
                         rep[keep] = mean.to(acts.dtype).to(dev)
-                kl, ce = _kl_ce(pipe, _run(pipe, st, rep, affine), tok, clean)
+                kl, ce = _kl_ce(pipe, _run(pipe, st, rep, affine, target.site), tok, clean)
                 new_ablation[name].setdefault(f"ce_{name}", []).append(ce.cpu())
                 if name == "zero_all":
                     new_ablation[name].setdefault("kl_zero_all", []).append(kl.double().cpu())
@@ -347,18 +379,19 @@ def splice_stats(
         for label, sae in saes.items():
             t1 = time.perf_counter()
             with torch.no_grad():
-                z = sae.encode(x_kept)
-                xhat = sae.decode(z)
+                z = sae.encode(in_kept)
+                xhat = reconstruct(sae, in_kept, z)
             if tuple(xhat.shape) != tuple(x_kept.shape) or z.shape[-1] != int(sae.d_sae):
                 raise SaebenchError(
                     f"SAE {label}: encode/decode gave shapes {list(z.shape)} / {list(xhat.shape)} "
-                    f"for input {list(x_kept.shape)}; decode(encode(x)) must have x's shape"
+                    f"for input {list(in_kept.shape)}; decode(encode(x)) must have the shape of "
+                    + ("x" if target.is_input else f"the output hook {target.hook}, {list(x_kept.shape)}")
                 )
             if not bool(torch.isfinite(xhat).all()):
                 raise SaebenchError(f"SAE {label} produced NaN/Inf reconstructions; check its weights")
             spliced = acts.clone()
             spliced[keep] = xhat.to(acts.dtype)
-            kl, ce_spliced = _kl_ce(pipe, _run(pipe, st, spliced, affine), tok, clean)
+            kl, ce_spliced = _kl_ce(pipe, _run(pipe, st, spliced, affine, target.site), tok, clean)
             pipe.counters.spliced_suffix_batches += 1
             xh = xhat.double()
             xh_norm = xh.norm(dim=-1)
@@ -395,7 +428,9 @@ def splice_stats(
     if side is None:
         pipe.timing["clean_suffix_s"] = pipe.timing.get("clean_suffix_s", 0.0) + clean_s
     for name, parts in new_ablation.items():
-        ablation[name] = _store(pipe, "ablation", name, {k: torch.cat(v) for k, v in parts.items()})
+        ablation[name] = _store(
+            pipe, "ablation", _ablation_name(name, target), {k: torch.cat(v) for k, v in parts.items()}
+        )
     if missing:
         pipe.timing["ablation_s"] = pipe.timing.get("ablation_s", 0.0) + abl_s
     keep_ce_all = ~special_mask(toks, pipe.model.bos_id)[:, :-1]
@@ -441,8 +476,14 @@ def _cached(pipe: ActivationPipeline, what: str, name: str, columns: set[str]) -
     return found
 
 
-def _cached_ablation(pipe: ActivationPipeline, name: str) -> dict[str, torch.Tensor] | None:
-    return _cached(pipe, "ablation", name, _ablation_columns(name))
+def _ablation_name(name: str, target: SpliceTarget) -> str:
+    """The cache name of ablation baseline ``name`` at ``target``: ``name`` at the pipeline's hook (the
+    entries SAEs have always used), ``name@<output hook>`` for a transcoder's output hook."""
+    return name if target.is_input else f"{name}@{target.hook}"
+
+
+def _cached_ablation(pipe: ActivationPipeline, name: str, target: SpliceTarget) -> dict[str, torch.Tensor] | None:
+    return _cached(pipe, "ablation", _ablation_name(name, target), _ablation_columns(name))
 
 
 def _store(pipe: ActivationPipeline, what: str, name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

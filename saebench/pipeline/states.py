@@ -49,12 +49,26 @@ from saebench.io import (
     tensors_digest,
     warn_once,
 )
-from saebench.models import SubjectModel, head_shape, width_error
+from saebench.models import HookSite, SubjectModel, head_shape, hook_width, width_error
 from saebench.pipeline.stored import ENTRY_FORMAT, PrefixStates, open_states, save_states, write_states
 
 CACHE_VERSION = "2"  # bump when a cached quantity is computed differently
 _UNWRITABLE: set[str] = set()  # cache folders that failed a write: skipped for the rest of the process
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SpliceTarget:
+    """Where an SAE's output is compared with the model and spliced in (:meth:`ActivationPipeline.target`).
+
+    For an SAE: the pipeline's own hook (``is_input``). For a transcoder: its output hook, replaced
+    in the pass that runs from the *input* hook's block (``site.start``), so the input is read and
+    the output replaced in one suffix; ``site.is_resid`` is False (the replacement is a hook there,
+    never the block's input)."""
+
+    hook: str
+    site: HookSite
+    is_input: bool
 
 
 @dataclass
@@ -410,23 +424,72 @@ class ActivationPipeline:
 
     def check_sae(self, sae: Any, label: str) -> None:
         """Refuse an SAE whose d_in differs from the hook's width, before any work is spent (a per-head
-        hook's width comes from the model's config, with no prefix pass)."""
+        hook's width comes from the model's config, with no prefix pass); for a transcoder also an
+        output hook not downstream of the input, or a d_out other than the output hook's width."""
         heads = head_shape(self.model.shape, self.hook)
         width = heads[0] * heads[1] if heads is not None else self.hook_width()
         if int(sae.d_in) != width:
             raise SaebenchError(width_error(label, int(sae.d_in), self.hook, self.model.name, width, heads))
+        target = self.target(sae, label)
+        if not target.is_input:
+            from saebench.sae import output_width
+            from saebench.transcoder import out_width_error
+
+            width = self.target_width(target)
+            if output_width(sae) != width:
+                raise SaebenchError(out_width_error(label, output_width(sae), target.hook, self.model.name, width))
+
+    # -- transcoders: the output hook -------------------------------------------------------------
+    def target(self, sae: Any, label: str = "SAE") -> SpliceTarget:
+        """Where ``sae``'s output goes (:class:`SpliceTarget`): this pipeline's hook for an SAE, the
+        output hook of a transcoder (refused in one line when not downstream of the input)."""
+        from saebench.transcoder import check_target
+
+        out = check_target(sae, self.hook, self.model.n_layers, label)
+        if out == self.hook:
+            return SpliceTarget(self.hook, self.site, True)
+        self.model.hook_site(out)  # a hook the model has
+        return SpliceTarget(out, HookSite(out, self.site.start, False), False)
+
+    def target_acts(self, state: torch.Tensor, target: SpliceTarget) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: the hook activation an SAE reads and the one its output is compared with, for a
+        batch of prefix states (the same tensor for an SAE; one pass for a transcoder)."""
+        if target.is_input:
+            acts = self.acts_batch(state)
+            return acts, acts
+        return self.model.hook_acts_pair(state.to(self.model.device), self.site, target.hook)
+
+    def target_width(self, target: SpliceTarget) -> int:
+        """Width of the target hook's activation (what an SAE's output width must equal)."""
+        if target.is_input:
+            return self.hook_width()
+        known = hook_width(self.model.shape, target.hook)
+        if known is not None:
+            return known
+        return self.shared(
+            f"hook_width:{target.hook}", lambda: int(self.target_acts(self.states()[:1], target)[1].shape[-1])
+        )
+
+    def target_mean(self, target: SpliceTarget) -> torch.Tensor:
+        """Mean target activation over the kept positions (float64): :meth:`mean_act` for an SAE."""
+        if target.is_input:
+            return self.mean_act()
+        return self.shared(f"mean_act:{target.hook}", lambda: self._mean_act(target))
 
     def mean_act(self) -> torch.Tensor:
         """Mean hook activation over the token set's kept positions (not holding the BOS id), float64."""
         return self.shared("mean_act", self._mean_act)
 
-    def _mean_act(self) -> torch.Tensor:
+    def _mean_act(self, target: SpliceTarget | None = None) -> torch.Tensor:
         states, toks = self.states(), self.tokens.tokens
-        total = torch.zeros(self.hook_width(), dtype=torch.float64)
+        total = torch.zeros(self.hook_width() if target is None else self.target_width(target), dtype=torch.float64)
         n = 0
         for s in range(0, states.shape[0], self.batch_size):
             keep = toks[s : s + self.batch_size] != self.model.bos_id
-            acts = self.acts_batch(states[s : s + self.batch_size])
+            if target is None:
+                acts = self.acts_batch(states[s : s + self.batch_size])
+            else:
+                acts = self.target_acts(states[s : s + self.batch_size], target)[1]
             total += acts[keep.to(acts.device)].double().sum(0).cpu()
             n += int(keep.sum())
         return total / max(n, 1)

@@ -31,6 +31,7 @@ from saebench.leaderboard import (
     cell,
     column_marks,
     evaluator_order,
+    group_order,
     group_results,
     headline_columns,
     mixed_rows,
@@ -123,7 +124,7 @@ class Site:
         self.results = [r for _, r in loaded]
         self.files = {id(r): f for f, r in loaded}
         self.groups = group_results(self.results)
-        self.keys: list[Group] = sorted(self.groups)
+        self.keys: list[Group] = group_order(self.groups)  # transcoders after SAEs, in their own sections
         self.gid = {k: f"g{i + 1}" for i, k in enumerate(self.keys)}
         self.decl = {k: metric_table(self._evs(k), self.results) for k in self.keys}
         taken: set[str] = set()
