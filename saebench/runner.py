@@ -407,6 +407,12 @@ def plan_run(sae: Any, spec: RunSpec, release_weights: bool = False) -> RunPlan:
         # apart from SAEs; absent for an SAE, whose config (and run key) stay what they were
         h_out = target_hook(ls.sae, h)
         for ev in evaluators:
+            refusal = getattr(ev, "transcoder_refusal", None)  # optional: an evaluator that needs hook_out == hook
+            if refusal and h_out != h:
+                raise SaebenchError(
+                    f"{ev.name} cannot evaluate {ls.name}: it is a transcoder ({h} -> {h_out}) and {refusal}; "
+                    f"drop {ev.name} from --evals for it (docs/transcoders.md)"
+                )
             if hasattr(ev, "check_hook"):  # optional: refuse a hook the evaluator cannot use, before the model loads
                 ev.check_hook(h, ls.name)
             run_cfg = {

@@ -165,6 +165,23 @@ def test_bad_transcoders_are_one_line_errors_before_the_model_loads(tmp_path, ca
     assert needle in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("ev", ["scr", "tpp", "unlearning", "ravel", "mdl"])
+def test_evaluators_that_assume_one_hook_refuse_a_transcoder_before_the_model_loads(tmp_path, capsys, monkeypatch, ev):
+    """SCR, TPP, unlearning, RAVEL and MDL edit or compare the activation the SAE reads: a transcoder
+    gets one line naming the evaluator and the fix, exit 2, nothing loaded or written."""
+    import saebench.runner
+
+    monkeypatch.setattr(saebench.runner, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    folder = _write(tmp_path, "tc")
+    out = tmp_path / "out"
+    code = main(["run", "--sae", folder, "--evals", ev, "--out", str(out), "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"{ev} cannot evaluate" in lines[0] and "transcoder" in lines[0] and f"drop {ev}" in lines[0], lines[0]
+    assert not list(out.rglob("*.json"))
+
+
 def test_the_pipeline_refuses_a_bad_output_width_on_a_model_built_in_code(model, token_set, cache_env):
     """A model passed as an object skips the pre-load check: the pipeline refuses before any splice."""
     from saebench.pipeline import ActivationPipeline

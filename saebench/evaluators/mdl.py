@@ -138,6 +138,8 @@ class MdlEvaluator:
     """``--evals mdl``: SAEBench's description length of the codes (see module doc)."""
 
     name = "mdl"
+    #: refused for a transcoder (reads one hook, writes another) before the model loads (runner)
+    transcoder_refusal = "its description length is measured against the reconstruction of the SAE's own input"
     needs = frozenset({"states"})
     Config = MdlConfig
     metrics = METRICS

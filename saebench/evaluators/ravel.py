@@ -351,6 +351,8 @@ class RavelEvaluator:
     """``--evals ravel``: see module doc."""
 
     name = "ravel"
+    #: refused for a transcoder (reads one hook, writes another) before the model loads (runner)
+    transcoder_refusal = "it patches the reconstruction of the entity's residual stream into the hook the SAE reads"
     needs: frozenset[str] = frozenset()
     Config = RavelConfig
     metrics = METRICS

@@ -359,6 +359,11 @@ class ScrEvaluator:
     """``--evals scr``: SAEBench's spurious-correlation removal (see module doc)."""
 
     name = "scr"
+    #: refused for a transcoder (reads one hook, writes another) before the model loads (runner)
+    transcoder_refusal = (
+        "it ablates latents' decoder contributions at the hook it re-probes, which assumes the SAE"
+        " writes the hook it reads"
+    )
     needs: frozenset[str] = frozenset()
     Config = ScrConfig
     metrics = METRICS

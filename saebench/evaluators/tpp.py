@@ -335,6 +335,11 @@ class TppEvaluator:
     """``--evals tpp``: SAEBench's targeted probe perturbation (see module doc)."""
 
     name = "tpp"
+    #: refused for a transcoder (reads one hook, writes another) before the model loads (runner)
+    transcoder_refusal = (
+        "it ablates latents' decoder contributions at the hook it re-probes, which assumes the SAE"
+        " writes the hook it reads"
+    )
     needs: frozenset[str] = frozenset()
     Config = TppConfig
     metrics = METRICS

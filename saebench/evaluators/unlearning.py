@@ -317,6 +317,11 @@ class UnlearningEvaluator:
     """``--evals unlearning``: see module doc."""
 
     name = "unlearning"
+    #: refused for a transcoder (reads one hook, writes another) before the model loads (runner)
+    transcoder_refusal = (
+        "its clamp edits the activation the SAE reads (x - decode(z) + decode(z')), which assumes"
+        " the SAE writes the hook it reads"
+    )
     needs: frozenset[str] = frozenset()
     Config = UnlearningConfig
     metrics = METRICS
