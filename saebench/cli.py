@@ -16,6 +16,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import warnings
 from functools import partial
 from pathlib import Path
@@ -693,6 +695,37 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+class CtrlC:
+    """Ctrl-C that cannot be lost. CPython swallows a KeyboardInterrupt raised inside a weakref or
+    import-lock callback ("Exception ignored in: <function _get_module_lock.<locals>.cb>"), and the
+    run then went on to finish with exit 0 (seen in CI under load). So the first SIGINT also starts
+    a thread that re-sends SIGINT every 0.5 s until :func:`main` has caught the interrupt; the lock
+    makes sure none is sent after that."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.lock = threading.Lock()
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        with self.lock:
+            first, self.pending = not self.pending, True
+        if first:
+            threading.Thread(target=self._redeliver, daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _redeliver(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self.lock:
+                if not self.pending:
+                    return
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def handled(self) -> None:
+        with self.lock:
+            self.pending = False
+
+
 class _OneLine(logging.Handler):
     """saebench's log records as one ``warning: ...`` line each on the current ``sys.stderr``."""
 
@@ -748,17 +781,21 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
     }
     _setup_logging()
+    ctrl_c = CtrlC()
     previous = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread (main() called from a worker): leave SIGTERM alone
-        previous = None
+        signal.signal(signal.SIGINT, ctrl_c.on_sigint)
+    except ValueError:  # not the main thread (main() called from a worker): leave the signals alone
+        previous = previous_int = None
     try:
         return handlers[args.command](args)
     except SaebenchError as exc:
         _error(str(exc))
         return 2
     except KeyboardInterrupt:
+        ctrl_c.handled()
         return _interrupted()
     except Terminated:
         _error("terminated (SIGTERM); completed results are kept, rerun the same command to resume")
@@ -774,8 +811,11 @@ def main(argv: list[str] | None = None) -> int:
         _error(message)
         return 2
     finally:
+        ctrl_c.handled()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _error(message: str) -> None:

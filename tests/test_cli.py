@@ -159,3 +159,28 @@ def test_zoo_list_names_the_reseeded_copies(capsys):
     assert names[:14] == plain and len(names) == len(set(names)) == 28
     assert {m.config for m in SEED_ZOO} == set(RESEEDED_CONFIGS) and {m.seed for m in SEED_ZOO} == {1, 2}
     assert "relu-2304-l0_32-s2" in names and "topk-2304-k16-s1" in names
+
+
+def test_a_swallowed_ctrl_c_is_delivered_again_until_handled():
+    """CPython drops a KeyboardInterrupt raised in an import-lock callback; the CLI's SIGINT handler
+    re-sends SIGINT until main() has caught one, and never after."""
+    import os
+    import signal
+    import time
+
+    from saebench.cli import CtrlC
+
+    ctrl = CtrlC()
+    previous = signal.signal(signal.SIGINT, ctrl.on_sigint)
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass  # swallowed, as CPython does inside a weakref / import-lock callback
+        with pytest.raises(KeyboardInterrupt):
+            time.sleep(3)
+        ctrl.handled()
+        time.sleep(1.2)  # handled: no further SIGINT arrives
+    finally:
+        signal.signal(signal.SIGINT, previous)
